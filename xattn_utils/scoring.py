@@ -25,12 +25,16 @@ class ForcedScorer(Protocol):
         target_ids: (I,) long tensor, the forced token at each scored position.
         n_audio_frames: number of input frames that hold audio (frames after it are padding, never occluded).
         frames_per_encoder_frame: input frames per encoder frame (Whisper: 2), read from the model.
+        occlusion_value: the value an occluded input cell takes. For Whisper's normalized log-mel this is the
+            utterance's silence floor (the value padding frames hold), so occlusion means "this cell was silent"
+            rather than an arbitrary mid-level energy; for zero-mean features it is 0, as in SPES.
     """
 
     n_tokens: int
     target_ids: torch.Tensor
     n_audio_frames: int
     frames_per_encoder_frame: int
+    occlusion_value: float
 
     @property
     def device(self) -> torch.device: ...
