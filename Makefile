@@ -1,0 +1,45 @@
+# xattn — two commands on a fresh machine:  make study   |   make test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export XATTN_HOME ?= $(CURDIR)/.cache
+export HF_HUB_OFFLINE ?= 1
+RUN ?= runs/study-$(shell date +%Y%m%d-%H%M%S)
+PYTEST_ARGS ?= -q
+
+.PHONY: study test env sysdeps data bench bench-quick clean
+
+env: $(VENV)/.installed
+
+# The environment: a venv with the package and its test extras. torch is pinned (2.13.0) so pip takes the CPU build.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+# System packages: espeak-ng synthesizes the default corpus (installed here when run as root).
+sysdeps:
+	@if ! command -v espeak-ng >/dev/null || ! ldconfig -p | grep -q libespeak-ng; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	  else echo "espeak-ng is missing: run 'sudo apt-get install -y espeak-ng' (or 'conda install -c conda-forge espeak-ng')" >&2; exit 1; fi; fi
+
+data: env sysdeps
+	$(PY) -m xattn_utils.corpus --default
+
+study: env sysdeps
+	$(PY) -m xattn_utils.study --out $(RUN)
+
+test: env sysdeps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench-quick: env sysdeps
+	$(PY) benchmarks/bench_spes.py --quick
+
+bench: env sysdeps
+	$(PY) benchmarks/bench_spes.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,19 @@
+"""xattn: how much of what a speech-to-text model does does its cross-attention explain?
+
+One import for notebooks and users::
+
+    from xattn_utils import load_model, load_manifest, extract_cross_attention, open_store
+"""
+from .errors import HypothesisError, InputError, ModelError, XattnError
+from .extract import ExtractConfig, RunReport, extract_cross_attention
+from .forced import ForcedPass, Seq2SeqScorer, decoder_prompt, forced_pass, greedy_decode, transcribe
+from .models import LoadedModel, load_model
+from .store import ResultStore, open_store
+
+__all__ = [
+    "XattnError", "InputError", "ModelError", "HypothesisError",
+    "load_model", "LoadedModel",
+    "decoder_prompt", "greedy_decode", "forced_pass", "transcribe", "Seq2SeqScorer", "ForcedPass",
+    "ExtractConfig", "RunReport", "extract_cross_attention",
+    "ResultStore", "open_store",
+]

@@ -1,0 +1,112 @@
+"""The ``xattn`` command line (also ``python -m xattn_utils``).
+
+Every command exits 0 on success; on bad input it prints one line naming the item and the problem and exits
+non-zero (1: some items failed, the rest were done; 2: nothing could be done).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import XattnError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="bundled:whisper-tiny.en",
+                   help="bundled:whisper-tiny.en, a registry name, a local save_pretrained folder, or a hub id")
+    p.add_argument("--input-mode", choices=("padded", "trimmed"), default="padded",
+                   help="padded: Whisper's 30 s input (faithful); trimmed: audio only (cheaper)")
+    p.add_argument("--device", default="cpu")
+
+
+def _items(args) -> "object":
+    if getattr(args, "manifest", None):
+        from .manifest import load_manifest
+
+        return load_manifest(args.manifest, split=args.split, limit=args.limit)
+    if not args.files:
+        raise XattnError("give audio FILEs or --manifest CSV")
+    return args.files
+
+
+def cmd_transcribe(args) -> int:
+    from .audio import load_audio
+    from .forced import transcribe
+    from .models import load_model
+
+    loaded = load_model(args.model, args.input_mode, args.device)
+    status = 0
+    for f in args.files:
+        try:
+            audio = load_audio(f)
+        except XattnError as err:
+            print(f"error: {err}", file=sys.stderr)
+            status = 1
+            continue
+        text = transcribe(loaded, [audio], language=args.language, task=args.task)[0]
+        print(f"{f}\t{text}")
+    return status
+
+
+def cmd_extract(args) -> int:
+    from .extract import ExtractConfig, extract_cross_attention
+    from .models import load_model
+
+    loaded = load_model(args.model, args.input_mode, args.device)
+    cfg = ExtractConfig(language=args.language, task=args.task, batch_size=args.batch_size,
+                        with_hidden=args.with_hidden)
+    report = extract_cross_attention(loaded, _items(args), args.out, cfg, progress=not args.quiet)
+    return _finish(report, args.out)
+
+
+def _finish(report, out) -> int:
+    for uid, msg in report.failed.items():
+        print(f"error: {msg}", file=sys.stderr)
+    print(f"{out}: {report.summary()}")
+    if report.failed and not (report.done or report.skipped):
+        return 2
+    return 1 if report.failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xattn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("transcribe", help="print one greedy hypothesis per audio file")
+    _add_model_args(p)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--language")
+    p.add_argument("--task")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("extract", help="decode, force-decode and store cross-attention for a data set")
+    _add_model_args(p)
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--manifest", help="data manifest CSV (data_manifest.csv schema)")
+    p.add_argument("--split")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--out", required=True, help="result store folder")
+    p.add_argument("--language")
+    p.add_argument("--task")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--with-hidden", action="store_true", help="also store the encoder output")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_extract)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except XattnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished items are kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Cross-attention extraction over a data set: decode, force-decode, store, resume.
+
+``extract_cross_attention(model, items, out)`` decodes each utterance (greedy), runs one forced pass over the
+hypothesis and writes an ``attention`` group per utterance into a :class:`~xattn_utils.store.ResultStore`.
+A bad item (missing, corrupt, empty or too long audio, checksum mismatch, empty hypothesis) is recorded with its
+message and the run goes on with the rest. Items whose stored cache key matches are skipped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .errors import InputError, XattnError
+from .forced import batches_by_length, decoder_prompt, forced_pass, greedy_decode
+from .models import LoadedModel
+from .provenance import provenance, stable_hash
+from .store import ResultStore, attention_dataset
+
+KIND = "attention"
+
+
+@dataclass
+class ExtractConfig:
+    """Decoding and extraction parameters (all recorded in provenance).
+
+    Attributes:
+        language, task: decoder prompt for multilingual / multitask models (ignored by English-only Whisper).
+        max_new_tokens: decoding limit.
+        batch_size: utterances per batch (equal feature lengths batch together).
+        with_hidden: also store the encoder output (T', D), needed by SMH and gradient-on-H methods.
+    """
+
+    language: str | None = None
+    task: str | None = None
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    with_hidden: bool = False
+
+
+@dataclass
+class RunReport:
+    """What a run did: ids done, skipped (already stored with the same key) and failed (id -> message)."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed"
+
+
+def items_from(data) -> pd.DataFrame:
+    """Normalize input items: a manifest DataFrame, or a list of audio paths (ids from file stems)."""
+    if isinstance(data, pd.DataFrame):
+        if not {"id", "audio_path"} <= set(data.columns):
+            raise InputError("items need columns 'id' and 'audio_path' (load them with xattn_utils.load_manifest)")
+        return data.reset_index(drop=True)
+    paths = [Path(p) for p in data]
+    return pd.DataFrame({"id": [p.stem for p in paths], "audio_path": [str(p) for p in paths]})
+
+
+def _checked_audio(row) -> tuple:
+    """Load one item's audio, checking its checksum when the manifest gives one."""
+    from .audio import load_audio, sha256_file
+
+    path = Path(row["audio_path"])
+    want = row.get("sha256") if hasattr(row, "get") else None
+    if not path.exists():
+        raise InputError(f"{row['id']}: audio file {path} is missing; rebuild the data (make data) or fix the manifest")
+    digest = sha256_file(path)
+    if isinstance(want, str) and want and want != digest:
+        raise InputError(f"{row['id']}: checksum mismatch for {path} (manifest {want[:12]}…, file {digest[:12]}…); "
+                         "the file changed since the manifest was written: rebuild it or update the manifest")
+    return load_audio(path), digest
+
+
+def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultStore,
+                            cfg: ExtractConfig | None = None, progress: bool = True) -> RunReport:
+    """Decode and force-decode every item, writing one ``attention`` group per utterance into ``out``."""
+    cfg = cfg or ExtractConfig()
+    store = out if isinstance(out, ResultStore) else ResultStore(out)
+    items = items_from(data)
+    prompt = decoder_prompt(loaded, cfg.language, cfg.task)
+    store.update_attrs(**provenance(model=loaded.provenance(), params={"extract": cfg}))
+    report = RunReport()
+    pending = []  # (id, features, key, digest)
+    for _, row in tqdm(items.iterrows(), total=len(items), desc="features", disable=not progress):
+        uid = str(row["id"])
+        try:
+            audio, digest = _checked_audio(row)
+            key = stable_hash(KIND, loaded.weights_sha256, loaded.input_mode, loaded.trim_quantum, digest, cfg)
+            if store.has(uid, KIND, key):
+                report.skipped.append(uid)
+                continue
+            pending.append((uid, loaded.features(audio), key, digest))
+        except XattnError as err:
+            report.failed[uid] = str(err)
+            store.record_error(uid, KIND, str(err))
+    feats = [p[1] for p in pending]
+    batches = batches_by_length(feats, cfg.batch_size)
+    bar = tqdm(total=len(pending), desc="extract", unit="utt", disable=not progress)
+    for idx in batches:
+        import torch
+
+        x = torch.stack([feats[i].values for i in idx])
+        hyps = greedy_decode(loaded, x, prompt, cfg.max_new_tokens)
+        ok = [(i, h) for i, h in zip(idx, hyps) if h]
+        for i, h in zip(idx, hyps):
+            if not h:
+                msg = f"{pending[i][0]}: empty hypothesis (the model heard no speech); nothing to explain"
+                report.failed[pending[i][0]] = msg
+                store.record_error(pending[i][0], KIND, msg)
+        if ok:
+            passes = forced_pass(loaded, [feats[i] for i, _ in ok], prompt, [h for _, h in ok], cfg.with_hidden)
+            for (i, _), fp in zip(ok, passes):
+                uid, _, key, digest = pending[i]
+                attrs = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
+                                   params={"extract": cfg})
+                ds = attention_dataset(fp, loaded.frames_per_encoder_frame, attrs={"provenance": attrs})
+                store.write(uid, KIND, ds, key)
+                report.done.append(uid)
+        bar.update(len(idx))
+    bar.close()
+    return report

@@ -1,0 +1,81 @@
+"""Figures: spectrograms with word times, token-by-time maps (attention or saliency), saving as PNG + SVG.
+
+Axes are in seconds and token strings; colour bars are labelled. Functions take plain arrays so notebooks pass
+whatever map they compare (cross-attention aggregates, SMX reduced to frames, SMH, gradient maps).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+
+def save_figure(fig, folder: str | Path, name: str) -> list[Path]:
+    """Save ``fig`` as ``folder/name.png`` and ``.svg``; returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
+
+
+def _time_ticks(ax, n: int, dt: float, step_s: float = 0.5) -> None:
+    step = max(1, int(round(step_s / dt)))
+    ticks = np.arange(0, n, step)
+    ax.set_xticks(ticks + 0.5)
+    ax.set_xticklabels([f"{t * dt:.1f}" for t in ticks], rotation=0)
+    ax.set_xlabel("time (s)")
+
+
+def plot_spectrogram(ax, features: np.ndarray, frame_s: float = 0.01, words: list[dict] | None = None,
+                     title: str = "log-mel input") -> None:
+    """(F, T) features on a seconds axis, with word spans ({"word", "start", "end"} in s) marked above."""
+    f, t = features.shape
+    im = ax.imshow(features, origin="lower", aspect="auto", cmap="magma", extent=(0, t * frame_s, 0, f))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("mel bin")
+    ax.set_title(title)
+    plt.colorbar(im, ax=ax, label="normalized log-mel")
+    for w in words or []:
+        ax.axvline(w["start"], color="white", lw=0.6, alpha=0.8)
+        ax.axvline(w["end"], color="cyan", lw=0.6, alpha=0.5, ls="--")
+        ax.text((w["start"] + w["end"]) / 2, f * 1.01, w["word"], ha="center", va="bottom", fontsize=7,
+                rotation=45, clip_on=False)
+
+
+def plot_token_map(ax, values: np.ndarray, tokens: list[str], frame_s: float, title: str = "",
+                   cbar_label: str = "weight", cmap: str = "viridis", center: float | None = None) -> None:
+    """(I, T') token-by-frame map as a seaborn heatmap: rows = tokens, columns = seconds."""
+    sns.heatmap(values, ax=ax, cmap=cmap, center=center, cbar_kws={"label": cbar_label},
+                yticklabels=[repr(t.strip()) if t.strip() else repr(t) for t in tokens])
+    _time_ticks(ax, values.shape[1], frame_s)
+    ax.set_ylabel("token")
+    ax.set_title(title)
+    ax.tick_params(axis="y", labelsize=7, rotation=0)
+
+
+def plot_attention_grid(cross_attention: np.ndarray, tokens: list[str], frame_s: float,
+                        title: str = "cross-attention per decoder layer (rows) and head (columns)"):
+    """(L, H, I, T') one small heatmap per (layer, head); returns the figure."""
+    n_l, n_h = cross_attention.shape[:2]
+    fig, axes = plt.subplots(n_l, n_h, figsize=(2.6 * n_h, 2.0 * n_l), squeeze=False, sharex=True, sharey=True)
+    vmax = float(np.quantile(cross_attention, 0.995))
+    for l in range(n_l):
+        for h in range(n_h):
+            ax = axes[l, h]
+            sns.heatmap(cross_attention[l, h], ax=ax, cmap="viridis", vmin=0, vmax=vmax, cbar=False,
+                        xticklabels=False, yticklabels=False)
+            ax.set_title(f"L{l} H{h}", fontsize=8)
+            if h == 0:
+                ax.set_ylabel("token", fontsize=7)
+            if l == n_l - 1:
+                ax.set_xlabel(f"0–{cross_attention.shape[-1] * frame_s:.1f} s", fontsize=7)
+    fig.suptitle(title)
+    cax = fig.add_axes([0.92, 0.15, 0.01, 0.7])
+    fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(0, vmax), cmap="viridis"), cax=cax,
+                 label="attention weight")
+    fig.subplots_adjust(right=0.9, hspace=0.35)
+    return fig
