@@ -157,7 +157,7 @@ def attention_dataset(fp: ForcedPass, frames_per_encoder_frame: int, hop_length:
     coords = {
         "layer": np.arange(n_l), "head": np.arange(n_h), "token": np.arange(n_i),
         "token_id": ("token", fp.token_ids.astype(np.int64)),
-        "token_str": ("token", np.array(fp.tokens, dtype=str)),
+        "token_str": ("token", np.array(fp.tokens, dtype=object)),
         "enc_frame": np.arange(n_t), "enc_time": ("enc_frame", np.arange(n_t) * enc_dt),
         "frame": np.arange(fp.features.shape[1]),
         "time": ("frame", np.arange(fp.features.shape[1]) * hop_length / sample_rate),

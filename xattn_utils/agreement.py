@@ -1,0 +1,384 @@
+"""Putting explanation maps on one grid and measuring how well cross-attention agrees with them.
+
+Grid: every map is brought to ``(I, T')`` — scored tokens × encoder frames — the grid cross-attention lives on.
+``L`` decoder layers, ``H`` heads, ``I`` scored tokens, ``T`` input frames, ``F`` features, ``T'`` encoder frames.
+
+Measures (row-wise per token, on the flattened map per utterance; aggregated over a data set with a seeded
+percentile bootstrap over utterances):
+
+* ``pearson`` (the paper's choice: magnitudes matter), ``pearson_r2`` (ρ², the share of variance explained),
+  ``spearman`` (ranks; robust to the heavy tails of saliency), ``kendall`` (τ-b, pair concordance),
+* ``topk_overlap``: the fraction of the top-k% reference (saliency) cells that are also top-k% attention cells.
+
+A constant row or map (e.g. an all-zero saliency row) has no correlation: it gives NaN, which is kept in token and
+utterance rows, excluded from every dataset mean, and counted in the ``n_nan`` column.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from .errors import XattnError
+
+MEASURES = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
+LEVELS = ("token", "utterance", "dataset", "dataset_token")
+_META_KEYS = ("n_frames", "tokens", "utterance")
+
+
+# --------------------------------------------------------------------------------------------------- grids
+def smx_to_encoder_frames(smx, frames_per_encoder_frame: int, reduce: str = "sum"):
+    """Input-frame saliency ``(I, T, F)`` -> encoder-frame relevance ``(I, T')``, ``T' = ceil(T / k)``.
+
+    Relevance is additive (SPES scores, and IG attributions, are amounts of the output attributed to each cell), so
+    both reductions are sums: over frequency, and over each group of ``k = frames_per_encoder_frame`` consecutive
+    input frames (the frames one encoder frame sees after the convolutional front end's stride; Whisper: 2). Sums
+    conserve the total relevance of every token, so the pooled map is still an attribution rather than an average.
+    A ragged last group is zero-padded. ``reduce="abs"`` sums magnitudes, for signed gradient maps whose signs would
+    otherwise cancel. Works on numpy arrays and torch tensors (any device), returning the same kind.
+    """
+    if reduce not in ("sum", "abs"):
+        raise XattnError(f"reduce={reduce!r}: use 'sum' (relevance maps) or 'abs' (signed gradient maps)")
+    k = int(frames_per_encoder_frame)
+    if k < 1 or smx.ndim != 3:
+        raise XattnError(f"smx_to_encoder_frames expects an (I, T, F) map and k >= 1, got shape "
+                         f"{tuple(smx.shape)} and k={k}")
+    x = abs(smx) if reduce == "abs" else smx
+    x = x.sum(-1)  # (I, T)
+    n_i, t = x.shape
+    pad = (-t) % k
+    if pad:
+        x = (torch.nn.functional.pad(x, (0, pad)) if isinstance(x, torch.Tensor)
+             else np.pad(x, ((0, 0), (0, pad))))
+    return x.reshape(n_i, (t + pad) // k, k).sum(-1)
+
+
+def ca_aggregate(ca, layers: Sequence[int] | None = None, heads: Iterable | None = None):
+    """Mean cross-attention over a set of (layer, head): ``(L, H, I, T')`` -> ``(I, T')``.
+
+    Args:
+        layers: layer indices (negative allowed; None: all).
+        heads: head indices applied to every chosen layer (None: all), or an iterable of ``(layer, head)`` pairs
+            (then ``layers`` must be None), e.g. a model's alignment heads.
+    """
+    if ca.ndim != 4:
+        raise XattnError(f"cross-attention must be (L, H, I, T'), got shape {tuple(ca.shape)}")
+    n_l, n_h = ca.shape[:2]
+    heads = None if heads is None else list(heads)
+    if heads and not np.isscalar(heads[0]) and not (isinstance(heads[0], torch.Tensor) and heads[0].ndim == 0):
+        if layers is not None:
+            raise XattnError("pass either layers (+ head indices) or a set of (layer, head) pairs, not both")
+        pairs = [(int(l) % n_l, int(h) % n_h) for l, h in heads]
+        li = [p[0] for p in pairs]
+        hi = [p[1] for p in pairs]
+        return ca[li, hi].mean(0)
+    li = list(range(n_l)) if layers is None else [int(l) % n_l for l in layers]
+    hi = list(range(n_h)) if heads is None else [int(h) % n_h for h in heads]
+    if not li or not hi:
+        raise XattnError("empty selection of layers/heads: choose at least one")
+    return ca[li][:, hi].mean((0, 1)) if isinstance(ca, np.ndarray) else ca[li][:, hi].mean(dim=(0, 1))
+
+
+def ca_all(ca):
+    """``(L, H, I, T')`` -> ``(I, T')`` mean over every layer and head."""
+    return ca_aggregate(ca)
+
+
+def ca_last_layer(ca):
+    """``(L, H, I, T')`` -> ``(I, T')`` head mean of the last decoder layer."""
+    return ca_aggregate(ca, layers=[-1])
+
+
+def ca_layer_means(ca):
+    """``(L, H, I, T')`` -> ``(L, I, T')`` head mean of each layer."""
+    return ca.mean(1) if isinstance(ca, np.ndarray) else ca.mean(dim=1)
+
+
+def ca_alignment_heads(ca, alignment_heads: Iterable[tuple[int, int]]):
+    """``(L, H, I, T')`` -> ``(I, T')`` mean over the model's alignment heads (e.g. Whisper's)."""
+    return ca_aggregate(ca, heads=[tuple(p) for p in alignment_heads])
+
+
+def ca_selections(ca, per_head: bool = False, per_layer: bool = True,
+                  alignment_heads: Iterable[tuple[int, int]] | None = None,
+                  sets: Mapping[str, Iterable[tuple[int, int]]] | None = None) -> dict[str, Any]:
+    """Named ``(I, T')`` aggregates, ready to be attention entries of :func:`agreement_table`.
+
+    Names: ``all``, ``last_layer``, ``layer{l}`` (per_layer), ``L{l}H{h}`` (per_head), ``alignment_heads``, and
+    the keys of ``sets`` (user-chosen sets of (layer, head)).
+    """
+    out: dict[str, Any] = {"all": ca_all(ca), "last_layer": ca_last_layer(ca)}
+    if per_layer:
+        means = ca_layer_means(ca)
+        out.update({f"layer{l}": means[l] for l in range(ca.shape[0])})
+    if per_head:
+        out.update({f"L{l}H{h}": ca[l, h] for l in range(ca.shape[0]) for h in range(ca.shape[1])})
+    if alignment_heads is not None:
+        out["alignment_heads"] = ca_alignment_heads(ca, alignment_heads)
+    for name, pairs in (sets or {}).items():
+        out[name] = ca_aggregate(ca, heads=[tuple(p) for p in pairs])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- measures
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _constant(x: np.ndarray) -> np.ndarray:
+    """(N, n) -> (N,) rows with no variation (or holding a non-finite value)."""
+    return ~(np.isfinite(x).all(-1)) | (x.max(-1) == x.min(-1))
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip((a * b).sum(-1) / den, -1.0, 1.0)
+
+
+def _kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # τ-b via scipy's O(n log n) algorithm, one row at a time (a vectorized pair count would be O(n²) memory).
+    return np.array([stats.kendalltau(x, y).statistic for x, y in zip(a, b)], dtype=np.float64)
+
+
+def _topk_rows(att: np.ndarray, ref: np.ndarray, topk: float) -> np.ndarray:
+    n = att.shape[-1]
+    m = min(n, max(1, int(round(topk * n))))
+    top_ref = np.argpartition(-ref, m - 1, axis=-1)[:, :m]
+    top_att = np.argpartition(-att, m - 1, axis=-1)[:, :m]
+    in_att = np.zeros(att.shape, dtype=bool)
+    np.put_along_axis(in_att, top_att, True, axis=-1)
+    return np.take_along_axis(in_att, top_ref, axis=-1).sum(-1) / m
+
+
+def row_agreement(att, ref, measure: str, topk: float = 0.1) -> np.ndarray:
+    """Agreement of each row pair: ``(N, n)`` attention and reference -> ``(N,)``; NaN where a row is constant.
+
+    Pearson, Spearman (Pearson of average ranks) and top-k overlap are vectorized over rows; Kendall τ-b loops.
+    """
+    a, r = _np(att), _np(ref)
+    if a.shape != r.shape or a.ndim != 2:
+        raise XattnError(f"agreement needs two (N, n) arrays of one shape, got {a.shape} and {r.shape}")
+    bad = _constant(a) | _constant(r)
+    a = np.where(bad[:, None], 0.0, a)
+    r = np.where(bad[:, None], 0.0, r)
+    a[bad, 0] = r[bad, 0] = 1.0  # keep the algorithms away from constant rows; their result is discarded
+    if measure in ("pearson", "pearson_r2"):
+        out = _pearson_rows(a, r)
+        out = out * out if measure == "pearson_r2" else out
+    elif measure == "spearman":
+        out = _pearson_rows(stats.rankdata(a, axis=-1), stats.rankdata(r, axis=-1))
+    elif measure == "kendall":
+        out = _kendall_rows(a, r)
+    elif measure == "topk_overlap":
+        if not 0 < topk <= 1:
+            raise XattnError(f"topk={topk}: give the top fraction of cells, in (0, 1]")
+        out = _topk_rows(a, r, topk)
+    else:
+        raise XattnError(f"unknown measure {measure!r}: use one of {', '.join(MEASURES)}")
+    out = np.asarray(out, dtype=np.float64)
+    out[bad] = np.nan
+    return out
+
+
+def token_agreement(att, ref, measure: str, topk: float = 0.1) -> np.ndarray:
+    """Per token: ``(I, T')`` × ``(I, T')`` -> ``(I,)``."""
+    return row_agreement(att, ref, measure, topk)
+
+
+def utterance_agreement(att, ref, measure: str, topk: float = 0.1) -> float:
+    """Per utterance, on the flattened maps: ``(I, T')`` × ``(I, T')`` -> scalar (NaN if a map is constant)."""
+    return float(row_agreement(_np(att).reshape(1, -1), _np(ref).reshape(1, -1), measure, topk)[0])
+
+
+def fisher_mean(r) -> float:
+    """Mean correlation through Fisher's z: tanh(mean(arctanh r)); NaNs excluded; NaN if none is left."""
+    r = _np(r).ravel()
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return float("nan")
+    return float(np.tanh(np.arctanh(np.clip(r, -1 + 1e-12, 1 - 1e-12)).mean()))
+
+
+def dataset_aggregate(groups: Sequence, measure: str, n_boot: int = 1000, seed: int = 0,
+                      ci: float = 0.95) -> dict[str, float]:
+    """Dataset value of per-utterance (or per-token, grouped by utterance) agreement values, with a bootstrap CI.
+
+    Args:
+        groups: one array of values per utterance (one value each for utterance-level values, I values each for
+            token-level values). NaNs are excluded and counted.
+        measure: Pearson values (and ρ², given as ρ² — the aggregate squares the Fisher-mean ρ, recovered from
+            sqrt) are averaged through Fisher's z; the other measures by their plain mean.
+        n_boot, seed, ci: percentile bootstrap that resamples utterances with replacement.
+    Returns: {value, ci_low, ci_high, n (values used), n_nan (values excluded), n_utterances}.
+    """
+    arrays = [_np(g).ravel() for g in groups]
+    n_nan = int(sum((~np.isfinite(g)).sum() for g in arrays))
+    valid = [g[np.isfinite(g)] for g in arrays]
+    valid = [g for g in valid if g.size]
+    n = int(sum(g.size for g in valid))
+    res = dict(value=float("nan"), ci_low=float("nan"), ci_high=float("nan"), n=n, n_nan=n_nan,
+               n_utterances=len(valid))
+    if not valid:
+        return res
+    fisher = measure in ("pearson", "pearson_r2")
+    if measure == "pearson_r2":
+        raise XattnError("aggregate pearson_r2 from the Pearson values (agreement_table does this)")
+
+    def fwd(v):
+        return np.arctanh(np.clip(v, -1 + 1e-12, 1 - 1e-12)) if fisher else v
+
+    def inv(v):
+        return np.tanh(v) if fisher else v
+
+    s = np.array([fwd(g).sum() for g in valid])
+    c = np.array([g.size for g in valid], dtype=np.float64)
+    res["value"] = float(inv(s.sum() / c.sum()))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(valid), size=(int(n_boot), len(valid)))
+    boot = inv(s[idx].sum(1) / c[idx].sum(1))
+    alpha = (1 - ci) / 2
+    res["ci_low"], res["ci_high"] = (float(q) for q in np.percentile(boot, [100 * alpha, 100 * (1 - alpha)]))
+    res["boot"] = boot
+    return res
+
+
+def _square_summary(d: dict) -> dict:
+    """ρ-summary -> ρ²-summary (the CI of ρ² from the bootstrap ρ samples)."""
+    out = dict(d)
+    out["value"] = d["value"] ** 2
+    if "boot" in d:
+        b2 = d["boot"] ** 2
+        lo_q = (1 - (d.get("ci", 0.95))) / 2
+        out["ci_low"], out["ci_high"] = (float(q) for q in np.percentile(b2, [100 * lo_q, 100 * (1 - lo_q)]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- table
+def _utterances(data) -> list[tuple[str, Mapping[str, Any]]]:
+    if isinstance(data, Mapping):
+        return [(str(k), v) for k, v in data.items()]
+    return [(str(d.get("utterance", i)), d) for i, d in enumerate(data)]
+
+
+def _prepare(uid: str, maps: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
+    missing = [n for n in names if n not in maps]
+    if missing:
+        raise XattnError(f"utterance {uid!r} has no map named {missing}; it has {sorted(maps)}")
+    out = {n: _np(maps[n]) for n in names}
+    for n, m in out.items():
+        if m.ndim != 2:
+            raise XattnError(f"utterance {uid!r}: map {n!r} must be (I, T'), got shape {m.shape}")
+    rows = {m.shape[0] for m in out.values()}
+    if len(rows) > 1:
+        raise XattnError(f"utterance {uid!r}: maps have different token counts "
+                         f"{ {n: m.shape[0] for n, m in out.items()} }; score the same hypothesis")
+    n_frames = maps.get("n_frames")
+    if n_frames is not None:
+        short = [n for n, m in out.items() if m.shape[1] < int(n_frames)]
+        if short:
+            raise XattnError(f"utterance {uid!r}: maps {short} have fewer than n_frames={n_frames} frames")
+        out = {n: m[:, : int(n_frames)] for n, m in out.items()}
+    elif len({m.shape[1] for m in out.values()}) > 1:
+        raise XattnError(f"utterance {uid!r}: maps have different frame counts "
+                         f"{ {n: m.shape[1] for n, m in out.items()} }; add 'n_frames' (real encoder frames) "
+                         "to the utterance's entry to cut them to the audio")
+    return out
+
+
+def agreement_table(data, references: Sequence[str], attention: Sequence[str] | None = None,
+                    measures: Sequence[str] = MEASURES, levels: Sequence[str] = ("token", "utterance", "dataset"),
+                    topk: float = 0.1, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+                    model: str = "") -> pd.DataFrame:
+    """Tidy agreement table between attention maps and reference (saliency) maps.
+
+    Args:
+        data: ``{utterance_id: {name: (I, T') map, ...}}`` or a list of such dicts (id: an ``"utterance"`` key or
+            the position). Optional per-utterance keys: ``"n_frames"`` (encoder frames holding audio: all maps
+            are cut to it — do pass it, padding frames would otherwise count), ``"tokens"`` (I token strings).
+        references: names of the reference maps (e.g. ``["smx", "smh"]``).
+        attention: names of the attention maps (None: every other map name of the first utterance).
+        measures: any of :data:`MEASURES`.
+        levels: any of ``token`` (one row per token), ``utterance`` (flattened map), ``dataset`` (mean of the
+            utterance values; Fisher-z mean for Pearson), ``dataset_token`` (mean of all token values).
+        topk: fraction of cells for ``topk_overlap``.
+        n_boot, seed, ci: bootstrap over utterances for the dataset levels.
+        model: value of the ``model`` column.
+    Returns: DataFrame with columns model, utterance, token, token_text, level, attention, reference, measure,
+        value, ci_low, ci_high, n, n_nan. ``n``: cells (token/utterance rows) or values used (dataset rows);
+        ``n_nan``: values excluded as NaN (dataset rows).
+    """
+    bad = [m for m in measures if m not in MEASURES] + [lv for lv in levels if lv not in LEVELS]
+    if bad:
+        raise XattnError(f"unknown measures/levels {bad}: measures {MEASURES}, levels {LEVELS}")
+    utts = _utterances(data)
+    if not utts:
+        raise XattnError("agreement_table got no utterances")
+    if attention is None:
+        attention = [k for k in utts[0][1] if k not in references and k not in _META_KEYS]
+    names = list(dict.fromkeys([*attention, *references]))
+    base_measures = [m for m in measures if m != "pearson_r2"]
+    if "pearson_r2" in measures and "pearson" not in base_measures:
+        base_measures.append("pearson")
+    blocks: list[pd.DataFrame] = []
+    tok_vals: dict[tuple, list] = {}
+    utt_vals: dict[tuple, list] = {}
+    for uid, entry in utts:
+        maps = _prepare(uid, entry, names)
+        tokens = entry.get("tokens")
+        n_i, n_t = next(iter(maps.values())).shape
+        for a in attention:
+            for r in references:
+                for m in base_measures:
+                    tv = token_agreement(maps[a], maps[r], m, topk)
+                    uv = utterance_agreement(maps[a], maps[r], m, topk)
+                    out_ms = [m] + (["pearson_r2"] if m == "pearson" and "pearson_r2" in measures else [])
+                    for om in out_ms:
+                        if om == "pearson" and om not in measures:
+                            continue
+                        t_out, u_out = (tv ** 2, uv ** 2) if om == "pearson_r2" else (tv, uv)
+                        if "token" in levels:
+                            blocks.append(pd.DataFrame(dict(
+                                utterance=uid, token=np.arange(n_i),
+                                token_text=list(tokens) if tokens is not None else None,
+                                level="token", attention=a, reference=r, measure=om, value=t_out, n=n_t)))
+                        if "utterance" in levels:
+                            blocks.append(pd.DataFrame(dict(
+                                utterance=[uid], token=[None], token_text=[None], level="utterance", attention=a,
+                                reference=r, measure=om, value=[u_out], n=n_i * n_t)))
+                    tok_vals.setdefault((a, r, m), []).append(tv)
+                    utt_vals.setdefault((a, r, m), []).append(np.array([uv]))
+    for level, source in (("dataset", utt_vals), ("dataset_token", tok_vals)):
+        if level not in levels:
+            continue
+        for (a, r, m), groups in source.items():
+            summ = dataset_aggregate(groups, m, n_boot=n_boot, seed=seed, ci=ci)
+            summ["ci"] = ci
+            rows = []
+            if m in measures:
+                rows.append((m, summ))
+            if m == "pearson" and "pearson_r2" in measures:
+                rows.append(("pearson_r2", _square_summary(summ)))
+            for om, s in rows:
+                blocks.append(pd.DataFrame(dict(
+                    utterance=[None], token=[None], token_text=[None], level=level, attention=a, reference=r,
+                    measure=om, value=[s["value"]], ci_low=[s["ci_low"]], ci_high=[s["ci_high"]], n=[s["n"]],
+                    n_nan=[s["n_nan"]])))
+    cols = ["model", "utterance", "token", "token_text", "level", "attention", "reference", "measure", "value",
+            "ci_low", "ci_high", "n", "n_nan"]
+    df = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=cols)
+    df["model"] = model
+    for c in ("ci_low", "ci_high", "n_nan"):
+        if c not in df:
+            df[c] = np.nan
+    df["token"] = df["token"].astype("Int64")
+    df["n_nan"] = df["n_nan"].astype("Int64")
+    return df[cols]
