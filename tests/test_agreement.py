@@ -6,9 +6,22 @@ import pytest
 import torch
 from scipy import stats
 
-from xattn_utils.agreement import (MEASURES, agreement_table, ca_aggregate, ca_alignment_heads, ca_all,
-                                   ca_last_layer, ca_layer_means, ca_selections, dataset_aggregate, fisher_mean,
-                                   row_agreement, smx_to_encoder_frames, token_agreement, utterance_agreement)
+from xattn_utils.agreement import (
+    MEASURES,
+    agreement_table,
+    ca_aggregate,
+    ca_alignment_heads,
+    ca_all,
+    ca_last_layer,
+    ca_layer_means,
+    ca_selections,
+    dataset_aggregate,
+    fisher_mean,
+    row_agreement,
+    smx_to_encoder_frames,
+    token_agreement,
+    utterance_agreement,
+)
 from xattn_utils.errors import XattnError
 
 CORR = ["pearson", "spearman", "kendall"]
@@ -161,3 +174,14 @@ def test_agreement_table_list_input_and_errors():
     assert list(df.utterance) == ["0", "1"] and (df.measure == "kendall").all()
     with pytest.raises(XattnError, match="no map named"):
         agreement_table(data, references=["smh"], attention=["ca_all"])
+
+
+def test_r2_interval_from_squared_bootstrap():
+    rng = np.random.default_rng(8)
+    data = [{"ca": rng.random((2, 30)), "sal": rng.random((2, 30))} for _ in range(12)]  # r around 0
+    df = agreement_table(data, references=["sal"], measures=["pearson", "pearson_r2"], levels=["dataset"], n_boot=300)
+    r = df[df.measure == "pearson"].iloc[0]
+    r2 = df[df.measure == "pearson_r2"].iloc[0]
+    assert r.ci_low < 0 < r.ci_high
+    assert 0 <= r2.ci_low < 1e-3 < r2.ci_high  # squared replicates: an interval spanning 0 starts near 0
+    assert r2.value == pytest.approx(r.value ** 2)

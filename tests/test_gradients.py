@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import IntegratedGradients, Saliency
-
 from toy_models import BlockToyScorer
+
 from xattn_utils.errors import XattnError
 from xattn_utils.gradients import GradientConfig, attribute_gradients, attribute_with, canonical_method
 
@@ -99,7 +99,7 @@ def test_config_and_aliases(toy):
 
 def test_uses_captum_classes(toy):
     """Parity with a direct captum call on one token (guards the batching trick)."""
-    fwd = lambda x: toy.log_probs(x)[:, 2, toy.target_ids[2]]  # noqa: E731
+    fwd = lambda x: toy.log_probs(x)[:, 2, toy.target_ids[2]]
     x = toy.features[None].clone().requires_grad_(True)
     sal = Saliency(fwd).attribute(x, abs=False)[0].T
     ig = IntegratedGradients(fwd).attribute(x, baselines=torch.zeros_like(x), n_steps=8)[0].T

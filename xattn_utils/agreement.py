@@ -151,7 +151,7 @@ def _kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _topk_rows(att: np.ndarray, ref: np.ndarray, topk: float) -> np.ndarray:
     n = att.shape[-1]
-    m = min(n, max(1, int(round(topk * n))))
+    m = min(n, max(1, round(topk * n)))
     top_ref = np.argpartition(-ref, m - 1, axis=-1)[:, :m]
     top_att = np.argpartition(-att, m - 1, axis=-1)[:, :m]
     in_att = np.zeros(att.shape, dtype=bool)
@@ -218,15 +218,16 @@ def dataset_aggregate(groups: Sequence, measure: str, n_boot: int = 1000, seed: 
         measure: Pearson values (and ρ², given as ρ² — the aggregate squares the Fisher-mean ρ, recovered from
             sqrt) are averaged through Fisher's z; the other measures by their plain mean.
         n_boot, seed, ci: percentile bootstrap that resamples utterances with replacement.
-    Returns: {value, ci_low, ci_high, n (values used), n_nan (values excluded), n_utterances}.
+    Returns: {value, ci_low, ci_high, n (values used), n_nan (values excluded), n_utterances, boot (the
+        bootstrap replicates of the value; absent when no value is valid)}.
     """
     arrays = [_np(g).ravel() for g in groups]
     n_nan = int(sum((~np.isfinite(g)).sum() for g in arrays))
     valid = [g[np.isfinite(g)] for g in arrays]
     valid = [g for g in valid if g.size]
     n = int(sum(g.size for g in valid))
-    res = dict(value=float("nan"), ci_low=float("nan"), ci_high=float("nan"), n=n, n_nan=n_nan,
-               n_utterances=len(valid))
+    res = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": n, "n_nan": n_nan,
+               "n_utterances": len(valid)}
     if not valid:
         return res
     fisher = measure in ("pearson", "pearson_r2")
@@ -251,14 +252,14 @@ def dataset_aggregate(groups: Sequence, measure: str, n_boot: int = 1000, seed: 
     return res
 
 
-def _square_summary(d: dict) -> dict:
-    """ρ-summary -> ρ²-summary (the CI of ρ² from the bootstrap ρ samples)."""
+def _square_summary(d: dict, ci: float) -> dict:
+    """ρ-summary -> ρ²-summary (the CI of ρ² from the bootstrap ρ samples, so a CI spanning 0 starts at 0)."""
     out = dict(d)
     out["value"] = d["value"] ** 2
     if "boot" in d:
-        b2 = d["boot"] ** 2
-        lo_q = (1 - (d.get("ci", 0.95))) / 2
-        out["ci_low"], out["ci_high"] = (float(q) for q in np.percentile(b2, [100 * lo_q, 100 * (1 - lo_q)]))
+        alpha = (1 - ci) / 2
+        qs = np.percentile(d["boot"] ** 2, [100 * alpha, 100 * (1 - alpha)])
+        out["ci_low"], out["ci_high"] = float(qs[0]), float(qs[1])
     return out
 
 
@@ -328,57 +329,54 @@ def agreement_table(data, references: Sequence[str], attention: Sequence[str] | 
     base_measures = [m for m in measures if m != "pearson_r2"]
     if "pearson_r2" in measures and "pearson" not in base_measures:
         base_measures.append("pearson")
-    blocks: list[pd.DataFrame] = []
+    cols = ["model", "utterance", "token", "token_text", "level", "attention", "reference", "measure", "value",
+            "ci_low", "ci_high", "n", "n_nan"]
+    blocks: list[dict[str, Any]] = []  # each: column -> scalar or (k,) array; stacked once at the end
+
+    def emit(k: int, **values) -> None:
+        blocks.append({c: np.broadcast_to(np.asarray(values.get(c), dtype=object), (k,)) for c in cols[1:]})
+
     tok_vals: dict[tuple, list] = {}
     utt_vals: dict[tuple, list] = {}
     for uid, entry in utts:
         maps = _prepare(uid, entry, names)
-        tokens = entry.get("tokens")
         n_i, n_t = next(iter(maps.values())).shape
+        tokens = entry.get("tokens")
+        if tokens is not None and len(tokens) != n_i:
+            raise XattnError(f"utterance {uid!r}: {len(tokens)} token strings for {n_i} map rows")
+        token_text = np.array(list(tokens), dtype=object) if tokens is not None else None
         for a in attention:
             for r in references:
                 for m in base_measures:
                     tv = token_agreement(maps[a], maps[r], m, topk)
                     uv = utterance_agreement(maps[a], maps[r], m, topk)
-                    out_ms = [m] + (["pearson_r2"] if m == "pearson" and "pearson_r2" in measures else [])
-                    for om in out_ms:
-                        if om == "pearson" and om not in measures:
-                            continue
-                        t_out, u_out = (tv ** 2, uv ** 2) if om == "pearson_r2" else (tv, uv)
-                        if "token" in levels:
-                            blocks.append(pd.DataFrame(dict(
-                                utterance=uid, token=np.arange(n_i),
-                                token_text=list(tokens) if tokens is not None else None,
-                                level="token", attention=a, reference=r, measure=om, value=t_out, n=n_t)))
-                        if "utterance" in levels:
-                            blocks.append(pd.DataFrame(dict(
-                                utterance=[uid], token=[None], token_text=[None], level="utterance", attention=a,
-                                reference=r, measure=om, value=[u_out], n=n_i * n_t)))
                     tok_vals.setdefault((a, r, m), []).append(tv)
                     utt_vals.setdefault((a, r, m), []).append(np.array([uv]))
+                    outs = [(m, tv, uv)] if m in measures else []
+                    if m == "pearson" and "pearson_r2" in measures:
+                        outs.append(("pearson_r2", tv ** 2, uv ** 2))
+                    for om, t_out, u_out in outs:
+                        common = {"utterance": uid, "attention": a, "reference": r, "measure": om}
+                        if "token" in levels:
+                            emit(n_i, **common, token=np.arange(n_i), token_text=token_text, level="token",
+                                 value=t_out, n=n_t)
+                        if "utterance" in levels:
+                            emit(1, **common, level="utterance", value=u_out, n=n_i * n_t)
     for level, source in (("dataset", utt_vals), ("dataset_token", tok_vals)):
         if level not in levels:
             continue
         for (a, r, m), groups in source.items():
             summ = dataset_aggregate(groups, m, n_boot=n_boot, seed=seed, ci=ci)
-            summ["ci"] = ci
-            rows = []
-            if m in measures:
-                rows.append((m, summ))
+            outs = [(m, summ)] if m in measures else []
             if m == "pearson" and "pearson_r2" in measures:
-                rows.append(("pearson_r2", _square_summary(summ)))
-            for om, s in rows:
-                blocks.append(pd.DataFrame(dict(
-                    utterance=[None], token=[None], token_text=[None], level=level, attention=a, reference=r,
-                    measure=om, value=[s["value"]], ci_low=[s["ci_low"]], ci_high=[s["ci_high"]], n=[s["n"]],
-                    n_nan=[s["n_nan"]])))
-    cols = ["model", "utterance", "token", "token_text", "level", "attention", "reference", "measure", "value",
-            "ci_low", "ci_high", "n", "n_nan"]
-    df = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame(columns=cols)
-    df["model"] = model
-    for c in ("ci_low", "ci_high", "n_nan"):
-        if c not in df:
-            df[c] = np.nan
-    df["token"] = df["token"].astype("Int64")
-    df["n_nan"] = df["n_nan"].astype("Int64")
+                outs.append(("pearson_r2", _square_summary(summ, ci)))
+            for om, sm in outs:
+                emit(1, level=level, attention=a, reference=r, measure=om, value=sm["value"], ci_low=sm["ci_low"],
+                     ci_high=sm["ci_high"], n=sm["n"], n_nan=sm["n_nan"])
+    df = pd.DataFrame({c: np.concatenate([b[c] for b in blocks]) if blocks else [] for c in cols[1:]})
+    df.insert(0, "model", model)
+    for c in ("value", "ci_low", "ci_high"):
+        df[c] = df[c].astype(float)
+    for c in ("token", "n", "n_nan"):
+        df[c] = df[c].astype("Int64")
     return df[cols]

@@ -62,7 +62,7 @@ def standardize_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 def alignment_matrix(weights, n_frames: int | None = None, renormalize: bool = True, standardize: bool = True,
-                     medfilt_width: int = 7) -> torch.Tensor:
+                     medfilt_width: int = 7, rows: slice | None = None) -> torch.Tensor:
     """Heads' attention ``(K, R, T')`` (or one map ``(R, T')``) -> the matrix DTW runs on, ``(R, n_frames)``.
 
     Args:
@@ -70,6 +70,10 @@ def alignment_matrix(weights, n_frames: int | None = None, renormalize: bool = T
         renormalize: rescale each row to sum 1 over the kept frames (Whisper's re-softmax after the cut).
         standardize: z-score over the token axis per head.
         medfilt_width: median filter along time (1: none).
+        rows: rows kept for DTW after standardization (None: all). openai-whisper standardizes over every decoder
+            position (prompt, text, end-of-text query) and keeps ``slice(len(sot_sequence), -1)``; pass those rows
+            and this slice to match it exactly. With only the scored rows (a ForcedPass), the statistics come from
+            the scored rows alone — a small difference.
     """
     w = torch.as_tensor(weights).detach().float()
     if w.ndim == 2:
@@ -84,7 +88,8 @@ def alignment_matrix(weights, n_frames: int | None = None, renormalize: bool = T
         w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
     if standardize:
         w = standardize_tokens(w)
-    return median_filter(w, medfilt_width).mean(0)
+    m = median_filter(w, medfilt_width).mean(0)
+    return m if rows is None else m[rows]
 
 
 # --------------------------------------------------------------------------------------------------- DTW
@@ -231,7 +236,7 @@ def _n_text_tokens(tokens: Sequence[str], n_rows: int) -> int:
 
 def word_timestamps(alignment_weights, tokens: Sequence[str], n_frames: int | None = None,
                     frames_per_second: float = WHISPER_FRAMES_PER_SECOND, renormalize: bool = True,
-                    medfilt_width: int = 7) -> list[Word]:
+                    medfilt_width: int = 7, rows: slice | None = None) -> list[Word]:
     """Whisper-style word timestamps from the alignment heads' cross-attention.
 
     Args:
@@ -241,9 +246,11 @@ def word_timestamps(alignment_weights, tokens: Sequence[str], n_frames: int | No
             text tokens.
         n_frames: encoder frames holding audio (Whisper: input frames // 2).
         renormalize: Whisper's re-softmax over the kept frames (False: HF transformers' variant).
+        rows: see :func:`alignment_matrix` (then ``tokens`` match the kept rows).
     Returns: words with start/end in seconds.
     """
-    matrix = alignment_matrix(alignment_weights, n_frames, renormalize=renormalize, medfilt_width=medfilt_width)
+    matrix = alignment_matrix(alignment_weights, n_frames, renormalize=renormalize, medfilt_width=medfilt_width,
+                              rows=rows)
     n_text = _n_text_tokens(tokens, matrix.shape[0])
     starts, ends = token_times(matrix, frames_per_second, n_tokens=n_text)
     return words_from_token_times(list(tokens)[:n_text], starts, ends)
@@ -304,12 +311,12 @@ def timestamp_errors(pred_words: Sequence, ref_words: Sequence, tolerances: Sequ
     rows = []
     for r, p in zip(ref, match):
         ps, pe = (pred[p].start, pred[p].end) if p is not None else (nan, nan)
-        rows.append(dict(word=r.text.strip(), ref_start=r.start, ref_end=r.end, pred_start=ps, pred_end=pe,
-                         start_error=abs(ps - r.start), end_error=abs(pe - r.end)))
+        rows.append({"word": r.text.strip(), "ref_start": r.start, "ref_end": r.end, "pred_start": ps,
+                     "pred_end": pe, "start_error": abs(ps - r.start), "end_error": abs(pe - r.end)})
     df = pd.DataFrame(rows, columns=["word", "ref_start", "ref_end", "pred_start", "pred_end", "start_error",
                                      "end_error"])
     for tol in tolerances:
-        ms = int(round(tol * 1000))
+        ms = round(tol * 1000)
         df[f"start_within_{ms}ms"] = df.start_error <= tol + 1e-9
         df[f"end_within_{ms}ms"] = df.end_error <= tol + 1e-9
     return df
