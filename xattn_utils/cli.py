@@ -60,6 +60,26 @@ def cmd_extract(args) -> int:
     return _finish(report, args.out)
 
 
+def cmd_saliency(args) -> int:
+    import dataclasses
+
+    from .extract import ExtractConfig
+    from .models import load_model
+    from .saliency import SaliencyConfig, compute_saliency
+    from .spes import SMHConfig, SPESConfig
+
+    loaded = load_model(args.model, args.input_mode, args.device)
+    spes = SPESConfig.cpu()
+    overrides = {k: v for k, v in (("n_masks", args.n_masks), ("seed", args.seed)) if v is not None}
+    spes = dataclasses.replace(spes, **overrides)
+    smh = dataclasses.replace(SMHConfig(), **overrides)
+    cfg = SaliencyConfig(methods=tuple(args.method), spes=spes, smh=smh, ig_steps=args.ig_steps)
+    report = compute_saliency(loaded, _items(args), args.out, cfg,
+                              ExtractConfig(language=args.language, task=args.task, with_hidden=True),
+                              progress=not args.quiet)
+    return _finish(report, args.out)
+
+
 def _finish(report, out) -> int:
     for uid, msg in report.failed.items():
         print(f"error: {msg}", file=sys.stderr)
@@ -93,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-hidden", action="store_true", help="also store the encoder output")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("saliency", help="SPES (X, H) and gradient maps, stored beside the cross-attention")
+    _add_model_args(p)
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--manifest", help="data manifest CSV (data_manifest.csv schema)")
+    p.add_argument("--split")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--out", required=True, help="result store folder (the same as extract's)")
+    p.add_argument("--method", nargs="+", default=["spes-x", "spes-h"],
+                   choices=("spes-x", "spes-h", "saliency", "ixg", "ig"))
+    p.add_argument("--n-masks", type=int, help="SPES masks per utterance (CPU default; the paper used 20000)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ig-steps", type=int, default=32)
+    p.add_argument("--language")
+    p.add_argument("--task")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_saliency)
     return parser
 
 

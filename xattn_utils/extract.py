@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from .errors import InputError, XattnError
@@ -86,7 +87,7 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
     prompt = decoder_prompt(loaded, cfg.language, cfg.task)
     store.update_attrs(**provenance(model=loaded.provenance(), params={"extract": cfg}))
     report = RunReport()
-    pending = []  # (id, features, key, digest)
+    pending = []  # (id, features for the forced pass, features for decoding, cache key, audio sha256)
     for _, row in tqdm(items.iterrows(), total=len(items), desc="features", disable=not progress):
         uid = str(row["id"])
         try:
@@ -95,33 +96,34 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
             if store.has(uid, KIND, key):
                 report.skipped.append(uid)
                 continue
-            pending.append((uid, loaded.features(audio), key, digest))
+            feats = loaded.features(audio)
+            dec = feats if loaded.decode_mode == loaded.input_mode else loaded.features(audio, loaded.decode_mode)
+            pending.append((uid, feats, dec, key, digest))
         except XattnError as err:
             report.failed[uid] = str(err)
             store.record_error(uid, KIND, str(err))
-    feats = [p[1] for p in pending]
-    batches = batches_by_length(feats, cfg.batch_size)
-    bar = tqdm(total=len(pending), desc="extract", unit="utt", disable=not progress)
-    for idx in batches:
-        import torch
-
-        x = torch.stack([feats[i].values for i in idx])
-        hyps = greedy_decode(loaded, x, prompt, cfg.max_new_tokens)
-        ok = [(i, h) for i, h in zip(idx, hyps) if h]
-        for i, h in zip(idx, hyps):
-            if not h:
-                msg = f"{pending[i][0]}: empty hypothesis (the model heard no speech); nothing to explain"
-                report.failed[pending[i][0]] = msg
-                store.record_error(pending[i][0], KIND, msg)
-        if ok:
-            passes = forced_pass(loaded, [feats[i] for i, _ in ok], prompt, [h for _, h in ok], cfg.with_hidden)
-            for (i, _), fp in zip(ok, passes):
-                uid, _, key, digest = pending[i]
-                attrs = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
-                                   params={"extract": cfg})
-                ds = attention_dataset(fp, loaded.frames_per_encoder_frame, attrs={"provenance": attrs})
-                store.write(uid, KIND, ds, key)
-                report.done.append(uid)
+    bar = tqdm(total=2 * len(pending), desc="decode + forced pass", unit="step", disable=not progress)
+    hyps: dict[int, list[int]] = {}
+    for idx in batches_by_length([p[2] for p in pending], cfg.batch_size):
+        x = torch.stack([pending[i][2].values for i in idx])
+        hyps.update(zip(idx, greedy_decode(loaded, x, prompt, cfg.max_new_tokens)))
+        bar.update(len(idx))
+    for i, h in hyps.items():
+        if not h:
+            uid = pending[i][0]
+            report.failed[uid] = f"{uid}: empty hypothesis (the model heard no speech); nothing to explain"
+            store.record_error(uid, KIND, report.failed[uid])
+    ok = [i for i in range(len(pending)) if hyps[i]]
+    for sub in batches_by_length([pending[i][1] for i in ok], cfg.batch_size):
+        idx = [ok[j] for j in sub]
+        passes = forced_pass(loaded, [pending[i][1] for i in idx], prompt, [hyps[i] for i in idx], cfg.with_hidden)
+        for i, fp in zip(idx, passes):
+            uid, _, _, key, digest = pending[i]
+            attrs = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
+                               params={"extract": cfg, "decode_mode": loaded.decode_mode})
+            store.write(uid, KIND, attention_dataset(fp, loaded.frames_per_encoder_frame, attrs={"provenance": attrs}),
+                        key)
+            report.done.append(uid)
         bar.update(len(idx))
     bar.close()
     return report

@@ -239,7 +239,7 @@ def transcribe(loaded: LoadedModel, audios: list[np.ndarray], language: str | No
                task: str | None = None, max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
     """Greedy transcripts of 16 kHz mono audios (batched by equal feature length)."""
     prompt = decoder_prompt(loaded, language, task)
-    feats = [loaded.features(a) for a in audios]
+    feats = [loaded.features(a, loaded.decode_mode) for a in audios]
     texts: list[str] = [""] * len(audios)
     for idx in batches_by_length(feats, batch_size):
         x = torch.stack([feats[i].values for i in idx])

@@ -9,7 +9,10 @@ Input modes (recorded in provenance):
 - ``padded``: Whisper's faithful input, log-mel padded to 30 s (3000 frames);
 - ``trimmed``: the same log-mel cut to the audio, rounded up to ``trim_quantum`` frames, run through a copy of the
   encoder whose position table is shrunk to match (about 18x cheaper for 5 s of speech). Values in the audio
-  region are identical to the padded mode's.
+  region are identical to the padded mode's. Whisper never saw short inputs in training: free decoding on them
+  tends to loop, so the hypothesis is always decoded on the padded input and only the forced passes (attention,
+  saliency) run trimmed. Forced log-probs shift somewhat (the end-of-text token most), which is why the mode is
+  part of every artifact's provenance and cache key.
 """
 from __future__ import annotations
 
@@ -99,6 +102,11 @@ class LoadedModel:
         raise ModelError(f"cannot read the encoder's downsampling for model type {cfg.model_type!r}")
 
     @property
+    def decode_mode(self) -> str:
+        """The input mode free decoding uses (Whisper: always padded, see the module docstring)."""
+        return "padded" if self.is_whisper else self.input_mode
+
+    @property
     def n_layers(self) -> int:
         return int(self.model.config.decoder_layers)
 
@@ -121,8 +129,9 @@ class LoadedModel:
             "trim_quantum": self.trim_quantum,
         }
 
-    def features(self, audio: np.ndarray) -> Features:
-        """Log-mel features of 16 kHz mono audio, laid out (F, T) and cut per the input mode."""
+    def features(self, audio: np.ndarray, mode: str | None = None) -> Features:
+        """Log-mel features of 16 kHz mono audio, laid out (F, T) and cut per the input mode (or ``mode``)."""
+        mode = mode or self.input_mode
         fe = self.processor.feature_extractor
         out = fe(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
         values = out["input_features"][0]
@@ -132,7 +141,7 @@ class LoadedModel:
             return Features(values, values.shape[1], 0.0)
         n_audio = min(values.shape[1], math.ceil(len(audio) / hop))
         floor = float(values.min())
-        if self.input_mode == "trimmed":
+        if mode == "trimmed":
             quantum = self.trim_quantum * self.frames_per_encoder_frame // math.gcd(
                 self.trim_quantum, self.frames_per_encoder_frame)
             n_keep = min(values.shape[1], max(quantum, math.ceil(n_audio / quantum) * quantum))

