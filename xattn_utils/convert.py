@@ -34,7 +34,7 @@ from .ct2_reader import CT2Model, read_ct2_model
 from .errors import ModelError
 from .paths import cache_dir
 
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "1"  # bump on any change to the output, so cached conversions are rebuilt
 BUNDLED_NAME = "whisper-tiny.en"
 SOURCE_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
 N_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
@@ -178,16 +178,16 @@ def _generation_config(ct2_config: dict, vocab: list[str], max_length: int):
 
     ids = {t: i for i, t in enumerate(vocab)}
     multilingual = len(vocab) >= 51865
-    kw = dict(
-        alignment_heads=[list(map(int, h)) for h in ct2_config.get("alignment_heads", [])],
-        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [])),
-        suppress_tokens=list(ct2_config.get("suppress_ids", [])),
-        bos_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"], decoder_start_token_id=ids["<|startoftranscript|>"],
-        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
-        is_multilingual=multilingual, max_initial_timestamp_index=50, max_length=max_length,
-        return_timestamps=False,
-    )
+    kw = {
+        "alignment_heads": [list(map(int, h)) for h in ct2_config.get("alignment_heads", [])],
+        "begin_suppress_tokens": list(ct2_config.get("suppress_ids_begin", [])),
+        "suppress_tokens": list(ct2_config.get("suppress_ids", [])),
+        "bos_token_id": ids["<|startoftranscript|>"], "eos_token_id": ids["<|endoftext|>"],
+        "pad_token_id": ids["<|endoftext|>"], "decoder_start_token_id": ids["<|startoftranscript|>"],
+        "no_timestamps_token_id": ids["<|notimestamps|>"], "prev_sot_token_id": ids["<|startofprev|>"],
+        "is_multilingual": multilingual, "max_initial_timestamp_index": 50, "max_length": max_length,
+        "return_timestamps": False,
+    }
     if multilingual:
         kw["lang_to_id"] = {vocab[i]: i for i in ct2_config.get("lang_ids", [])}
         kw["task_to_id"] = {"translate": ids["<|translate|>"], "transcribe": ids["<|transcribe|>"]}
@@ -234,7 +234,11 @@ def _tokenizer(src_dir: Path, vocab: list[str]):
 def _build(src_dir: Path, out: Path) -> dict:
     """Write the transformers folder into ``out`` (which exists and is empty); return conversion.json's content."""
     import torch
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import (
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
 
     from .models import weights_sha256
 
@@ -305,6 +309,7 @@ def convert_ct2_whisper(src_dir: Path, dest_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.tmp-", dir=dest_dir.parent))
     try:
         _build(src_dir, tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private
         _publish(tmp, dest_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -329,6 +334,7 @@ def ensure_bundled_whisper(cache: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         _build(src, tmp)
+        tmp.chmod(0o755)
         _publish(tmp, dest, hashes)  # keeps another process's finished folder if it won the race
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,162 @@
+"""Decoding, forced pass and extraction on the real bundled Whisper tiny.en."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from xattn_utils import ExtractConfig, ModelError, Seq2SeqScorer, extract_cross_attention, load_model, open_store
+from xattn_utils.errors import HypothesisError
+from xattn_utils.forced import _value_norms, decoder_prompt, forced_pass, greedy_decode
+
+
+def _items(speech_dir, n=3):
+    return pd.DataFrame({"id": [f"utt{i}" for i in range(n)],
+                         "audio_path": [str(speech_dir / f"utt{i}.wav") for i in range(n)]})
+
+
+def test_transcribes_synthetic_speech(bundled, speech_dir):
+    from xattn_utils import transcribe
+
+    audio, _ = sf.read(speech_dir / "utt0.wav", dtype="float32")
+    text = transcribe(bundled, [audio])[0].lower()
+    assert "lazy dog" in text and "fox" in text
+
+
+def test_batch_equals_one_by_one(bundled, speech_dir, tmp_path):
+    items = _items(speech_dir)
+    r1 = extract_cross_attention(bundled, items, tmp_path / "b1", ExtractConfig(batch_size=1), progress=False)
+    r3 = extract_cross_attention(bundled, items, tmp_path / "b3", ExtractConfig(batch_size=3), progress=False)
+    assert len(r1.done) == len(r3.done) == 3
+    s1, s3 = open_store(tmp_path / "b1"), open_store(tmp_path / "b3")
+    for uid in items.id:
+        a, b = s1.load(uid, "attention"), s3.load(uid, "attention")
+        assert list(a.token_id.values) == list(b.token_id.values)
+        np.testing.assert_allclose(a.cross_attention.values, b.cross_attention.values, atol=2e-5)
+        np.testing.assert_allclose(a.log_probs.values, b.log_probs.values, atol=2e-4)
+
+
+def test_forced_pass_shapes_and_values(bundled, speech_dir, tmp_path):
+    extract_cross_attention(bundled, _items(speech_dir, 1), tmp_path, progress=False)
+    ds = open_store(tmp_path).load("utt0", "attention")
+    n_l, n_h = bundled.n_layers, bundled.n_heads
+    assert ds.cross_attention.dims == ("layer", "head", "token", "enc_frame")
+    assert ds.cross_attention.shape[:2] == (n_l, n_h) == (4, 6)
+    # cut to the audio: ceil(frames / 2) encoder frames, far fewer than Whisper's 1500
+    assert ds.sizes["enc_frame"] == -(-ds.attrs["n_audio_frames"] // 2) < 1500
+    assert str(ds.token_str.values[-1]) == "<|endoftext|>"
+    assert (ds.log_probs.values <= 0).all() and ds.log_probs.values.mean() > -1.5
+    # rows were softmax over 1500 frames: the mass on the audio frames is at most 1 (Whisper also looks at padding)
+    mass = ds.cross_attention.sum("enc_frame").values
+    assert (mass <= 1 + 1e-4).all() and mass.mean() > 0.3
+    prov = ds.attrs["provenance"]
+    assert prov["model"]["model_id"] == "bundled:whisper-tiny.en" and len(prov["model"]["weights_sha256"]) == 64
+    assert prov["model"]["input_mode"] == "padded" and len(prov["data"]["sha256"]) == 64
+
+
+def test_scorer_agrees_with_forced_pass(bundled, speech_dir):
+    audio, _ = sf.read(speech_dir / "utt1.wav", dtype="float32")
+    feats = bundled.features(audio)
+    prompt = decoder_prompt(bundled)
+    hyp = greedy_decode(bundled, feats.values[None], prompt)[0]
+    fp = forced_pass(bundled, [feats], prompt, [hyp])[0]
+    scorer = Seq2SeqScorer(bundled, feats, prompt, hyp)
+    with torch.inference_mode():
+        lp = scorer.log_probs(feats.values[None])[0]
+    assert scorer.n_tokens == len(hyp) + 1 == lp.shape[0]
+    np.testing.assert_allclose(lp.gather(-1, scorer.target_ids[:, None])[:, 0].numpy(), fp.log_probs, atol=1e-4)
+    # greedy: every hypothesis token is the forced pass's argmax (suppressed tokens aside)
+    assert (lp[:-1].argmax(-1) == scorer.target_ids[:-1]).float().mean() == 1.0
+    # padding frames hold the silence floor, which is the occlusion value
+    assert torch.allclose(feats.values[:, feats.n_audio_frames + 1:], torch.tensor(feats.occlusion_value))
+
+
+def test_value_norms_match_explicit_head_computation(bundled):
+    torch.manual_seed(0)
+    hidden = torch.randn(1, 7, bundled.model.config.d_model)
+    with torch.no_grad():
+        norms = _value_norms(bundled, hidden)  # (1, L, H, T')
+        attn = bundled.model.get_decoder().layers[2].encoder_attn
+        d = attn.head_dim
+        v = attn.v_proj(hidden)[0, :, 3 * d:4 * d]  # head 3
+        fx = v @ attn.out_proj.weight[:, 3 * d:4 * d].T
+    np.testing.assert_allclose(norms[0, 2, 3].numpy(), fx.norm(dim=-1).numpy(), rtol=1e-5)
+
+
+def test_trimmed_mode(bundled, bundled_trimmed, speech_dir, tmp_path):
+    items = _items(speech_dir, 2)
+    extract_cross_attention(bundled, items, tmp_path / "p", progress=False)
+    extract_cross_attention(bundled_trimmed, items, tmp_path / "t", progress=False)
+    for uid in items.id:
+        p, t = open_store(tmp_path / "p").load(uid, "attention"), open_store(tmp_path / "t").load(uid, "attention")
+        # the hypothesis is decoded on the padded input in both modes; attention is cut to the same frames
+        assert list(p.token_id.values) == list(t.token_id.values)
+        assert p.cross_attention.shape == t.cross_attention.shape
+        np.testing.assert_array_equal(p.features.values, t.features.values)
+        assert t.attrs["provenance"]["model"]["input_mode"] == "trimmed"
+    audio, _ = sf.read(speech_dir / "utt0.wav", dtype="float32")
+    f = bundled_trimmed.features(audio)
+    assert f.values.shape[1] % 100 == 0 and f.values.shape[1] < 3000
+
+
+def test_resume_skips_finished_and_recomputes_on_new_parameters(bundled, speech_dir, tmp_path):
+    items = _items(speech_dir, 2)
+    first = extract_cross_attention(bundled, items, tmp_path, progress=False)
+    again = extract_cross_attention(bundled, items, tmp_path, progress=False)
+    assert len(first.done) == 2 and again.done == [] and sorted(again.skipped) == ["utt0", "utt1"]
+    changed = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(max_new_tokens=64), progress=False)
+    assert len(changed.done) == 2
+
+
+def test_bad_items_are_recorded_and_the_rest_goes_on(bundled, speech_dir, tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF....WAVEfmt garbage")
+    long = tmp_path / "long.wav"
+    sf.write(long, np.zeros(16000 * 31, dtype=np.float32), 16000)
+    items = pd.DataFrame({
+        "id": ["good", "missing", "corrupt", "long", "badsum"],
+        "audio_path": [speech_dir / "utt0.wav", tmp_path / "nope.wav", corrupt, long, speech_dir / "utt1.wav"],
+        "sha256": [None, None, None, None, "0" * 64],
+    })
+    report = extract_cross_attention(bundled, items, tmp_path / "s", progress=False)
+    assert report.done == ["good"]
+    assert set(report.failed) == {"missing", "corrupt", "long", "badsum"}
+    assert "missing" in report.failed["missing"] and "nope.wav" in report.failed["missing"]
+    assert "checksum" in report.failed["badsum"]
+    assert "30" in report.failed["long"]
+    assert set(open_store(tmp_path / "s").errors()) == {f"{k}/attention" for k in report.failed}
+
+
+def test_empty_hypothesis_is_a_clear_error(bundled):
+    feats = bundled.features(np.zeros(16000, dtype=np.float32))
+    with pytest.raises(HypothesisError, match="empty hypothesis"):
+        Seq2SeqScorer(bundled, feats, decoder_prompt(bundled), [])
+
+
+@pytest.mark.parametrize("name,match", [
+    ("bundled:whisper-large", "unknown bundled model"),
+    ("/no/such/folder", "does not exist"),
+    ("someone/not-a-model", "unknown model"),
+])
+def test_unknown_models_fail_fast(name, match):
+    with pytest.raises(ModelError, match=match):
+        load_model(name)
+
+
+def test_cli(speech_dir, tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "xattn_utils", *a], capture_output=True, text=True,
+                                    timeout=300)
+    ok = run("transcribe", str(speech_dir / "utt2.wav"))
+    assert ok.returncode == 0 and "book" in ok.stdout.lower()
+    bad = run("transcribe", str(tmp_path / "missing.wav"))
+    assert bad.returncode != 0
+    err_lines = [l for l in bad.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(err_lines) == 1 and "missing.wav" in err_lines[0] and "Traceback" not in bad.stderr
+    out = run("extract", "--out", str(tmp_path / "store"), "--quiet", str(speech_dir / "utt0.wav"))
+    assert out.returncode == 0, out.stderr
+    assert open_store(tmp_path / "store").utterances() == ["utt0"]
