@@ -1,0 +1,266 @@
+"""Benchmark of the SPES core: overhead over the model, core speedup over the per-mask reference, convergence, memory.
+
+    python benchmarks/bench_spes.py --quick            # seconds, on the block toy scaled up
+    python benchmarks/bench_spes.py --masks 2048       # longer
+    python benchmarks/bench_spes.py --scorer bundled   # the bundled model, via xattn_utils.forced.bundled_scorer_for_demo
+
+Measured in one run on the same masks:
+  overhead     SPES wall time (segmentation, masks, KL, accumulation, snapshots) ÷ the time spent inside the
+               scorer's forward passes of that same run (timed by a wrapper, synchronized on CUDA). Goal <= 1.10.
+  speedup      saliency core without the model (mask gather, KL, accumulation) on identical model outputs:
+               per-mask reference structure (explicit (I, N) heatmap per mask, as the FBK accumulator) ÷ the
+               batched GEMM core. Goal >= 10.
+  k95_fraction first checkpoint at which Pearson(running map, final map) >= 0.95, as a fraction of the masks.
+  memory       peak memory of a run vs n_masks (CUDA: max_memory_allocated; CPU: peak RSS above the start,
+               sampled every 2 ms) -- flat in n_masks.
+Ends with one line: overhead=<x> speedup=<y> k95_fraction=<z>.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from xattn_utils.spes import (
+    MaskBits,
+    PartialSums,
+    SPESConfig,
+    accumulate,
+    build_occlusion,
+    kl_scores,
+    plan_smx,
+    relevance,
+    spes_smx,
+)
+
+# ---------------------------------------------------------------- the one function to swap
+
+
+def make_scorer(kind: str, device: str, quick: bool):
+    """The scorer under test: the bundled model when asked for (and available), else the block toy scaled up."""
+    if kind == "bundled":
+        from xattn_utils import forced
+        factory = getattr(forced, "bundled_scorer_for_demo", None)
+        if factory is not None:
+            return factory(device=device) if "device" in factory.__code__.co_varnames else factory()
+        return _espeak_whisper_scorer(device, "trimmed" if quick else "padded")
+    from toy_models import BlockToyScorer
+    toy = BlockToyScorer(n_tokens=8 if quick else 20, block=25, n_features=80, width=256,
+                         vocab=2000 if quick else 8000, pad_frames=100)
+    for name in ("A", "W1", "b1", "W2", "b2", "_features", "target_ids"):
+        setattr(toy, name, getattr(toy, name).to(device))
+    return toy
+
+
+def _espeak_whisper_scorer(device: str, input_mode: str):
+    """Bundled Whisper tiny.en on a sentence spoken by espeak-ng, forced on its own greedy hypothesis."""
+    import subprocess
+    import tempfile
+
+    import numpy as np
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    from xattn_utils.forced import Seq2SeqScorer, decoder_prompt, greedy_decode
+    from xattn_utils.models import load_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "demo.wav"
+        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav),
+                        "The quick brown fox jumps over the lazy dog near the river bank."], check=True)
+        audio, sr = sf.read(wav, dtype="float32")
+    audio = resample_poly(audio, 16000, sr).astype(np.float32)
+    loaded = load_model("bundled:whisper-tiny.en", input_mode=input_mode, device=device)
+    feats = loaded.features(audio)
+    prompt = decoder_prompt(loaded)
+    hyp = greedy_decode(loaded, feats.values[None], prompt)[0]
+    return Seq2SeqScorer(loaded, feats, prompt, hyp)
+
+
+class TimedScorer:
+    """Wraps a scorer and adds up the seconds spent in its forward passes."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds, self.calls = inner, 0.0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _timed(self, fn, x):
+        _sync(x.device)
+        t = time.perf_counter()
+        out = fn(x)
+        _sync(x.device)
+        self.seconds += time.perf_counter() - t
+        self.calls += 1
+        return out
+
+    def log_probs(self, features):
+        return self._timed(self.inner.log_probs, features)
+
+    def log_probs_from_encoder(self, hidden):
+        return self._timed(self.inner.log_probs_from_encoder, hidden)
+
+    def encode(self, features):
+        return self._timed(self.inner.encode, features)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- cores on identical model outputs
+
+
+def fast_core(plan, bits, logp, batch_size):
+    sums = PartialSums.zeros(plan.base.shape[0], plan.n_cells, plan.base.device)
+    for a in range(0, logp.shape[0], batch_size):
+        b = min(logp.shape[0], a + batch_size)
+        occ = build_occlusion(plan.labels, bits[a:b], a)
+        accumulate(sums, kl_scores(plan.base, logp[a:b]), occ)
+    return sums
+
+
+def reference_core(plan, bits, logp):
+    """One mask at a time: gather its mask, its per-token KL, an explicit (I, N) heatmap, sum."""
+    g_count = plan.labels.shape[0]
+    base = plan.base.float()
+    p = base.exp()
+    sums = PartialSums.zeros(base.shape[0], plan.n_cells, base.device)
+    for m in range(logp.shape[0]):
+        occ = bits[m].to(base.device)[plan.labels[m % g_count]]  # (N,)
+        score = (p * (base - logp[m].float())).sum(-1)  # (I,)
+        sums.numerator += score[:, None].double() * occ[None, :].double()
+        sums.count += occ.long()
+        sums.n_masks += 1
+    return sums
+
+
+def _best_of(fn, repeats: int, device) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+# ---------------------------------------------------------------- memory
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(run, device) -> int:
+    """Peak bytes above the start while ``run()`` executes."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    start, peak, done = _rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        run()
+    finally:
+        done.set()
+        th.join()
+    return max(0, max(peak[0], _rss()) - start)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, seconds on a CPU")
+    ap.add_argument("--scorer", choices=("toy", "bundled"), default="toy")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--masks", type=int, default=None, help="masks of the timed run")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--core-masks", type=int, default=None, help="masks whose model outputs the core timing reuses")
+    ap.add_argument("--segments", type=int, nargs="+", default=None)
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    n_masks = args.masks or (256 if args.quick else 2048)
+    core_masks = args.core_masks or (64 if args.quick else 128)
+    bs = args.batch_size or (32 if args.quick else 64)
+    segs = tuple(args.segments or ((250, 500) if args.quick else (500, 1000, 1500)))
+    scorer = TimedScorer(make_scorer(args.scorer, args.device, args.quick))
+    cfg = dataclasses.replace(SPESConfig.cpu(), n_masks=n_masks, n_segments=segs, batch_size=bs)
+    feats = scorer.features
+    print(f"device={args.device} scorer={args.scorer} I={scorer.n_tokens} F×T={tuple(feats.shape)} "
+          f"audio_frames={scorer.n_audio_frames} masks={n_masks} batch={bs} segments={segs}")
+
+    # 1. overhead: one full SPES run, forward time measured inside it
+    _sync(args.device)
+    t = time.perf_counter()
+    res = spes_smx(scorer, cfg, progress=not args.quick)
+    _sync(args.device)
+    wall = time.perf_counter() - t
+    overhead = wall / scorer.seconds
+    rate = res.n_masks_done / wall
+    k95 = next((k for k, r in res.convergence if r >= 0.95), res.n_masks_done) / res.n_masks_done
+
+    # 2. core speedup on identical model outputs (the first core_masks masks of the same plan)
+    plan = plan_smx(scorer.inner, cfg)
+    bits = MaskBits(plan.seed, max(plan.n_labels), plan.p).rows(0, core_masks)
+    with torch.inference_mode():
+        logp = torch.cat([plan.perturb(build_occlusion(plan.labels, bits[a:a + bs], a))
+                          for a in range(0, core_masks, bs)])
+        fast = fast_core(plan, bits, logp, bs)
+        ref = reference_core(plan, bits, logp)
+        assert torch.allclose(relevance(fast), relevance(ref), rtol=1e-4, atol=1e-6), "fast core != reference"
+        t_fast = _best_of(lambda: fast_core(plan, bits, logp, bs), 3, args.device)
+        t_ref = _best_of(lambda: reference_core(plan, bits, logp), 1 if args.quick else 2, args.device)
+    speedup = t_ref / t_fast
+
+    # 3. memory vs n_masks
+    mem = []
+    for n in sorted({max(bs, n_masks // 4), n_masks}):
+        c = dataclasses.replace(cfg, n_masks=n, convergence=False)
+        mem.append((n, peak_memory(lambda c=c: spes_smx(scorer.inner, c, progress=False), args.device)))
+
+    rows = [("SPES wall time (s)", f"{wall:.3f}"),
+            ("forward passes inside it (s)", f"{scorer.seconds:.3f}"),
+            ("overhead (goal <= 1.10)", f"{overhead:.3f}"),
+            ("masks/s", f"{rate:.1f}"),
+            (f"core, reference per-mask, {core_masks} masks (ms)", f"{1e3 * t_ref:.1f}"),
+            (f"core, batched GEMM, {core_masks} masks (ms)", f"{1e3 * t_fast:.1f}"),
+            ("core speedup (goal >= 10)", f"{speedup:.1f}"),
+            ("k95 fraction", f"{k95:.3f}"),
+            ("segments per granularity", str(res.n_labels))]
+    rows += [(f"peak memory, {n} masks (MiB)", f"{b / 2 ** 20:.1f}") for n, b in mem]
+    width = max(len(k) for k, _ in rows)
+    print("-" * (width + 14))
+    for k, v in rows:
+        print(f"{k:<{width}}  {v:>10}")
+    print("-" * (width + 14))
+    print(f"overhead={overhead:.3f} speedup={speedup:.1f} k95_fraction={k95:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""SPES on the block toy model: known answers, GEMM == per-mask reference, determinism, sharding, padding."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from toy_models import BlockToyScorer
+
+from xattn_utils.errors import XattnError
+from xattn_utils.segmentation import n_segments_for, slic_segments, time_segments
+from xattn_utils.spes import (
+    CHUNK,
+    MaskBits,
+    PartialSums,
+    SMHConfig,
+    SPESConfig,
+    accumulate,
+    build_occlusion,
+    checkpoints,
+    kl_scores,
+    map_from_partials,
+    partial_sums,
+    plan_smh,
+    plan_smx,
+    reference_accumulate,
+    relevance,
+    run_plan,
+    shard_ranges,
+    spes_smh,
+    spes_smx,
+)
+
+SMX = SPESConfig(n_masks=512, n_segments=(20, 40), reference_duration=None, batch_size=64)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+
+@pytest.fixture(scope="module")
+def toy() -> BlockToyScorer:
+    return BlockToyScorer(n_features=8, pad_frames=6)
+
+
+def _blocks(m: torch.Tensor, width: int, n_blocks: int) -> torch.Tensor:
+    """(I, T) -> (I, n_blocks) mean over each token's block of frames."""
+    return m[:, : width * n_blocks].reshape(m.shape[0], n_blocks, width).mean(-1)
+
+
+# ---------------------------------------------------------------- known answers
+
+
+def test_smx_finds_each_tokens_block(toy):
+    res = spes_smx(toy, SMX, progress=False)
+    assert res.map.shape == (toy.n_tokens, toy.features.shape[1], toy.features.shape[0])
+    per_frame = res.map.sum(-1)  # (I, T)
+    blocks = _blocks(per_frame, 2 * toy.block, toy.n_tokens)
+    r = _pearson(blocks, torch.eye(toy.n_tokens))
+    assert bool((r > 0.9).all()), r
+    # outside its block a token's relevance is flat (its mean score), inside it stands out
+    na = toy.n_audio_frames
+    outside = per_frame[:, :na][toy.true_map_x()[:, :na] == 0].reshape(toy.n_tokens, -1)
+    inside = per_frame[:, :na][toy.true_map_x()[:, :na] == 1].reshape(toy.n_tokens, -1)
+    assert bool((outside.std(-1) < 0.5 * (inside - outside.mean(-1, keepdim=True)).abs().mean(-1)).all())
+
+
+def test_smh_finds_each_tokens_block(toy):
+    res = spes_smh(toy, SMHConfig(n_masks=512, widths=(1, 5)), progress=False)  # segments within blocks
+    assert res.map.shape == (toy.n_tokens, toy.features.shape[1] // 2)
+    r = _pearson(_blocks(res.map, toy.block, toy.n_tokens), torch.eye(toy.n_tokens))
+    assert bool((r > 0.9).all()), r
+
+
+def test_smh_converges_to_exact_expectation(toy):
+    """Token i reads only its 5-frame block, so E[KL_i | frame t occluded] is exact over the 2^5 patterns."""
+    res = spes_smh(toy, SMHConfig(n_masks=4096, widths=(1,), batch_size=512), progress=False)
+    hidden = toy.encode(toy.features[None])
+    base = toy.log_probs_from_encoder(hidden)[0]
+    pats = torch.tensor(list(itertools.product([False, True], repeat=toy.block)))  # (32, block)
+    n_enc = toy.n_audio_frames // 2
+    for i in range(toy.n_tokens):
+        span = slice(i * toy.block, (i + 1) * toy.block)
+        h = hidden.repeat(len(pats), 1, 1)
+        h[:, span] = h[:, span].masked_fill(pats[:, :, None], 0.0)
+        kl = kl_scores(base, toy.log_probs_from_encoder(h))[:, i]
+        exact = torch.full((n_enc,), float(kl.mean()))
+        exact[span] = (kl[:, None] * pats).sum(0) / pats.sum(0)
+        assert torch.allclose(res.map[i, :n_enc], exact, atol=0.03), (i, res.map[i, :n_enc], exact)
+        assert _pearson(res.map[i, :n_enc], exact) > 0.95
+
+
+# ---------------------------------------------------------------- exactness of the fast path
+
+
+@pytest.mark.parametrize("which", ["smx", "smh"])
+def test_gemm_accumulation_equals_reference(toy, which):
+    plan = plan_smx(toy, SMX) if which == "smx" else plan_smh(toy, SMHConfig())
+    bits = MaskBits(plan.seed, max(plan.n_labels), plan.p).rows(0, 50)
+    occ = build_occlusion(plan.labels, bits, 0)
+    logp = plan.perturb(occ)
+    fast = accumulate(PartialSums.zeros(toy.n_tokens, plan.n_cells), kl_scores(plan.base, logp), occ)
+    ref = reference_accumulate(plan.base, logp, occ)
+    assert torch.equal(fast.count, ref.count) and fast.n_masks == ref.n_masks == 50
+    assert torch.allclose(fast.numerator, ref.numerator, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(relevance(fast), relevance(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_mask_build_matches_per_mask_gather(toy):
+    plan = plan_smx(toy, SMX)
+    bits = MaskBits(plan.seed, max(plan.n_labels), plan.p).rows(5, 17)
+    occ = build_occlusion(plan.labels, bits, 5)
+    for j in range(12):
+        g = (5 + j) % plan.labels.shape[0]
+        assert torch.equal(occ[j], bits[j][plan.labels[g]])
+
+
+def test_kl_fast_path_equals_kl_div(toy):
+    plan = plan_smh(toy, SMHConfig())
+    occ = build_occlusion(plan.labels, MaskBits(1, max(plan.n_labels), 0.5).rows(0, 9), 0)
+    logp = plan.perturb(occ)
+    ref = torch.nn.functional.kl_div(logp, plan.base.expand_as(logp), reduction="none", log_target=True).sum(-1)
+    assert torch.allclose(kl_scores(plan.base, logp), ref, atol=1e-6)
+    assert torch.allclose(kl_scores(plan.base, plan.base[None]), torch.zeros(1, toy.n_tokens), atol=1e-6)
+
+
+def test_kl_is_accurate_over_a_large_vocabulary():
+    g = torch.Generator().manual_seed(0)
+    base = torch.log_softmax(4 * torch.randn(6, 50000, generator=g), -1)
+    pert = torch.log_softmax(base[None] + torch.randn(3, 6, 50000, generator=g), -1)
+    exact = (base.double().exp() * (base.double() - pert.double())).sum(-1)
+    assert torch.allclose(kl_scores(base, pert).double(), exact, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- determinism and sharding
+
+
+def test_same_seed_same_map_other_seed_differs(toy):
+    cfg = dataclasses.replace(SMX, n_masks=128)
+    a = spes_smx(toy, cfg, progress=False).map
+    b = spes_smx(toy, cfg, progress=False).map
+    c = spes_smx(toy, dataclasses.replace(cfg, seed=1), progress=False).map
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("which", ["smx", "smh"])
+def test_batch_size_does_not_change_the_map(toy, which):
+    n = CHUNK + 44  # crosses a generator chunk
+    if which == "smx":
+        a, b = (spes_smx(toy, dataclasses.replace(SMX, n_masks=n, batch_size=bs), progress=False) for bs in (7, 64))
+    else:
+        a, b = (spes_smh(toy, SMHConfig(n_masks=n, batch_size=bs), progress=False) for bs in (7, 64))
+    assert a.n_masks_done == b.n_masks_done == n
+    assert torch.allclose(a.map, b.map, rtol=1e-5, atol=1e-6)
+
+
+def test_mask_bits_do_not_depend_on_how_they_are_read():
+    whole = MaskBits(3, 40, 0.5).rows(0, 3 * CHUNK)
+    src = MaskBits(3, 40, 0.5)
+    pieces = torch.cat([src.rows(a, min(a + 7, 3 * CHUNK)) for a in range(0, 3 * CHUNK, 7)])
+    assert torch.equal(whole, pieces)
+    assert torch.equal(MaskBits(3, 40, 0.5).rows(300, 310), whole[300:310])
+    assert abs(whole.float().mean().item() - 0.5) < 0.02
+    assert abs(MaskBits(3, 40, 0.2).rows(0, CHUNK).float().mean().item() - 0.2) < 0.02
+
+
+@pytest.mark.parametrize("n_shards", [2, 3])
+def test_shards_merged_equal_single_run(toy, n_shards):
+    cfg = dataclasses.replace(SMX, n_masks=300)
+    single = spes_smx(toy, cfg, progress=False)
+    plan = plan_smx(toy, cfg)  # each worker rebuilds the same plan
+    parts = [partial_sums(plan, a, b, batch_size=32) for a, b in shard_ranges(cfg.n_masks, n_shards)]
+    assert sum(p.n_masks for p in parts) == cfg.n_masks
+    assert torch.allclose(map_from_partials(plan, parts[::-1]), single.map, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- padding, convergence, configs
+
+
+class _Recording(BlockToyScorer):
+    seen: list[torch.Tensor] | None = None
+
+    def log_probs(self, features):
+        if self.seen is not None:
+            self.seen.append(features.clone())
+        return super().log_probs(features)
+
+
+def test_padding_is_never_occluded_and_has_zero_relevance():
+    toy = _Recording(n_features=8, pad_frames=6)
+    toy._features[:, toy.n_audio_frames:] = 1.5  # distinct from the occlusion value
+    toy.seen = []
+    res = spes_smx(toy, dataclasses.replace(SMX, n_masks=64), progress=False)
+    na = toy.n_audio_frames
+    assert res.map[:, na:].abs().sum() == 0 and res.map[:, :na].abs().sum() > 0
+    batches = torch.cat(toy.seen)
+    assert torch.equal(batches[:, :, na:], toy.features[None, :, na:].expand(len(batches), -1, -1))
+    assert bool((batches[:, :, :na] == toy.occlusion_value).any())
+    h = spes_smh(toy, SMHConfig(n_masks=64), progress=False)
+    assert h.map[:, na // 2:].abs().sum() == 0 and h.map[:, : na // 2].abs().sum() > 0
+
+
+def test_convergence_trace_and_early_stop(toy):
+    res = spes_smx(toy, dataclasses.replace(SMX, n_masks=256), progress=False)
+    ks, rs = zip(*res.convergence)
+    assert list(ks) == checkpoints(256) == [4, 8, 16, 32, 64, 128, 256]
+    assert rs[-1] == pytest.approx(1.0) and rs[-2] > rs[0]
+    stopped = spes_smx(toy, dataclasses.replace(SMX, n_masks=256, tolerance=0.9), progress=False)
+    assert stopped.n_masks_done == 8 and len(stopped.convergence) == 2
+    off = spes_smx(toy, dataclasses.replace(SMX, n_masks=64, convergence=False), progress=False)
+    assert off.convergence is None
+
+
+def test_configs():
+    pub = SPESConfig.published()
+    assert (pub.n_masks, pub.p, pub.n_segments, pub.threshold_duration) == (20000, 0.5, (2000, 2500, 3000), 750)
+    assert SPESConfig.cpu().n_masks <= 512 and SMHConfig.published().n_masks == 20000
+    assert dataclasses.asdict(SPESConfig.cpu())  # serializable into provenance
+    with pytest.raises(XattnError, match="n_masks"):
+        run_plan(plan_smh(BlockToyScorer(), SMHConfig()), 0, 8, progress=False)
+
+
+# ---------------------------------------------------------------- segmentation
+
+
+def test_n_segments_scales_with_duration_and_is_capped():
+    assert n_segments_for(500, 2000, 500, 750) == 2000
+    assert n_segments_for(250, 2000, 500, 750) == 1000
+    assert n_segments_for(3000, 2000, 500, 750) == 3000  # capped at 750 frames
+    assert n_segments_for(3000, 2000, 500, None) == 12000  # reference code: no cap
+    assert n_segments_for(1, 100, 500, 750) == 1
+    assert n_segments_for(123, 40, None) == 40
+
+
+def test_slic_segments_granularities():
+    rng = np.random.default_rng(0)
+    spec = np.cumsum(rng.normal(size=(120, 16)), axis=0) * 3.0 + 7.0
+    seg = slic_segments(spec, (20, 80), reference_duration=None)
+    assert seg.shape == (2, 120, 16) and seg.dtype == np.int64
+    for g in seg:
+        assert np.array_equal(np.unique(g), np.arange(g.max() + 1))  # contiguous labels
+    n0, n1 = (int(g.max()) + 1 for g in seg)
+    assert 5 <= n0 < n1 <= 160
+    half = slic_segments(spec[:60], (80,), reference_duration=120, threshold_duration=None)
+    assert int(half.max()) + 1 < n1  # a shorter utterance gets fewer segments
+    assert torch.equal(torch.from_numpy(slic_segments(torch.tensor(spec), (20,), reference_duration=None)[0]),
+                       torch.from_numpy(seg[0]))
+
+
+def test_time_segments():
+    seg = time_segments(10, (1, 4))
+    assert seg.tolist() == [list(range(10)), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]]
+    with pytest.raises(XattnError):
+        time_segments(0)
