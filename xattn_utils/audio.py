@@ -1,0 +1,55 @@
+"""Reading audio: any sample rate and channel count in, 16 kHz mono float32 out, with errors naming the file."""
+from __future__ import annotations
+
+import hashlib
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from .errors import InputError
+
+SAMPLE_RATE = 16000
+MAX_SECONDS = 30.0
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
+    """(N,) -> (N * sr_out / sr_in,) polyphase resampling."""
+    if sr_in == sr_out:
+        return audio.astype(np.float32, copy=False)
+    g = gcd(int(sr_in), int(sr_out))
+    return resample_poly(audio, sr_out // g, sr_in // g).astype(np.float32)
+
+
+def load_audio(path: str | Path, target_sr: int = SAMPLE_RATE, max_seconds: float | None = MAX_SECONDS) -> np.ndarray:
+    """Read an audio file as mono float32 at ``target_sr``.
+
+    Channels are averaged; other sample rates are resampled. Raises :class:`InputError` naming the file when it is
+    missing, unreadable or corrupt, empty, or longer than ``max_seconds`` (Whisper's window: split longer audio).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: audio file is missing")
+    try:
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        raise InputError(f"{path}: cannot read audio ({err}); the file is corrupt or not a supported format "
+                         "(wav, flac, ogg, mp3)") from None
+    if audio.size == 0:
+        raise InputError(f"{path}: audio is empty (0 samples)")
+    duration = audio.shape[0] / sr
+    if max_seconds is not None and duration > max_seconds:
+        raise InputError(f"{path}: audio is {duration:.1f} s, over the model's {max_seconds:.0f} s window; "
+                         "split it into shorter utterances first")
+    return resample(audio.mean(axis=1), sr, target_sr)
