@@ -160,3 +160,11 @@ def test_cli(speech_dir, tmp_path):
     out = run("extract", "--out", str(tmp_path / "store"), "--quiet", str(speech_dir / "utt0.wav"))
     assert out.returncode == 0, out.stderr
     assert open_store(tmp_path / "store").utterances() == ["utt0"]
+
+
+def test_beam_search_hypothesis(bundled, speech_dir, tmp_path):
+    items = _items(speech_dir, 1)
+    report = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(num_beams=3), progress=False)
+    ds = open_store(tmp_path).load("utt0", "attention")
+    assert report.done == ["utt0"] and "fox" in ds.attrs["text"].lower()
+    assert ds.attrs["provenance"]["params"]["extract"]["num_beams"] == 3

@@ -55,7 +55,7 @@ def cmd_extract(args) -> int:
 
     loaded = load_model(args.model, args.input_mode, args.device)
     cfg = ExtractConfig(language=args.language, task=args.task, batch_size=args.batch_size,
-                        with_hidden=args.with_hidden)
+                        with_hidden=args.with_hidden, num_beams=args.beams)
     report = extract_cross_attention(loaded, _items(args), args.out, cfg, progress=not args.quiet)
     return _finish(report, args.out)
 
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--with-hidden", action="store_true", help="also store the encoder output")
+    p.add_argument("--beams", type=int, default=1, help="1: greedy decoding (default); more: beam search")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
 

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InputError, XattnError
-from .forced import batches_by_length, decoder_prompt, forced_pass, greedy_decode
+from .forced import batches_by_length, decode, decoder_prompt, forced_pass
 from .models import LoadedModel
 from .provenance import provenance, stable_hash
 from .store import ResultStore, attention_dataset
@@ -29,6 +29,7 @@ class ExtractConfig:
 
     Attributes:
         language, task: decoder prompt for multilingual / multitask models (ignored by English-only Whisper).
+        num_beams: 1 = greedy decoding, more = beam search.
         max_new_tokens: decoding limit.
         batch_size: utterances per batch (equal feature lengths batch together).
         with_hidden: also store the encoder output (T', D), needed by SMH and gradient-on-H methods.
@@ -36,6 +37,7 @@ class ExtractConfig:
 
     language: str | None = None
     task: str | None = None
+    num_beams: int = 1
     max_new_tokens: int = 128
     batch_size: int = 8
     with_hidden: bool = False
@@ -106,7 +108,7 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
     hyps: dict[int, list[int]] = {}
     for idx in batches_by_length([p[2] for p in pending], cfg.batch_size):
         x = torch.stack([pending[i][2].values for i in idx])
-        hyps.update(zip(idx, greedy_decode(loaded, x, prompt, cfg.max_new_tokens)))
+        hyps.update(zip(idx, decode(loaded, x, prompt, cfg.num_beams, cfg.max_new_tokens)))
         bar.update(len(idx))
     for i, h in hyps.items():
         if not h:

@@ -84,6 +84,40 @@ def greedy_decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int]
     return result
 
 
+@torch.inference_mode()
+def beam_decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int], num_beams: int = 4,
+                max_new_tokens: int = 128) -> list[list[int]]:
+    """Beam search through `transformers`' generic ``generate`` on our encoder output (no end-of-text in the result).
+
+    Args:
+        features: (B, F, T) inputs of equal length.
+    """
+    from transformers import GenerationMixin
+    from transformers.modeling_outputs import BaseModelOutput
+
+    gen = loaded.model.generation_config
+    eos = _eos_id(loaded)
+    suppress, begin_suppress = _suppress_ids(loaded)
+    hidden = loaded.encode(features.to(loaded.device))
+    out = GenerationMixin.generate(
+        loaded.model, encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+        decoder_input_ids=torch.tensor([prompt] * len(hidden), device=loaded.device), num_beams=num_beams,
+        do_sample=False, max_new_tokens=max_new_tokens, max_length=None, suppress_tokens=suppress or None,
+        begin_suppress_tokens=begin_suppress or None, eos_token_id=eos, pad_token_id=gen.pad_token_id or eos)
+    result = []
+    for row in out[:, len(prompt):].tolist():
+        result.append(row[: row.index(eos)] if eos in row else row)
+    return result
+
+
+def decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int], num_beams: int = 1,
+           max_new_tokens: int = 128) -> list[list[int]]:
+    """Greedy (``num_beams=1``) or beam-search hypotheses of a batch (B, F, T)."""
+    if num_beams <= 1:
+        return greedy_decode(loaded, features, prompt, max_new_tokens)
+    return beam_decode(loaded, features, prompt, num_beams, max_new_tokens)
+
+
 def _decoder_inputs(prompt: list[int], hyps: list[list[int]], pad: int, device) -> torch.Tensor:
     """(B, P + max N) prompt + hypothesis, right-padded (causal: padding never changes earlier positions)."""
     n = max(len(h) for h in hyps)
