@@ -57,6 +57,29 @@ def smx_to_encoder_frames(smx, frames_per_encoder_frame: int, reduce: str = "sum
     return x.reshape(n_i, (t + pad) // k, k).sum(-1)
 
 
+def normalize_rows(m, how: str = "minmax"):
+    """Per-token normalization of an ``(I, ...)`` map: ``minmax`` to [0, 1] per row, ``sum`` to unit mass, ``none``.
+
+    SPES relevance of a cell is the mean KL of the masks that occluded it; with p = 0.5 every cell shares most masks,
+    so each token's row carries a large token-specific offset (how fragile that token is) on top of the spatial
+    signal. Flattened (utterance-level) correlations would then mostly compare offsets across tokens; normalizing
+    each row first makes them compare where the relevance lies. Constant rows become zeros.
+    """
+    x = _np(m).astype(np.float64)
+    if how == "none":
+        return x
+    flat = x.reshape(x.shape[0], -1)
+    if how == "minmax":
+        lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+        out = np.divide(flat - lo, hi - lo, out=np.zeros_like(flat), where=(hi - lo) > 0)
+    elif how == "sum":
+        tot = np.abs(flat).sum(1, keepdims=True)
+        out = np.divide(flat, tot, out=np.zeros_like(flat), where=tot > 0)
+    else:
+        raise XattnError(f"normalize must be 'minmax', 'sum' or 'none', not {how!r}")
+    return out.reshape(x.shape)
+
+
 def ca_aggregate(ca, layers: Sequence[int] | None = None, heads: Iterable | None = None):
     """Mean cross-attention over a set of (layer, head): ``(L, H, I, T')`` -> ``(I, T')``.
 

@@ -37,7 +37,7 @@ def plot_spectrogram(ax, features: np.ndarray, frame_s: float = 0.01, words: lis
     im = ax.imshow(features, origin="lower", aspect="auto", cmap="magma", extent=(0, t * frame_s, 0, f))
     ax.set_xlabel("time (s)")
     ax.set_ylabel("mel bin")
-    ax.set_title(title)
+    ax.set_title(title, pad=24 if words else 6)
     plt.colorbar(im, ax=ax, label="normalized log-mel")
     for w in words or []:
         ax.axvline(w["start"], color="white", lw=0.6, alpha=0.8)
