@@ -2,7 +2,7 @@
 
     python benchmarks/bench_spes.py --quick            # seconds, on the block toy scaled up
     python benchmarks/bench_spes.py --masks 2048       # longer
-    python benchmarks/bench_spes.py --scorer bundled   # the bundled model, via xattn_utils.forced.bundled_scorer_for_demo
+    python benchmarks/bench_spes.py --scorer bundled [--input-mode padded]   # Whisper tiny.en, default corpus
 
 Measured in one run on the same masks:
   overhead     SPES wall time (segmentation, masks, KL, accumulation, snapshots) ÷ the time spent inside the
@@ -45,14 +45,10 @@ from xattn_utils.spes import (
 # ---------------------------------------------------------------- the one function to swap
 
 
-def make_scorer(kind: str, device: str, quick: bool):
-    """The scorer under test: the bundled model when asked for (and available), else the block toy scaled up."""
+def make_scorer(kind: str, device: str, quick: bool, input_mode: str = "trimmed"):
+    """The scorer under test: the bundled Whisper tiny.en on the default corpus's first utterance, or the toy."""
     if kind == "bundled":
-        from xattn_utils import forced
-        factory = getattr(forced, "bundled_scorer_for_demo", None)
-        if factory is not None:
-            return factory(device=device) if "device" in factory.__code__.co_varnames else factory()
-        return _espeak_whisper_scorer(device, "trimmed" if quick else "padded")
+        return bundled_scorer(device, input_mode)
     from toy_models import BlockToyScorer
     toy = BlockToyScorer(n_tokens=8 if quick else 20, block=25, n_features=80, width=256,
                          vocab=2000 if quick else 8000, pad_frames=100)
@@ -61,29 +57,19 @@ def make_scorer(kind: str, device: str, quick: bool):
     return toy
 
 
-def _espeak_whisper_scorer(device: str, input_mode: str):
-    """Bundled Whisper tiny.en on a sentence spoken by espeak-ng, forced on its own greedy hypothesis."""
-    import subprocess
-    import tempfile
-
-    import numpy as np
-    import soundfile as sf
-    from scipy.signal import resample_poly
-
-    from xattn_utils.forced import Seq2SeqScorer, decoder_prompt, greedy_decode
+def bundled_scorer(device: str, input_mode: str, index: int = 0):
+    """Bundled Whisper tiny.en forced on its own hypothesis of a default-corpus utterance."""
+    from xattn_utils.audio import load_audio
+    from xattn_utils.corpus import study_data
+    from xattn_utils.forced import Seq2SeqScorer, decode, decoder_prompt
     from xattn_utils.models import load_model
 
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "demo.wav"
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav),
-                        "The quick brown fox jumps over the lazy dog near the river bank."], check=True)
-        audio, sr = sf.read(wav, dtype="float32")
-    audio = resample_poly(audio, 16000, sr).astype(np.float32)
+    row = study_data(limit=index + 1).iloc[index]
+    audio = load_audio(row.audio_path)
     loaded = load_model("bundled:whisper-tiny.en", input_mode=input_mode, device=device)
-    feats = loaded.features(audio)
     prompt = decoder_prompt(loaded)
-    hyp = greedy_decode(loaded, feats.values[None], prompt)[0]
-    return Seq2SeqScorer(loaded, feats, prompt, hyp)
+    hyp = decode(loaded, loaded.features(audio, loaded.decode_mode).values[None], prompt)[0]
+    return Seq2SeqScorer(loaded, loaded.features(audio), prompt, hyp)
 
 
 class TimedScorer:
@@ -146,6 +132,19 @@ def reference_core(plan, bits, logp):
     return sums
 
 
+def reference_pipeline(plan, bits, n: int):
+    """One mask per forward pass (the FBK structure): occlude, forward, KL, explicit heatmap, sum."""
+    sums = PartialSums.zeros(plan.base.shape[0], plan.n_cells, plan.base.device)
+    for m in range(n):
+        occ = build_occlusion(plan.labels, bits[m:m + 1], m)
+        logp = plan.perturb(occ)
+        score = kl_scores(plan.base, logp)[0]  # (I,)
+        sums.numerator += score[:, None].double() * occ[0].reshape(1, -1).double()
+        sums.count += occ[0].reshape(-1).long()
+        sums.n_masks += 1
+    return sums
+
+
 def _best_of(fn, repeats: int, device) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -203,16 +202,18 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--core-masks", type=int, default=None, help="masks whose model outputs the core timing reuses")
     ap.add_argument("--segments", type=int, nargs="+", default=None)
+    ap.add_argument("--input-mode", choices=("trimmed", "padded"), default="trimmed", help="bundled scorer only")
+    ap.add_argument("--e2e-masks", type=int, default=None, help="masks for the one-mask-per-pass reference run")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     n_masks = args.masks or (256 if args.quick else 2048)
     core_masks = args.core_masks or (64 if args.quick else 128)
     bs = args.batch_size or (32 if args.quick else 64)
     segs = tuple(args.segments or ((250, 500) if args.quick else (500, 1000, 1500)))
-    scorer = TimedScorer(make_scorer(args.scorer, args.device, args.quick))
+    scorer = TimedScorer(make_scorer(args.scorer, args.device, args.quick, args.input_mode))
     cfg = dataclasses.replace(SPESConfig.cpu(), n_masks=n_masks, n_segments=segs, batch_size=bs)
     feats = scorer.features
-    print(f"device={args.device} scorer={args.scorer} I={scorer.n_tokens} F×T={tuple(feats.shape)} "
+    print(f"device={args.device} scorer={args.scorer} mode={args.input_mode} I={scorer.n_tokens} F×T={tuple(feats.shape)} "
           f"audio_frames={scorer.n_audio_frames} masks={n_masks} batch={bs} segments={segs}")
 
     # 1. overhead: one full SPES run, forward time measured inside it
@@ -238,6 +239,12 @@ def main(argv=None) -> None:
         t_ref = _best_of(lambda: reference_core(plan, bits, logp), 1 if args.quick else 2, args.device)
     speedup = t_ref / t_fast
 
+    # 2b. end to end against one mask per forward pass, on the same plan
+    e2e_masks = args.e2e_masks or (8 if args.quick else 32)
+    with torch.inference_mode():
+        t_pipe = _best_of(lambda: reference_pipeline(plan, bits, e2e_masks), 1, args.device) / e2e_masks
+    e2e = t_pipe / (wall / res.n_masks_done)
+
     # 3. memory vs n_masks
     mem = []
     for n in sorted({max(bs, n_masks // 4), n_masks}):
@@ -251,6 +258,9 @@ def main(argv=None) -> None:
             (f"core, reference per-mask, {core_masks} masks (ms)", f"{1e3 * t_ref:.1f}"),
             (f"core, batched GEMM, {core_masks} masks (ms)", f"{1e3 * t_fast:.1f}"),
             ("core speedup (goal >= 10)", f"{speedup:.1f}"),
+            (f"one mask per pass, s/mask ({e2e_masks} masks)", f"{t_pipe:.4f}"),
+            ("batched SPES, s/mask", f"{wall / res.n_masks_done:.4f}"),
+            ("end-to-end speedup vs one mask per pass", f"{e2e:.2f}"),
             ("k95 fraction", f"{k95:.3f}"),
             ("segments per granularity", str(res.n_labels))]
     rows += [(f"peak memory, {n} masks (MiB)", f"{b / 2 ** 20:.1f}") for n, b in mem]
