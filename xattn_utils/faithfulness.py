@@ -5,9 +5,10 @@ Protocol (SPES's evaluation, applied to every explanation alike):
   non-negative, each token's row normalized to sum 1 (every token counts equally), and summed over tokens;
   an encoder-frame map ``(I, T')`` (cross-attention, SMH) is spread evenly over its input frames and all mel bins;
 - deletion: the top p% cells (p = 0, 5, ..., 50) take the occlusion value (the same silence value as SPES) and the
-  model re-decodes; insertion: start from an all-occluded input and restore the top p% cells (p = 0, 5, ..., 100);
+  model re-decodes (greedy, at most twice the original length plus 8 tokens; Whisper decodes on its padded input,
+  as in extraction); insertion: start from an all-occluded input and restore the top p% cells (p = 0, 5, ..., 100);
 - quality at each p: WER and CER of the new hypothesis against the original hypothesis, and the mean log-prob of
-  the original tokens under forced decoding; area under the curve = mean over the p grid (trapezoid on [0, max p]),
+  the original tokens under forced decoding (texts compared lower-cased without punctuation); area under the curve = mean over the p grid (trapezoid on [0, max p]),
   in WER points (0-100). Deletion: higher = more faithful (quality falls faster). Insertion: lower WER area = more
   faithful. A seeded random ranking gives the floor.
 Paper reference (Papi et al. 2025, appendix): deletion score CA 41.2 vs aggregated SMX 52.9 (their metric: the
@@ -86,6 +87,16 @@ def perturbed_inputs(scorer: Seq2SeqScorer, order: torch.Tensor, percents, mode:
     return out
 
 
+def decoding_input(scorer: Seq2SeqScorer, batch: torch.Tensor) -> torch.Tensor:
+    """(B, F, T) -> the input free decoding takes: Whisper decodes on the padded 30 s input (silence-filled)."""
+    loaded = scorer.loaded
+    if loaded.decode_mode == loaded.input_mode:
+        return batch
+    full = loaded.model.get_encoder().config.max_source_positions * loaded.frames_per_encoder_frame
+    pad = batch.new_full((*batch.shape[:2], full - batch.shape[-1]), scorer.occlusion_value)
+    return torch.cat([batch, pad], dim=-1)
+
+
 def perturbation_curve(scorer: Seq2SeqScorer, importance: torch.Tensor, cfg: FaithfulnessConfig | None = None
                        ) -> pd.DataFrame:
     """Quality against the percentage of cells removed/restored: columns percent, wer, cer, mean_log_prob, text."""
@@ -98,10 +109,11 @@ def perturbation_curve(scorer: Seq2SeqScorer, importance: torch.Tensor, cfg: Fai
     tok = scorer.loaded.tokenizer
     ref = tok.decode(scorer.hypothesis, skip_special_tokens=True).strip()
     texts, logps = [], []
+    limit = min(cfg.max_new_tokens, 2 * len(scorer.hypothesis) + 8)  # a looping decode cannot run away
     with torch.inference_mode():
         for s in range(0, len(percents), cfg.batch_size):
             batch = inputs[s:s + cfg.batch_size]
-            hyps = greedy_decode(scorer.loaded, batch, scorer.prompt, cfg.max_new_tokens)
+            hyps = greedy_decode(scorer.loaded, decoding_input(scorer, batch), scorer.prompt, limit)
             texts += [tok.decode(h, skip_special_tokens=True).strip() for h in hyps]
             lp = scorer.log_probs(batch).gather(-1, scorer.target_ids.view(1, -1, 1).expand(len(batch), -1, 1))
             logps += lp[..., 0].mean(-1).tolist()
@@ -114,7 +126,14 @@ def perturbation_curve(scorer: Seq2SeqScorer, importance: torch.Tensor, cfg: Fai
     })
 
 
+def normalize_text(text: str) -> str:
+    """Lower case, punctuation removed, spaces collapsed (WER compares words, not casing or commas)."""
+    kept = "".join(c if c.isalnum() or c.isspace() or c == "'" else " " for c in text.lower())
+    return " ".join(kept.split())
+
+
 def _rate(fn, ref: str, hyp: str) -> float:
+    ref, hyp = normalize_text(ref), normalize_text(hyp)
     if not ref.strip():
         return float(bool(hyp.strip()))
     return float(fn(ref, hyp if hyp.strip() else "<empty>"))
@@ -125,3 +144,70 @@ def curve_auc(curve: pd.DataFrame, column: str = "wer") -> float:
     p = curve["percent"].to_numpy(float)
     v = curve[column].to_numpy(float)
     return float(np.trapezoid(v, p) / (p[-1] - p[0])) if len(p) > 1 else float(v[0])
+
+
+def explanation_importance(store, uid: str, name: str, n_audio_frames: int, n_features: int,
+                           frames_per_encoder_frame: int, seed: int = 0) -> torch.Tensor:
+    """Importance ``(T_audio, F)`` of a named explanation stored for ``uid``.
+
+    Names: ``ca:<aggregate>`` (e.g. ``ca:all``, ``ca:last_layer``, ``ca:alignment_heads``; see
+    :func:`xattn_utils.agreement.ca_selections`), ``smx``, ``smh``, a gradient kind (``ig_x``, ``saliency_x``, ...),
+    or ``random`` (the floor). The end-of-text row is left out, as in the agreement tables.
+    """
+    from .agreement import ca_selections
+
+    if name == "random":
+        return random_importance(n_audio_frames, n_features, seed)
+    if name.startswith("ca:"):
+        att = store.load(uid, "attention")
+        heads = att.attrs.get("provenance", {}).get("model", {}).get("alignment_heads")
+        sel = ca_selections(att.cross_attention.values, per_head=True, alignment_heads=heads)
+        key = name[3:]
+        if key not in sel:
+            raise ValueError(f"unknown attention aggregate {key!r}; choose from {sorted(sel)}")
+        m = np.asarray(sel[key])[:-1]
+    elif name == "smx":
+        m = store.load(uid, "spes_x").saliency.values[:-1]
+    elif name == "smh":
+        m = store.load(uid, "spes_h").saliency.values[:-1]
+    else:
+        m = store.load(uid, name).absolute.values[:-1]
+    return importance_cells(m, n_audio_frames, n_features, frames_per_encoder_frame)
+
+
+def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "random"), modes=("deletion",),
+                       cfg: FaithfulnessConfig | None = None, progress: bool = True) -> tuple[pd.DataFrame,
+                                                                                                  pd.DataFrame]:
+    """Deletion/insertion curves for every utterance x explanation x mode; returns (curves, aucs).
+
+    ``items``: manifest rows (id, audio_path) of utterances already in ``store`` (attention + the maps named).
+    AUC is :func:`curve_auc` of WER (higher under deletion = more faithful).
+    """
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from .audio import load_audio
+    from .extract import items_from
+    from .saliency import scorer_for
+
+    cfg = cfg or FaithfulnessConfig()
+    curves = []
+    items = items_from(items)
+    for _, row in tqdm(items.iterrows(), total=len(items), desc="faithfulness", disable=not progress):
+        uid = str(row["id"])
+        att = store.load(uid, "attention")
+        scorer = scorer_for(loaded, load_audio(row["audio_path"]), att)
+        f = scorer.features.shape[0]
+        for name in explanations:
+            imp = explanation_importance(store, uid, name, scorer.n_audio_frames, f, scorer.frames_per_encoder_frame,
+                                         cfg.seed)
+            for mode in modes:
+                c = perturbation_curve(scorer, imp, dataclasses.replace(cfg, mode=mode))
+                curves.append(c.assign(utterance=uid, explanation=name, mode=mode))
+    curves = pd.concat(curves, ignore_index=True)
+    aucs = (curves.groupby(["explanation", "mode", "utterance"])
+            .apply(lambda g: pd.Series({"auc_wer": curve_auc(g, "wer"), "auc_logprob": curve_auc(g, "mean_log_prob")}),
+                   include_groups=False)
+            .reset_index())
+    return curves, aucs

@@ -127,6 +127,7 @@ class LoadedModel:
             "weights_sha256": self.weights_sha256,
             "input_mode": self.input_mode,
             "trim_quantum": self.trim_quantum,
+            "alignment_heads": self.alignment_heads,
         }
 
     def features(self, audio: np.ndarray, mode: str | None = None) -> Features:
