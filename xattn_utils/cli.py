@@ -80,6 +80,38 @@ def cmd_saliency(args) -> int:
     return _finish(report, args.out)
 
 
+def cmd_compare(args) -> int:
+    from .compare import CompareConfig, compare_store, paper_comparison
+
+    cfg = CompareConfig(per_head=not args.no_per_head, special=args.special, normalize=args.normalize,
+                        n_boot=args.n_boot, seed=args.seed)
+    table = compare_store(args.store, args.out, cfg, progress=not args.quiet)
+    print(paper_comparison(table).to_string(index=False))
+    print(f"{Path(args.out) / 'agreement.parquet'}: {len(table)} rows")
+    return 0
+
+
+def cmd_faithfulness(args) -> int:
+    from .compare import write_table
+    from .faithfulness import FaithfulnessConfig, faithfulness_store
+    from .models import load_model
+    from .provenance import provenance
+    from .store import open_store
+
+    loaded = load_model(args.model, args.input_mode, args.device)
+    store = open_store(args.store)
+    items = _items(args)
+    cfg = FaithfulnessConfig(seed=args.seed)
+    curves, aucs = faithfulness_store(loaded, store, items, tuple(args.explanations), tuple(args.mode), cfg,
+                                      progress=not args.quiet)
+    prov = provenance(model=loaded.provenance(), params={"explanations": args.explanations, "modes": args.mode,
+                                                         "faithfulness": cfg}, seed=args.seed)
+    write_table(curves, Path(args.out), "faithfulness_curves", prov)
+    write_table(aucs, Path(args.out), "faithfulness_auc", prov)
+    print(aucs.groupby(["explanation", "mode"])["auc_wer"].mean().round(1).to_string())
+    return 0
+
+
 def _finish(report, out) -> int:
     for uid, msg in report.failed.items():
         print(f"error: {msg}", file=sys.stderr)
@@ -131,6 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_saliency)
+
+    p = sub.add_parser("compare", help="agreement of cross-attention with every saliency map in a store")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True, help="folder for agreement.parquet/.csv/.json")
+    p.add_argument("--special", choices=("exclude", "include"), default="exclude",
+                   help="the end-of-text row (the forced prompt is never scored)")
+    p.add_argument("--normalize", choices=("minmax", "sum", "none"), default="minmax")
+    p.add_argument("--no-per-head", action="store_true", help="skip the per-(layer, head) rows")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("faithfulness", help="deletion/insertion curves and AUCs per explanation")
+    _add_model_args(p)
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--manifest")
+    p.add_argument("--split")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--explanations", nargs="+", default=["ca:all", "smx", "random"])
+    p.add_argument("--mode", nargs="+", default=["deletion"], choices=("deletion", "insertion"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_faithfulness)
     return parser
 
 

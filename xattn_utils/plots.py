@@ -79,3 +79,72 @@ def plot_attention_grid(cross_attention: np.ndarray, tokens: list[str], frame_s:
                  label="attention weight")
     fig.subplots_adjust(right=0.9, hspace=0.35)
     return fig
+
+
+def _dataset(table, measure: str, reference: str):
+    return table[(table.level == "dataset") & (table.measure == measure) & (table.reference == reference)]
+
+
+def plot_layer_head_grid(ax, table, reference: str = "smx", measure: str = "pearson", prefix: str = "") -> tuple:
+    """Layer x head heatmap of the dataset-level ``measure`` of each head's CA against ``reference``; best cell boxed.
+
+    Returns (best layer, best head, value).
+    """
+    d = _dataset(table, measure, reference)
+    d = d[d.attention.str.fullmatch(rf"{prefix}L\d+H\d+")]
+    lh = d.attention.str.removeprefix(prefix).str.extract(r"L(\d+)H(\d+)").astype(int)
+    grid = np.full((lh[0].max() + 1, lh[1].max() + 1), np.nan)
+    grid[lh[0].to_numpy(), lh[1].to_numpy()] = d.value.to_numpy()
+    sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap="mako", cbar_kws={"label": f"{measure} (dataset)"})
+    best = np.unravel_index(np.nanargmax(grid), grid.shape)
+    ax.add_patch(plt.Rectangle((best[1], best[0]), 1, 1, fill=False, edgecolor="red", lw=2.5))
+    ax.set_xlabel("head")
+    ax.set_ylabel("decoder layer")
+    ax.set_title(f"{prefix or 'raw '}CA vs {reference.upper()}: {measure}")
+    return int(best[0]), int(best[1]), float(grid[best])
+
+
+def plot_layer_curves(ax, table, references=("smx", "smh"), measure: str = "pearson") -> None:
+    """Dataset-level ``measure`` per decoder layer (head mean), raw and norm-based, with 95% intervals."""
+    for ref in references:
+        d = _dataset(table, measure, ref)
+        for prefix, ls in (("", "-"), ("norm:", "--")):
+            sub = d[d.attention.str.fullmatch(rf"{prefix}layer\d+")].copy()
+            if sub.empty:
+                continue
+            sub["layer"] = sub.attention.str.extract(r"layer(\d+)").astype(int)[0]
+            sub = sub.sort_values("layer")
+            ax.errorbar(sub.layer, sub.value, yerr=[sub.value - sub.ci_low, sub.ci_high - sub.value], ls=ls,
+                        marker="o", capsize=3, label=f"{prefix or 'raw '}CA vs {ref.upper()}")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel(f"{measure} (dataset, 95% CI)")
+    ax.legend(fontsize=8)
+    ax.set_title("agreement by layer")
+
+
+def plot_utterance_distribution(ax, table, aggregates, reference: str = "smx", measure: str = "pearson") -> None:
+    """Box + strip plot of utterance-level values for some CA aggregates against ``reference``."""
+    d = table[(table.level == "utterance") & (table.measure == measure) & (table.reference == reference)
+              & table.attention.isin(list(aggregates))]
+    sns.boxplot(data=d, x="attention", y="value", ax=ax, order=list(aggregates), color="lightgray")
+    sns.stripplot(data=d, x="attention", y="value", ax=ax, order=list(aggregates), size=3, color="k")
+    ax.set_xlabel("cross-attention aggregate")
+    ax.set_ylabel(f"{measure} per utterance vs {reference.upper()}")
+    ax.tick_params(axis="x", rotation=30)
+
+
+def plot_faithfulness_curves(ax, curves, mode: str = "deletion", column: str = "wer", aucs=None) -> None:
+    """Mean curve per explanation (x: % of cells removed/restored) with the AUC in the legend."""
+    d = curves[curves["mode"] == mode]
+    for name, g in d.groupby("explanation"):
+        mean = g.groupby("percent")[column].mean()
+        label = name
+        if aucs is not None:
+            a = aucs[(aucs.explanation == name) & (aucs["mode"] == mode)]["auc_wer"].mean()
+            label = f"{name} (AUC {a:.1f})"
+        ax.plot(mean.index, mean.values, marker="o", label=label, ls="--" if name == "random" else "-")
+    ax.set_xlabel(f"% of input cells {'removed' if mode == 'deletion' else 'restored'} (most relevant first)")
+    ax.set_ylabel({"wer": "WER vs original hypothesis (%)", "mean_log_prob": "mean log-prob of original tokens"}
+                  .get(column, column))
+    ax.set_title(mode)
+    ax.legend(fontsize=8)
