@@ -50,3 +50,24 @@ def test_02_saliency(run_dir):
     assert "1 done" in text or "1 skipped" in text
     assert (run_dir / "figures" / "02_side_by_side_default-en-test-00000.png").exists()
     assert (run_dir / "figures" / "02_smx_tokens_default-en-test-00000.png").exists()
+
+
+def test_03_alignment_analysis(run_dir):
+    nb = _run("03_alignment_analysis.ipynb", run_dir, n_boot=50)
+    text = json.dumps([c.get("outputs", []) for c in nb.cells])
+    assert "Pearson(CA, SMX)" in text and "0.52" in text
+    assert (run_dir / "tables" / "agreement.parquet").exists()
+    for fig in ("03_layer_head_grid", "03_layer_curves", "03_utterance_distribution"):
+        assert (run_dir / "figures" / f"{fig}.png").exists()
+
+
+def test_04_faithfulness(run_dir):
+    _run("04_faithfulness.ipynb", run_dir, n_utterances=1, input_mode="trimmed", modes=["deletion"],
+         explanations=["ca:all", "smx", "random"])
+    import pandas as pd
+
+    aucs = pd.read_csv(run_dir / "tables" / "faithfulness_auc.csv")
+    assert set(aucs.explanation) == {"ca:all", "smx", "random"}
+    curves = pd.read_parquet(run_dir / "tables" / "faithfulness_curves.parquet")
+    assert (curves[curves.percent == 0].wer == 0).all()  # deletion at p = 0 reproduces the hypothesis
+    assert (run_dir / "figures" / "04_faithfulness.png").exists()

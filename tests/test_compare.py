@@ -1,0 +1,102 @@
+"""Agreement over a store: known relationships between maps come out as known numbers; files and provenance."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from xattn_utils.agreement import normalize_rows
+from xattn_utils.compare import CompareConfig, compare_store, paper_comparison, utterance_maps
+from xattn_utils.faithfulness import curve_auc, importance_cells, ranking
+from xattn_utils.forced import ForcedPass
+from xattn_utils.store import ResultStore, attention_dataset
+
+L, H, T_ENC = 2, 3, 40
+
+
+def _utterance(store, uid, rng, n_tok=6, smx_from_ca=True):
+    ca = rng.random((L, H, n_tok, T_ENC)).astype(np.float32) ** 4
+    ca /= ca.sum(-1, keepdims=True)
+    fp = ForcedPass(prompt_ids=np.array([1, 2]), token_ids=np.arange(n_tok), tokens=[f" t{i}" for i in range(n_tok - 1)]
+                    + ["<|endoftext|>"], log_probs=np.zeros(n_tok, np.float32), cross_attention=ca,
+                    value_norms=np.ones((L, H, T_ENC), np.float32), features=np.zeros((80, 2 * T_ENC), np.float32),
+                    n_audio_frames=2 * T_ENC, n_encoder_frames=T_ENC)
+    ds = attention_dataset(fp, 2, attrs={"provenance": {"model": {"model_id": "toy", "alignment_heads": [[1, 0]]}}})
+    store.write(uid, "attention", ds, key="a")
+    coords = {k: ds.coords[k] for k in ("token", "token_id", "token_str")}
+    mean = ca.mean((0, 1))  # (I, T')
+    # SMX built so that, summed over mel and pooled over frame pairs, it is 5 + 3 * mean CA (a per-token offset too)
+    base = mean if smx_from_ca else rng.permutation(mean.ravel()).reshape(mean.shape)
+    pooled = 5 + np.arange(n_tok)[:, None] + 3 * base
+    smx = np.repeat(pooled / 2, 2, axis=1)[:, :, None].repeat(80, axis=2) / 80  # (I, T, F)
+    store.write(uid, "spes_x", xr.Dataset({"saliency": (("token", "frame", "mel"), smx.astype(np.float32))},
+                                          coords=coords), key="x")
+    store.write(uid, "spes_h", xr.Dataset({"saliency": (("token", "enc_frame"), ca[-1].mean(0))}, coords=coords),
+                key="h")
+
+
+@pytest.fixture
+def store(tmp_path):
+    st = ResultStore(tmp_path / "store")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        _utterance(st, f"u{i}", rng)
+    return st
+
+
+def test_known_relationships(store, tmp_path):
+    table = compare_store(store, tmp_path / "out", CompareConfig(n_boot=100), progress=False)
+    ds = table[(table.level == "dataset") & (table.measure == "pearson")].set_index(["attention", "reference"])
+    # SMX is an affine function of the mean CA per row: after per-row normalization, identical -> 1
+    assert ds.loc[("all", "smx"), "value"] == pytest.approx(1.0, abs=1e-6)
+    assert ds.loc[("norm:all", "smx"), "value"] == pytest.approx(1.0, abs=1e-6)  # unit value norms
+    assert ds.loc[("last_layer", "smh"), "value"] == pytest.approx(1.0, abs=1e-6)
+    assert ds.loc[("L1H0", "smh"), "value"] < 0.99  # one head is not the layer mean
+    assert ("alignment_heads", "smx") in ds.index and ("smh", "smx") in ds.index
+    tok = table[(table.level == "token") & (table.measure == "pearson") & (table.attention == "all")
+                & (table.reference == "smx")]
+    assert len(tok) == 4 * 5  # the end-of-text row is excluded by default
+    assert set(tok.columns) >= {"model", "utterance", "token", "level", "attention", "reference", "measure", "value",
+                                "ci_low", "ci_high"}
+    back = pd.read_parquet(tmp_path / "out" / "agreement.parquet")
+    assert len(back) == len(table) and (tmp_path / "out" / "agreement.csv").exists()
+    assert (tmp_path / "out" / "agreement.json").exists()
+    assert paper_comparison(table).iloc[0]["ours"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_unrelated_saliency_is_near_zero(tmp_path):
+    st = ResultStore(tmp_path)
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        _utterance(st, f"u{i}", rng, n_tok=12, smx_from_ca=False)
+    table = compare_store(st, None, CompareConfig(n_boot=100, per_head=False), progress=False)
+    v = table[(table.level == "dataset") & (table.measure == "pearson") & (table.attention == "all")
+              & (table.reference == "smx")].value.item()
+    assert abs(v) < 0.15
+
+
+def test_special_tokens_and_raw_option(store):
+    inc = utterance_maps(store, "u0", CompareConfig(special="include", normalize="none"))
+    exc = utterance_maps(store, "u0", CompareConfig())
+    assert inc["all"].shape[0] == exc["all"].shape[0] + 1 and inc["tokens"][-1] == "<|endoftext|>"
+    assert inc["smx"].min() > 4  # raw SPES rows keep their offset; normalized ones span [0, 1]
+    assert exc["smx"].min() == 0 and exc["smx"].max() == 1
+
+
+def test_normalize_rows():
+    x = np.array([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])
+    np.testing.assert_allclose(normalize_rows(x), [[0, 1, 0.5], [0, 0, 0]])
+    np.testing.assert_allclose(normalize_rows(x, "sum")[0], [1 / 6, 3 / 6, 2 / 6])
+
+
+def test_faithfulness_pieces():
+    # an encoder-frame map spreads evenly over its input frames and mel bins; every token counts equally
+    m = np.zeros((2, 4))
+    m[0, 1], m[1, 3] = 10.0, 1.0
+    imp = importance_cells(m, n_audio_frames=8, n_features=3, frames_per_encoder_frame=2)
+    assert imp.shape == (8, 3) and float(imp[2:4].sum()) == pytest.approx(float(imp[6:8].sum()))
+    order = ranking(imp, seed=0)
+    assert set(order[:12].tolist()) == set(range(6, 12)) | set(range(18, 24))
+    curve = pd.DataFrame({"percent": [0, 50, 100], "wer": [0.0, 50.0, 100.0]})
+    assert curve_auc(curve) == pytest.approx(50.0)
