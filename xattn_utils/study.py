@@ -16,10 +16,12 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 # CPU-sized defaults for the default study: bundled Whisper tiny.en + the synthetic corpus.
 DEFAULT_PLAN: list[tuple[str, dict]] = [
-    ("01_extract_cross_attention.ipynb", {"n_utterances": 24}),
-    ("02_saliency_maps.ipynb", {"n_utterances": 24}),
-    ("03_alignment_analysis.ipynb", {}),
-    ("04_faithfulness.ipynb", {}),
+    ("01_extract_cross_attention.ipynb", {"n_utterances": 24, "input_mode": "trimmed"}),
+    ("02_saliency_maps.ipynb", {"n_utterances": 12, "input_mode": "trimmed", "n_masks": 256, "n_masks_h": 256,
+                                "ig_steps": 16}),
+    ("03_alignment_analysis.ipynb", {"n_boot": 1000}),
+    ("04_faithfulness.ipynb", {"n_utterances": 4, "input_mode": "trimmed", "modes": ["deletion"],
+                               "explanations": ["ca:all", "ca:last_layer", "smx", "ig_x", "random"]}),
 ]
 
 
@@ -62,9 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="override the model of every notebook")
     args = ap.parse_args(argv)
     common = {"model": args.model} if args.model else {}
+    t0 = time.time()
     status = run_study(Path(args.out), common=common)
     out = Path(args.out).resolve()
     print(f"\nexecuted notebooks: {out}\nfigures: {out / 'figures'}\ntables: {out / 'tables'}")
+    table = out / "tables" / "agreement.parquet"
+    if table.exists():
+        import pandas as pd
+
+        from .compare import paper_comparison
+
+        print("\n" + paper_comparison(pd.read_parquet(table)).to_string(index=False))
+    print(f"\nstudy wall time: {(time.time() - t0) / 60:.1f} min")
     return 1 if any(s.startswith("failed") for s in status.values()) else 0
 
 
