@@ -20,6 +20,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """Model, input files or a manifest (with filters), decoder prompt, progress."""
+    _add_model_args(p)
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--manifest", help="data manifest CSV (data_manifest.csv schema)")
+    p.add_argument("--split")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--language")
+    p.add_argument("--task")
+    p.add_argument("--quiet", action="store_true")
+
+
 def _items(args) -> "object":
     if getattr(args, "manifest", None):
         from .manifest import load_manifest
@@ -133,35 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("extract", help="decode, force-decode and store cross-attention for a data set")
-    _add_model_args(p)
-    p.add_argument("files", nargs="*", metavar="FILE")
-    p.add_argument("--manifest", help="data manifest CSV (data_manifest.csv schema)")
-    p.add_argument("--split")
-    p.add_argument("--limit", type=int)
+    _add_data_args(p)
     p.add_argument("--out", required=True, help="result store folder")
-    p.add_argument("--language")
-    p.add_argument("--task")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--with-hidden", action="store_true", help="also store the encoder output")
     p.add_argument("--beams", type=int, default=1, help="1: greedy decoding (default); more: beam search")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("saliency", help="SPES (X, H) and gradient maps, stored beside the cross-attention")
-    _add_model_args(p)
-    p.add_argument("files", nargs="*", metavar="FILE")
-    p.add_argument("--manifest", help="data manifest CSV (data_manifest.csv schema)")
-    p.add_argument("--split")
-    p.add_argument("--limit", type=int)
+    _add_data_args(p)
     p.add_argument("--out", required=True, help="result store folder (the same as extract's)")
     p.add_argument("--method", nargs="+", default=["spes-x", "spes-h"],
                    choices=("spes-x", "spes-h", "saliency", "ixg", "ig"))
     p.add_argument("--n-masks", type=int, help="SPES masks per utterance (CPU default; the paper used 20000)")
     p.add_argument("--seed", type=int)
     p.add_argument("--ig-steps", type=int, default=32)
-    p.add_argument("--language")
-    p.add_argument("--task")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_saliency)
 
     p = sub.add_parser("compare", help="agreement of cross-attention with every saliency map in a store")
@@ -177,17 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("faithfulness", help="deletion/insertion curves and AUCs per explanation")
-    _add_model_args(p)
-    p.add_argument("files", nargs="*", metavar="FILE")
-    p.add_argument("--manifest")
-    p.add_argument("--split")
-    p.add_argument("--limit", type=int)
+    _add_data_args(p)
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--explanations", nargs="+", default=["ca:all", "smx", "random"])
     p.add_argument("--mode", nargs="+", default=["deletion"], choices=("deletion", "insertion"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_faithfulness)
     return parser
 
