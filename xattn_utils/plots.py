@@ -148,3 +148,16 @@ def plot_faithfulness_curves(ax, curves, mode: str = "deletion", column: str = "
                   .get(column, column))
     ax.set_title(mode)
     ax.legend(fontsize=8)
+
+
+def plot_token_scatter(ax, maps: dict, attention: str = "all", reference: str = "smx", max_tokens: int = 12) -> None:
+    """Cell-by-cell scatter of one utterance's CA aggregate against a saliency map, one colour per token.
+
+    ``maps``: :func:`xattn_utils.compare.utterance_maps` output (rows already normalized).
+    """
+    a, r = np.asarray(maps[attention]), np.asarray(maps[reference])
+    for i in range(min(len(a), max_tokens)):
+        ax.scatter(a[i], r[i], s=6, alpha=0.6, label=repr(maps["tokens"][i].strip()))
+    ax.set_xlabel(f"CA {attention} (row-normalized)")
+    ax.set_ylabel(f"{reference.upper()} (row-normalized)")
+    ax.legend(fontsize=6, ncol=2, markerscale=2)
