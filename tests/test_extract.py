@@ -168,3 +168,12 @@ def test_beam_search_hypothesis(bundled, speech_dir, tmp_path):
     ds = open_store(tmp_path).load("utt0", "attention")
     assert report.done == ["utt0"] and "fox" in ds.attrs["text"].lower()
     assert ds.attrs["provenance"]["params"]["extract"]["num_beams"] == 3
+
+
+def test_decoding_loops_are_recorded_not_explained(bundled, speech_dir, tmp_path):
+    from xattn_utils.extract import compression_ratio
+
+    assert compression_ratio("quiet, " * 40) > 2.4 > compression_ratio("the big mountain follows a cold cake")
+    strict = ExtractConfig(max_compression_ratio=0.5)  # every real sentence "loops" under this threshold
+    report = extract_cross_attention(bundled, _items(speech_dir, 1), tmp_path, strict, progress=False)
+    assert report.done == [] and "repeats itself" in report.failed["utt0"]

@@ -7,6 +7,7 @@ message and the run goes on with the rest. Items whose stored cache key matches 
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class ExtractConfig:
         max_new_tokens: decoding limit.
         batch_size: utterances per batch (equal feature lengths batch together).
         with_hidden: also store the encoder output (T', D), needed by SMH and gradient-on-H methods.
+        max_compression_ratio: a hypothesis whose text gzip-compresses better than this is a decoding loop
+            ("quiet, quiet, quiet, ..."): it is recorded as failed, not explained. 2.4 is Whisper's own threshold for
+            falling back to sampling; None keeps every hypothesis.
     """
 
     language: str | None = None
@@ -41,6 +45,7 @@ class ExtractConfig:
     max_new_tokens: int = 128
     batch_size: int = 8
     with_hidden: bool = False
+    max_compression_ratio: float | None = 2.4
 
 
 @dataclass
@@ -53,6 +58,12 @@ class RunReport:
 
     def summary(self) -> str:
         return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed"
+
+
+def compression_ratio(text: str) -> float:
+    """len(text) / len(gzip(text)): high for repetitive text (Whisper's hallucination check)."""
+    raw = text.encode("utf-8")
+    return len(raw) / max(1, len(zlib.compress(raw))) if raw else 0.0
 
 
 def items_from(data) -> pd.DataFrame:
@@ -110,11 +121,19 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
         x = torch.stack([pending[i][2].values for i in idx])
         hyps.update(zip(idx, decode(loaded, x, prompt, cfg.num_beams, cfg.max_new_tokens)))
         bar.update(len(idx))
-    for i, h in hyps.items():
+    for i, h in list(hyps.items()):
+        uid = pending[i][0]
+        ratio = compression_ratio(loaded.tokenizer.decode(h, skip_special_tokens=True)) if h else 0.0
         if not h:
-            uid = pending[i][0]
             report.failed[uid] = f"{uid}: empty hypothesis (the model heard no speech); nothing to explain"
-            store.record_error(uid, KIND, report.failed[uid])
+        elif cfg.max_compression_ratio is not None and ratio > cfg.max_compression_ratio:
+            report.failed[uid] = (f"{uid}: the hypothesis repeats itself (compression ratio {ratio:.1f} > "
+                                  f"{cfg.max_compression_ratio}, {len(h)} tokens): a decoding loop, not explained; "
+                                  "try --beams 4 or raise max_compression_ratio")
+            hyps[i] = []
+        else:
+            continue
+        store.record_error(uid, KIND, report.failed[uid])
     ok = [i for i in range(len(pending)) if hyps[i]]
     for sub in batches_by_length([pending[i][1] for i in ok], cfg.batch_size):
         idx = [ok[j] for j in sub]
