@@ -1,11 +1,9 @@
 """Synthetic corpus: word times, determinism, the committed manifest, translations, manifest validation, audio."""
 from __future__ import annotations
 
-import json
 import random
 
 import numpy as np
-import pandas as pd
 import pytest
 import soundfile as sf
 

@@ -11,9 +11,21 @@ from .models import LoadedModel, load_model
 from .store import ResultStore, open_store
 
 __all__ = [
-    "XattnError", "InputError", "ModelError", "HypothesisError",
-    "load_model", "LoadedModel",
-    "decoder_prompt", "greedy_decode", "forced_pass", "transcribe", "Seq2SeqScorer", "ForcedPass",
-    "ExtractConfig", "RunReport", "extract_cross_attention",
-    "ResultStore", "open_store",
+    "ExtractConfig",
+    "ForcedPass",
+    "HypothesisError",
+    "InputError",
+    "LoadedModel",
+    "ModelError",
+    "ResultStore",
+    "RunReport",
+    "Seq2SeqScorer",
+    "XattnError",
+    "decoder_prompt",
+    "extract_cross_attention",
+    "forced_pass",
+    "greedy_decode",
+    "load_model",
+    "open_store",
+    "transcribe",
 ]

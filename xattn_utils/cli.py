@@ -32,7 +32,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def _items(args) -> "object":
+def _items(args) -> object:
     if getattr(args, "manifest", None):
         from .manifest import load_manifest
 
@@ -125,7 +125,7 @@ def cmd_faithfulness(args) -> int:
 
 
 def _finish(report, out) -> int:
-    for uid, msg in report.failed.items():
+    for msg in report.failed.values():
         print(f"error: {msg}", file=sys.stderr)
     print(f"{out}: {report.summary()}")
     if report.failed and not (report.done or report.skipped):

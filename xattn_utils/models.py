@@ -168,7 +168,7 @@ class LoadedModel:
         x = features if self.is_whisper else features.transpose(1, 2)
         return enc(x).last_hidden_state
 
-    def to(self, device: str | torch.device) -> "LoadedModel":
+    def to(self, device: str | torch.device) -> LoadedModel:
         self.model.to(device)
         for enc in self._trimmed_encoders.values():
             enc.to(device)

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
 from .errors import XattnError
-from .extract import KIND as ATTENTION, ExtractConfig, RunReport, _checked_audio, extract_cross_attention, items_from
+from .extract import KIND as ATTENTION
+from .extract import ExtractConfig, RunReport, _checked_audio, extract_cross_attention, items_from
 from .forced import Seq2SeqScorer
 from .gradients import attribute_gradients, canonical_method
 from .models import LoadedModel
@@ -135,7 +135,6 @@ def compute_saliency(loaded: LoadedModel, data, out: str | Path | ResultStore, c
     items = items_from(data)
     pre = extract_cross_attention(loaded, items, store, extract_cfg, progress=False)
     report = RunReport(failed=dict(pre.failed))
-    torch.manual_seed(cfg.spes.seed)
     for _, row in tqdm(items.iterrows(), total=len(items), desc="saliency", unit="utt", disable=not progress):
         uid = str(row["id"])
         if uid in report.failed:
