@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
@@ -117,6 +118,7 @@ def plot_layer_curves(ax, table, references=("smx", "smh"), measure: str = "pear
             ax.errorbar(sub.layer, sub.value, yerr=[sub.value - sub.ci_low, sub.ci_high - sub.value], ls=ls,
                         marker="o", capsize=3, label=f"{prefix or 'raw '}CA vs {ref.upper()}")
     ax.set_xlabel("decoder layer")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(f"{measure} (dataset, 95% CI)")
     ax.legend(fontsize=8)
     ax.set_title("agreement by layer")
