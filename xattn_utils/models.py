@@ -275,8 +275,6 @@ def _hub_snapshot(repo_id: str) -> Path:
         pass
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelError(f"unknown model {repo_id!r}: not a local folder, not in the hub cache, and HF_HUB_OFFLINE=1")
-    old = os.environ.get("HF_HUB_ETAG_TIMEOUT")
-    os.environ["HF_HUB_ETAG_TIMEOUT"] = "5"
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"],
                                       etag_timeout=5))
@@ -284,11 +282,6 @@ def _hub_snapshot(repo_id: str) -> Path:
         raise ModelError(f"unknown model {repo_id!r}: not a local folder, and the hub could not be reached or has no "
                          f"such model ({type(err).__name__}). Pass a local save_pretrained folder, "
                          f"or 'bundled:whisper-tiny.en'.") from None
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_ETAG_TIMEOUT", None)
-        else:
-            os.environ["HF_HUB_ETAG_TIMEOUT"] = old
 
 
 def model_info(loaded: LoadedModel) -> str:
