@@ -163,7 +163,7 @@ def build_corpus(cfg: CorpusConfig, expected: dict[str, str] | None = None, prog
             todo.append(j)
     if todo:
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["xattn_utils.espeak"])
+        ctx.set_forkserver_preload(["xattn_utils.corpus", "xattn_utils.espeak"])
         with ctx.Pool(max(1, cfg.workers), maxtasksperchild=1) as pool:
             made = list(tqdm(pool.imap(_synthesize, todo, chunksize=1), total=len(todo), desc=f"corpus {cfg.name}",
                              unit="utt", disable=not progress))
