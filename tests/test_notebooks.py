@@ -71,3 +71,35 @@ def test_04_faithfulness(run_dir):
     curves = pd.read_parquet(run_dir / "tables" / "faithfulness_curves.parquet")
     assert (curves[curves.percent == 0].wer == 0).all()  # deletion at p = 0 reproduces the hypothesis
     assert (run_dir / "figures" / "04_faithfulness.png").exists()
+
+
+def test_00_tour(run_dir):
+    import re
+
+    from xattn_utils.agreement import utterance_agreement
+    from xattn_utils.compare import CompareConfig, utterance_maps
+    from xattn_utils.store import open_store
+
+    nb = _run("00_tour.ipynb", run_dir, n_masks=16)
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+    r = {ref: float(v) for ref, v in re.findall(r"Pearson\(CA\[all\], (\w+)\) = (-?\d\.\d+)", text)}
+    assert set(r) == {"SMX", "SMH", "SALIENCY_X"}, text
+    # the printed number is the library's number on the maps the tour stored, and CA does resemble SMH
+    maps = utterance_maps(open_store(run_dir / "store_00_tour"), "default-en-test-00000", CompareConfig(per_head=False))
+    assert r["SMH"] == pytest.approx(utterance_agreement(maps["all"], maps["smh"], "pearson"), abs=1e-3)
+    assert r["SMX"] == pytest.approx(utterance_agreement(maps["all"], maps["smx"], "pearson"), abs=1e-3)
+    assert 0.1 < r["SMH"] < 1
+    assert re.search(r"layers = last +Pearson\(CA, SMX\) = +-?\d\.\d{3}", text)
+    # masks exercise: a quarter, n_masks and four times n_masks; the largest map is its own reference
+    masks = re.findall(r"masks = +(\d+) +Pearson\(CA, SMX\) = +(-?\d\.\d+) +Pearson\(SMX, SMX@64\) = +(-?\d\.\d+)",
+                       text)
+    assert [int(m) for m, _, _ in masks] == [4, 16, 64]
+    assert float(masks[-1][2]) == 1.0 and float(masks[0][2]) < 1.0
+    # sanity check: the gradient map of a randomized model no longer resembles the trained model's
+    sanity = {p: float(v) for p, v in re.findall(r"randomized ([a-z+]+)\) = (-?\d\.\d+)", text)}
+    assert set(sanity) == {"decoder", "encoder+decoder"}
+    assert sanity["decoder"] < 0.9 and sanity["encoder+decoder"] < 0.3
+    for fig in ("00_input", "00_attention_grid", "00_cross_attention", "00_saliency", "00_layers", "00_masks",
+                "00_sanity"):
+        assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000

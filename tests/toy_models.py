@@ -7,6 +7,8 @@ It implements :class:`xattn_utils.scoring.ForcedScorer`.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 
 
@@ -73,3 +75,19 @@ class BlockToyScorer:
         for i in range(self.n_tokens):
             m[i, i * self.block:(i + 1) * self.block] = 1.0
         return m
+
+
+@dataclass(frozen=True)
+class ToyRecipe:
+    """A picklable, hashable zero-argument recipe for :class:`BlockToyScorer` (to rebuild it on Dask workers)."""
+
+    n_tokens: int = 4
+    block: int = 5
+    n_features: int = 8
+    width: int = 16
+    vocab: int = 13
+    seed: int = 0
+    pad_frames: int = 0
+
+    def __call__(self) -> BlockToyScorer:
+        return BlockToyScorer(**asdict(self))

@@ -52,6 +52,7 @@ class CorpusConfig:
         languages: "en" and/or "it".
         n_train, n_dev, n_test, n_test_unseen_voice: utterances per split and language.
         rate, pitch: ranges (words per minute; 0-100) drawn per utterance.
+        exclude: English sentences never to use (e.g. another corpus's test set).
     """
 
     name: str = "synthetic"
@@ -67,6 +68,7 @@ class CorpusConfig:
     voices: dict = field(default_factory=lambda: {k: list(v) for k, v in VOICES.items()})
     unseen_voices: dict = field(default_factory=lambda: dict(UNSEEN_VOICES))
     workers: int = 2
+    exclude: tuple[str, ...] = ()
 
 
 def default_config(out_dir: str | Path = REPO_MANIFEST.parent) -> CorpusConfig:
@@ -78,7 +80,7 @@ def plan_corpus(cfg: CorpusConfig) -> list[dict]:
     """The utterances to synthesize (text, voice, rate, pitch, split, paths), deterministic in ``cfg.seed``."""
     rng = random.Random(cfg.seed)
     counts = {"train": cfg.n_train, "dev": cfg.n_dev, "test": cfg.n_test}
-    seen: set[str] = set()
+    seen: set[str] = set(cfg.exclude)
     rows = []
     for lang in cfg.languages:
         by_split: dict[str, list] = {}

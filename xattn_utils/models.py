@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import InputError, ModelError
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = ("whisper-tiny.en",)
@@ -115,6 +115,11 @@ class LoadedModel:
         return int(self.model.config.decoder_attention_heads)
 
     @property
+    def hop_length(self) -> int:
+        """Input-frame hop in samples (Whisper: 160; the trained grid: 320)."""
+        return int(getattr(self.processor.feature_extractor, "hop_length", 160))
+
+    @property
     def alignment_heads(self) -> list[tuple[int, int]] | None:
         heads = getattr(self.model.generation_config, "alignment_heads", None)
         return [tuple(map(int, h)) for h in heads] if heads else None
@@ -136,10 +141,14 @@ class LoadedModel:
         fe = self.processor.feature_extractor
         out = fe(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
         values = out["input_features"][0]
-        hop = int(getattr(fe, "hop_length", 160))
+        hop = self.hop_length
         if not self.is_whisper:  # Speech2Text and friends: (T, F) with no padding
             values = values.T.contiguous()
             return Features(values, values.shape[1], 0.0)
+        window = int(getattr(fe, "n_samples", len(audio)))
+        if len(audio) > window:
+            raise InputError(f"audio of {len(audio) / SAMPLE_RATE:.2f} s is longer than the model's "
+                             f"{window / SAMPLE_RATE:.1f} s window; cut it into shorter segments")
         n_audio = min(values.shape[1], math.ceil(len(audio) / hop))
         floor = float(values.min())
         if mode == "trimmed":
@@ -216,6 +225,11 @@ def resolve_model_path(name: str) -> Path | str:
         from .convert import ensure_bundled_whisper
 
         return ensure_bundled_whisper()
+    from .registry import resolve
+
+    known = resolve(name)
+    if known is not None:
+        return known
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
