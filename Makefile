@@ -5,10 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export XATTN_HOME ?= $(CURDIR)/.cache
 export HF_HUB_OFFLINE ?= 1
-RUN ?= runs/study-$(shell date +%Y%m%d-%H%M%S)
+STUDY ?= runs/study
+SWEEP ?= sweeps/smoke.yaml
+WORKERS ?= 1
+MODELS_RUN ?= runs/models
 PYTEST_ARGS ?= -q
 
-.PHONY: study test env sysdeps data bench bench-quick clean
+.PHONY: study test env sysdeps data models sweep bench bench-quick clean
 
 env: $(VENV)/.installed
 
@@ -29,8 +32,19 @@ sysdeps:
 data: env sysdeps
 	$(PY) -m xattn_utils.corpus --default
 
+# The default study: trains the model grid when none is trained, then sweeps notebooks 01-04 over the bundled
+# Whisper and every trained model (resumable: finished runs under $(STUDY) are skipped).
 study: env sysdeps
-	$(PY) -m xattn_utils.study --out $(RUN)
+	$(PY) -m xattn_utils.study --out $(STUDY) --workers $(WORKERS)
+
+# The offline model grid (notebooks/00_train_models.ipynb, CPU-sized budgets) into $$XATTN_HOME/models/grid.
+models: env sysdeps
+	@mkdir -p $(MODELS_RUN)
+	$(PY) -m papermill notebooks/00_train_models.ipynb $(MODELS_RUN)/00_train_models.ipynb -p run_dir $(CURDIR)/$(MODELS_RUN) --cwd $(MODELS_RUN) --no-progress-bar
+
+# Any sweep file: make sweep SWEEP=sweeps/default.yaml WORKERS=2
+sweep: env sysdeps
+	$(PY) -m xattn_utils.sweep $(SWEEP) --workers $(WORKERS)
 
 test: env sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -103,3 +103,23 @@ def test_00_tour(run_dir):
     for fig in ("00_input", "00_attention_grid", "00_cross_attention", "00_saliency", "00_layers", "00_masks",
                 "00_sanity"):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000
+
+
+def test_00_train_models(run_dir):
+    """The training notebook on a tiny grid: corpus, training, evaluation, saved model, figures, table."""
+    out = run_dir / "grid"
+    _run("00_train_models.ipynb", run_dir, kinds=["en-asrst"], scales=["s"], steps={"s": 30}, n_train=8,
+         n_test=3, out=str(out))
+    import pandas as pd
+
+    from xattn_utils import load_model
+
+    scores = pd.read_csv(run_dir / "tables" / "models.csv")
+    assert set(zip(scores.task, scores.split)) == {("transcribe", "test"), ("transcribe", "test_unseen_voice"),
+                                                   ("translate", "test"), ("translate", "test_unseen_voice")}
+    assert (scores.n == 3).all() and (scores.steps == 30).all() and scores.wer.notna().all()
+    loaded = load_model(str(out / "xattn-en-asrst-s"))
+    assert loaded.model.generation_config.is_multilingual
+    assert "## Scores" in (out / "xattn-en-asrst-s" / "README.md").read_text()
+    for fig in ("00_train_loss", "00_train_scores"):
+        assert (run_dir / "figures" / f"{fig}.png").exists()

@@ -233,3 +233,19 @@ def test_smoke_sweep_on_the_study_notebooks(client, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "0.58" in report and "Pearson(CA, SMX)" in report
     assert f"]({run.name}/figures/03_layer_head_grid.png)" in report
+
+
+def test_study_sweeps_the_bundled_model_and_every_trained_one(tmp_path, monkeypatch):
+    from xattn_utils.study import study_sweep, trained_models
+
+    monkeypatch.setenv("XATTN_HOME", str(tmp_path))
+    assert trained_models() == []
+    folder = tmp_path / "models" / "grid" / "xattn-en-asr-s"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert trained_models() == ["xattn-en-asr-s"]
+    spec = study_sweep(trained_models())
+    assert spec["grid"]["model"] == ["bundled:whisper-tiny.en", "xattn-en-asr-s"]
+    runs = expand(spec, tmp_path / "out")
+    assert len(runs) == 2 and len({r.key for r in runs}) == 2
+    assert [nb.name for nb in runs[0].notebooks][:2] == ["01_extract_cross_attention.ipynb", "02_saliency_maps.ipynb"]

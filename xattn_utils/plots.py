@@ -163,3 +163,26 @@ def plot_token_scatter(ax, maps: dict, attention: str = "all", reference: str = 
     ax.set_xlabel(f"CA {attention} (row-normalized)")
     ax.set_ylabel(f"{reference.upper()} (row-normalized)")
     ax.legend(fontsize=6, ncol=2, markerscale=2)
+
+
+def plot_training_curves(ax, curves, smooth: int = 25) -> None:
+    """Training loss per step of each model (``training.training_curves`` table), running mean over ``smooth``."""
+    for model, part in curves.groupby("model", sort=True):
+        loss = part["loss"].rolling(smooth, min_periods=1).mean()
+        ax.plot(part["step"], loss, label=model, lw=1.2)
+    ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel=f"training loss (mean of {smooth} steps)")
+    ax.legend(fontsize=7, ncol=3)
+
+
+def plot_scale_scores(ax, table, metric: str = "wer", targets: dict | None = None) -> None:
+    """A score against model size, one line per (kind, language, task, split); dashed lines mark ``targets``."""
+    part = table.dropna(subset=[metric])
+    for key, g in part.groupby(["kind", "language", "task", "split"], sort=True):
+        g = g.sort_values("parameters")
+        ax.plot(g["parameters"] / 1e6, g[metric], marker="o", label=" ".join(key))
+    for name, value in (targets or {}).items():
+        ax.axhline(value, ls="--", c="grey", lw=0.8)
+        ax.text(ax.get_xlim()[1], value, f" {name}", va="center", fontsize=7, color="grey")
+    ax.set(xlabel="parameters (M)", ylabel=metric.upper(), xscale="log")
+    ax.legend(fontsize=7)

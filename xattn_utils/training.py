@@ -469,7 +469,7 @@ class GridConfig:
 
     kinds: tuple[str, ...] = tuple(KINDS)
     scales: tuple[str, ...] = tuple(SCALES)
-    steps: dict = field(default_factory=lambda: {"s": 1500, "m": 1500, "l": 1500})
+    steps: dict = field(default_factory=lambda: {"s": 1000, "m": 1000, "l": 800})
     minutes: float | None = None
     n_train: int = 2000
     n_test: int = 100
