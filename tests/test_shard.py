@@ -12,9 +12,9 @@ import pytest
 import torch
 from toy_models import ToyRecipe
 
+from xattn_utils import shard
 from xattn_utils.errors import XattnError
 from xattn_utils.saliency import scorer_for
-from xattn_utils import shard
 from xattn_utils.shard import (
     ScorerRecipe,
     batch_grid,

@@ -85,7 +85,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .provenance import stable_hash, to_jsonable, versions, git_commit
+from .provenance import git_commit, stable_hash, to_jsonable, versions
 from .store import atomic_write_text
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -608,8 +608,8 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
     lo, hi = PAPER["pearson_ca_smh_range"]
     out = [f"# Sweep `{spec.name}`\n",
            f"{len(runs)} runs under `{root}` ({_now()}); {result.summary()}.\n",
-           f"Notebooks: {', '.join(nb.notebook for nb in spec.notebooks)}. "
-           f"Grid: {', '.join(f'{k} ∈ {v}' for k, v in spec.grid.items()) or 'none'}.\n",
+           (f"Notebooks: {', '.join(nb.notebook for nb in spec.notebooks)}. "
+            f"Grid: {', '.join(f'{k} ∈ {v}' for k, v in spec.grid.items()) or 'none'}.\n"),
            "## Runs\n"]
     rows = []
     for run in runs:
