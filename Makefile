@@ -7,7 +7,7 @@ export XATTN_HOME ?= $(CURDIR)/.cache
 export HF_HUB_OFFLINE ?= 1
 STUDY ?= runs/study
 SWEEP ?= sweeps/smoke.yaml
-WORKERS ?= 1
+WORKERS ?= 2
 MODELS_RUN ?= runs/models
 PYTEST_ARGS ?= -q
 

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run the default xattn study (train the grid when absent, then sweep).")
     ap.add_argument("--out", default="runs/study", help="output root of the sweep (runs are resumed there)")
     ap.add_argument("--no-train", action="store_true", help="do not train the grid when no trained model exists")
-    ap.add_argument("--workers", type=int, default=1, help="Dask worker processes (one run at a time each)")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="Dask worker processes (one run at a time each, one thread each: Dask sets OMP_NUM_THREADS=1)")
     args = ap.parse_args(argv)
     t0 = time.time()
     out = Path(args.out).resolve()
