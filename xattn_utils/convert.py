@@ -19,7 +19,6 @@ Tokenizer: the bundled ``tokenizer.json`` lacks the 1501 timestamp tokens; they 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .audio import sha256_file
 from .ct2_reader import CT2Model, read_ct2_model
 from .errors import ModelError
 from .paths import cache_dir
@@ -54,21 +54,12 @@ def bundled_source_dir() -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of one file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def source_hashes(src_dir: Path) -> dict[str, str]:
     """sha256 of each CTranslate2 source file; :class:`ModelError` naming the missing ones."""
     missing = [f for f in SOURCE_FILES if not (src_dir / f).is_file()]
     if missing:
         raise ModelError(f"CTranslate2 Whisper folder {src_dir} lacks {missing}; it needs {list(SOURCE_FILES)}")
-    return {f: file_sha256(src_dir / f) for f in SOURCE_FILES}
+    return {f: sha256_file(src_dir / f) for f in SOURCE_FILES}
 
 
 # --------------------------------------------------------------------------------------------- weights

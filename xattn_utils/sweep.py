@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import hashlib
 import itertools
 import json
 import os
@@ -85,6 +84,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .audio import sha256_file
 from .provenance import git_commit, stable_hash, to_jsonable, versions
 from .store import atomic_write_text
 
@@ -254,11 +254,6 @@ def _parse_entry(entry) -> NotebookEntry:
     raise SweepError(f"a notebooks entry is a name or a one-key mapping 'name: {{params}}'; got {entry!r}")
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def slugify(grid: dict, max_len: int = 80) -> str:
     """A readable folder-name fragment from grid values, e.g. ``model=bundled-whisper-tiny.en_n_masks=64``."""
     parts = []
@@ -284,7 +279,7 @@ def resolve_notebooks(spec: SweepSpec) -> list[RunNotebook]:
         path = path if path.is_absolute() else base / path
         if not path.exists():
             raise SweepError(f"notebook {entry.notebook} not found at {path}; check the name or set 'notebook_dir'")
-        out.append(RunNotebook(path.name, str(path), file_sha256(path), entry.params))
+        out.append(RunNotebook(path.name, str(path), sha256_file(path), entry.params))
     return out
 
 
