@@ -142,8 +142,9 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
             uid, _, _, key, digest = pending[i]
             attrs = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
                                params={"extract": cfg, "decode_mode": loaded.decode_mode})
-            store.write(uid, KIND, attention_dataset(fp, loaded.frames_per_encoder_frame, loaded.hop_length, attrs={"provenance": attrs}),
-                        key)
+            ds = attention_dataset(fp, loaded.frames_per_encoder_frame, loaded.hop_length,
+                                   attrs={"provenance": attrs})
+            store.write(uid, KIND, ds, key)
             report.done.append(uid)
         bar.update(len(idx))
     bar.close()

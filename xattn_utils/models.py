@@ -120,6 +120,12 @@ class LoadedModel:
         return int(getattr(self.processor.feature_extractor, "hop_length", 160))
 
     @property
+    def window_samples(self) -> int | None:
+        """The longest input in samples (Whisper: 30 s; the trained grid: 4 s); None when unbounded."""
+        n = getattr(self.processor.feature_extractor, "n_samples", None) if self.is_whisper else None
+        return int(n) if n else None
+
+    @property
     def alignment_heads(self) -> list[tuple[int, int]] | None:
         heads = getattr(self.model.generation_config, "alignment_heads", None)
         return [tuple(map(int, h)) for h in heads] if heads else None
@@ -139,16 +145,15 @@ class LoadedModel:
         """Log-mel features of 16 kHz mono audio, laid out (F, T) and cut per the input mode (or ``mode``)."""
         mode = mode or self.input_mode
         fe = self.processor.feature_extractor
+        if self.window_samples is not None and len(audio) > self.window_samples:
+            raise InputError(f"audio of {len(audio) / SAMPLE_RATE:.2f} s is longer than the model's "
+                             f"{self.window_samples / SAMPLE_RATE:.1f} s window; cut it into shorter segments")
         out = fe(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
         values = out["input_features"][0]
         hop = self.hop_length
         if not self.is_whisper:  # Speech2Text and friends: (T, F) with no padding
             values = values.T.contiguous()
             return Features(values, values.shape[1], 0.0)
-        window = int(getattr(fe, "n_samples", len(audio)))
-        if len(audio) > window:
-            raise InputError(f"audio of {len(audio) / SAMPLE_RATE:.2f} s is longer than the model's "
-                             f"{window / SAMPLE_RATE:.1f} s window; cut it into shorter segments")
         n_audio = min(values.shape[1], math.ceil(len(audio) / hop))
         floor = float(values.min())
         if mode == "trimmed":

@@ -66,6 +66,12 @@ KINDS = {
 }
 
 
+def prompts_language_and_task(kind: str) -> bool:
+    """Whether a kind's prompts carry language and task tokens (multilingual or multitask, as in Whisper)."""
+    langs, tasks = KINDS[kind]
+    return len(langs) > 1 or len(tasks) > 1
+
+
 def model_name(kind: str, scale: str) -> str:
     """Registry name of a grid model, e.g. ``xattn-en-asr-m``."""
     return f"xattn-{kind}-{scale}"
@@ -144,7 +150,7 @@ def build_model(cfg: TrainConfig, processor) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
     model = WhisperForConditionalGeneration(config)
     langs, tasks = KINDS[cfg.kind]
-    multi = len(langs) > 1 or len(tasks) > 1
+    multi = prompts_language_and_task(cfg.kind)
     gen = GenerationConfig(
         decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot, max_length=160,
         no_timestamps_token_id=ids["<|notimestamps|>"], suppress_tokens=[], begin_suppress_tokens=[],
@@ -190,7 +196,7 @@ def targets_for(kind: str, row: dict) -> list[tuple[str | None, str | None, str]
     lang = row["language"]
     if lang not in langs:
         return []
-    multi = len(langs) > 1 or len(tasks) > 1
+    multi = prompts_language_and_task(kind)
     out = [(lang if multi else None, "transcribe" if multi else None, row["transcript"])]
     if "translate" in tasks and row.get("translation"):
         out.append((lang, "translate", row["translation"]))
@@ -361,7 +367,7 @@ def evaluate(loaded, manifest: pd.DataFrame, kind: str, splits=("test", "test_un
     from .audio import load_audio
     from .forced import transcribe
 
-    window = int(getattr(loaded.processor.feature_extractor, "n_samples", 30 * 16000))
+    window = loaded.window_samples or float("inf")
     rows = []
     for split in splits:
         part = manifest[manifest["split"] == split]
