@@ -15,7 +15,7 @@ from xattn_utils.store import ResultStore, attention_dataset
 L, H, T_ENC = 2, 3, 40
 
 
-def _utterance(store, uid, rng, n_tok=6, smx_from_ca=True):
+def _utterance(store, uid, rng, n_tok=6, smx_from_ca=True, halves_noise=None):
     ca = rng.random((L, H, n_tok, T_ENC)).astype(np.float32) ** 4
     ca /= ca.sum(-1, keepdims=True)
     fp = ForcedPass(prompt_ids=np.array([1, 2]), token_ids=np.arange(n_tok), tokens=[f" t{i}" for i in range(n_tok - 1)]
@@ -26,12 +26,16 @@ def _utterance(store, uid, rng, n_tok=6, smx_from_ca=True):
     store.write(uid, "attention", ds, key="a")
     coords = {k: ds.coords[k] for k in ("token", "token_id", "token_str")}
     mean = ca.mean((0, 1))  # (I, T')
-    # SMX built so that, summed over mel and pooled over frame pairs, it is 5 + 3 * mean CA (a per-token offset too)
+    # SMX built as SPES maps are (mean KLs with a per-token offset): every input cell of an encoder frame holds
+    # 5 + token + 3 * mean CA, so mean-pooled over mel and frame pairs it is exactly that
     base = mean if smx_from_ca else rng.permutation(mean.ravel()).reshape(mean.shape)
     pooled = 5 + np.arange(n_tok)[:, None] + 3 * base
-    smx = np.repeat(pooled / 2, 2, axis=1)[:, :, None].repeat(80, axis=2) / 80  # (I, T, F)
-    store.write(uid, "spes_x", xr.Dataset({"saliency": (("token", "frame", "mel"), smx.astype(np.float32))},
-                                          coords=coords), key="x")
+    smx = np.repeat(pooled, 2, axis=1)[:, :, None].repeat(80, axis=2)  # (I, T, F)
+    data = {"saliency": (("token", "frame", "mel"), smx.astype(np.float32))}
+    if halves_noise is not None:  # two noisy halves whose merge is the stored map
+        e = halves_noise * rng.normal(size=smx.shape[:2])[:, :, None].repeat(80, 2)
+        data["saliency_half"] = (("half", "token", "frame", "mel"), np.stack([smx + e, smx - e]).astype(np.float32))
+    store.write(uid, "spes_x", xr.Dataset(data, coords=coords), key="x")
     store.write(uid, "spes_h", xr.Dataset({"saliency": (("token", "enc_frame"), ca[-1].mean(0))}, coords=coords),
                 key="h")
 
@@ -62,7 +66,25 @@ def test_known_relationships(store, tmp_path):
     back = pd.read_parquet(tmp_path / "out" / "agreement.parquet")
     assert len(back) == len(table) and (tmp_path / "out" / "agreement.csv").exists()
     assert (tmp_path / "out" / "agreement.json").exists()
-    assert paper_comparison(table).iloc[0]["ours"] == pytest.approx(1.0, abs=1e-3)
+    pc = paper_comparison(table)
+    assert pc.iloc[0]["ours"] == pytest.approx(1.0, abs=1e-3) and pc.iloc[0]["aggregate"] == "all"
+    assert set(pc.selection) >= {"fixed", "best on 2 calibration utterances", "in-sample best (biased up)"}
+
+
+def test_store_halves_give_reliability_and_corrected_values(tmp_path):
+    st = ResultStore(tmp_path / "store")
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        _utterance(st, f"u{i}", rng, n_tok=8, halves_noise=0.02)
+    table = compare_store(st, None, CompareConfig(n_boot=200, per_head=False), progress=False)
+    ds = table[table.level == "dataset"].set_index(["attention", "reference", "measure"])
+    rel = ds.loc[("", "smx", "reliability"), "value"]
+    assert 0.2 < rel < 0.99  # noisy halves: the map is far from converged
+    raw = ds.loc[("all", "smx", "pearson"), "value"]
+    cor = ds.loc[("all", "smx", "pearson_corrected"), "value"]
+    assert cor == pytest.approx(np.tanh(np.arctanh(raw)) / np.sqrt(rel), rel=0.1) and cor > raw
+    pc = paper_comparison(table)
+    assert pc[pc.comparison == "Pearson(CA, SMX)"].reliability.str.len().min() > 0
 
 
 def test_unrelated_saliency_is_near_zero(tmp_path):
@@ -80,13 +102,17 @@ def test_special_tokens_and_raw_option(store):
     inc = utterance_maps(store, "u0", CompareConfig(special="include", normalize="none"))
     exc = utterance_maps(store, "u0", CompareConfig())
     assert inc["all"].shape[0] == exc["all"].shape[0] + 1 and inc["tokens"][-1] == "<|endoftext|>"
-    assert inc["smx"].min() > 4  # raw SPES rows keep their offset; normalized ones span [0, 1]
-    assert exc["smx"].min() == 0 and exc["smx"].max() == 1
+    assert inc["smx"].min() > 4  # raw SPES rows keep their offset; z-scored ones have mean 0 and std 1
+    np.testing.assert_allclose(exc["smx"].mean(1), 0, atol=1e-9)
+    np.testing.assert_allclose(exc["smx"].std(1), 1)
+    mm = utterance_maps(store, "u0", CompareConfig(normalize="minmax"))
+    assert mm["smx"].min() == 0 and mm["smx"].max() == 1
 
 
 def test_normalize_rows():
     x = np.array([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])
-    np.testing.assert_allclose(normalize_rows(x), [[0, 1, 0.5], [0, 0, 0]])
+    np.testing.assert_allclose(normalize_rows(x, "minmax"), [[0, 1, 0.5], [0, 0, 0]])
+    np.testing.assert_allclose(normalize_rows(x)[0], np.array([-1, 1, 0]) / np.sqrt(2 / 3))
     np.testing.assert_allclose(normalize_rows(x, "sum")[0], [1 / 6, 3 / 6, 2 / 6])
 
 

@@ -24,22 +24,24 @@ import torch
 from scipy import stats
 
 from .errors import XattnError
+from .grids import normalize_rows, pool_to_encoder_frames  # noqa: F401  (re-exported: the grid lives in grids.py)
 
 MEASURES = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
 LEVELS = ("token", "utterance", "dataset", "dataset_token")
-_META_KEYS = ("n_frames", "tokens", "utterance")
+_META_KEYS = ("n_frames", "tokens", "utterance", "halves")
+# Emitted for references whose maps come with two independent halves (``halves`` in an utterance's entry):
+# split_half = Pearson(half A, half B); reliability = Spearman-Brown of it (the full map's reliability);
+# pearson_corrected = pearson / sqrt(reliability) (disattenuated: the correlation with the converged map).
+RELIABILITY_MEASURES = ("split_half", "reliability", "pearson_corrected")
 
 
 # --------------------------------------------------------------------------------------------------- grids
 def smx_to_encoder_frames(smx, frames_per_encoder_frame: int, reduce: str = "sum"):
-    """Input-frame saliency ``(I, T, F)`` -> encoder-frame relevance ``(I, T')``, ``T' = ceil(T / k)``.
+    """Input-frame map ``(I, T, F)`` -> ``(I, T')`` by **sums** (``reduce="abs"``: sums of magnitudes).
 
-    Relevance is additive (SPES scores, and IG attributions, are amounts of the output attributed to each cell), so
-    both reductions are sums: over frequency, and over each group of ``k = frames_per_encoder_frame`` consecutive
-    input frames (the frames one encoder frame sees after the convolutional front end's stride; Whisper: 2). Sums
-    conserve the total relevance of every token, so the pooled map is still an attribution rather than an average.
-    A ragged last group is zero-padded. ``reduce="abs"`` sums magnitudes, for signed gradient maps whose signs would
-    otherwise cancel. Works on numpy arrays and torch tensors (any device), returning the same kind.
+    For additive attributions only (gradient amounts). SPES cells are mean KLs, not amounts: pool them with
+    :func:`xattn_utils.grids.pool_to_encoder_frames` (``pool="mean"``), which :mod:`xattn_utils.compare` uses. Sums
+    over a ragged last group (odd ``T``) cover one input frame instead of ``k``.
     """
     if reduce not in ("sum", "abs"):
         raise XattnError(f"reduce={reduce!r}: use 'sum' (relevance maps) or 'abs' (signed gradient maps)")
@@ -55,29 +57,6 @@ def smx_to_encoder_frames(smx, frames_per_encoder_frame: int, reduce: str = "sum
         x = (torch.nn.functional.pad(x, (0, pad)) if isinstance(x, torch.Tensor)
              else np.pad(x, ((0, 0), (0, pad))))
     return x.reshape(n_i, (t + pad) // k, k).sum(-1)
-
-
-def normalize_rows(m, how: str = "minmax"):
-    """Per-token normalization of an ``(I, ...)`` map: ``minmax`` to [0, 1] per row, ``sum`` to unit mass, ``none``.
-
-    SPES relevance of a cell is the mean KL of the masks that occluded it; with p = 0.5 every cell shares most masks,
-    so each token's row carries a large token-specific offset (how fragile that token is) on top of the spatial
-    signal. Flattened (utterance-level) correlations would then mostly compare offsets across tokens; normalizing
-    each row first makes them compare where the relevance lies. Constant rows become zeros.
-    """
-    x = _np(m).astype(np.float64)
-    if how == "none":
-        return x
-    flat = x.reshape(x.shape[0], -1)
-    if how == "minmax":
-        lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
-        out = np.divide(flat - lo, hi - lo, out=np.zeros_like(flat), where=(hi - lo) > 0)
-    elif how == "sum":
-        tot = np.abs(flat).sum(1, keepdims=True)
-        out = np.divide(flat, tot, out=np.zeros_like(flat), where=tot > 0)
-    else:
-        raise XattnError(f"normalize must be 'minmax', 'sum' or 'none', not {how!r}")
-    return out.reshape(x.shape)
 
 
 def ca_aggregate(ca, layers: Sequence[int] | None = None, heads: Iterable | None = None):
@@ -286,6 +265,82 @@ def _square_summary(d: dict, ci: float) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------------------------------- reliability
+def spearman_brown(r, factor: float = 2.0):
+    """Reliability of a map built from ``factor`` times the samples of maps whose correlation is ``r``:
+    ``factor·r / (1 + (factor − 1)·r)``. Works elementwise on arrays."""
+    r = np.asarray(r, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return factor * r / (1.0 + (factor - 1.0) * r)
+
+
+def disattenuate(r_obs, r_half):
+    """Noise-corrected correlation (Spearman 1904): ``r_obs / sqrt(spearman_brown(r_half))``.
+
+    ``r_obs``: observed correlation of a deterministic map (cross-attention) with a sampled one; ``r_half``: the
+    correlation between two independent halves of the sampled map. NaN where the reliability is not positive
+    (the halves share no signal: nothing to correct towards). Values above 1 mean the estimate is noisy.
+    """
+    rel = spearman_brown(r_half)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rel > 0, np.asarray(r_obs, dtype=np.float64) / np.sqrt(np.where(rel > 0, rel, 1.0)), np.nan)
+
+
+def _fisher_sums(groups: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: sum of Fisher z over finite values and their count."""
+    arrs = [_np(g).ravel() for g in groups]
+    z = [np.arctanh(np.clip(g[np.isfinite(g)], -1 + 1e-12, 1 - 1e-12)) for g in arrs]
+    return np.array([v.sum() for v in z]), np.array([v.size for v in z], dtype=np.float64)
+
+
+def dataset_corrected(obs_groups: Sequence, half_groups: Sequence, n_boot: int = 1000, seed: int = 0,
+                      ci: float = 0.95) -> dict[str, Any]:
+    """Dataset-level reliability and noise-corrected Pearson with a paired bootstrap over utterances.
+
+    Args:
+        obs_groups: per utterance, the observed Pearson value(s) of one attention map with the reference;
+            None to compute only the reliability.
+        half_groups: per utterance (same order), the split-half Pearson value(s) of the reference.
+    Returns: ``{"split_half": summary, "reliability": summary, "pearson_corrected": summary or None}``, each summary
+        ``{value, ci_low, ci_high, n, n_nan, n_utterances}``. Both parts are Fisher means over the utterances kept
+        (those with a finite value in both), and every bootstrap replicate recomputes both from the same resample.
+    """
+    hs, hc = _fisher_sums(half_groups)
+    keep = hc > 0
+    os_, oc = (None, None)
+    if obs_groups is not None:
+        os_, oc = _fisher_sums(obs_groups)
+        keep &= oc > 0
+    n_nan = int(sum((~np.isfinite(_np(g))).sum() for g in half_groups))
+    empty = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "n_nan": n_nan,
+             "n_utterances": 0}
+    out: dict[str, Any] = {"split_half": dict(empty), "reliability": dict(empty),
+                           "pearson_corrected": None if obs_groups is None else dict(empty)}
+    idx_all = np.flatnonzero(keep)
+    if idx_all.size == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    boot_idx = idx_all[rng.integers(0, idx_all.size, size=(int(n_boot), idx_all.size))]
+    alpha = (1 - ci) / 2
+
+    def summary(values: np.ndarray, point: float, n: int) -> dict:
+        lo, hi = np.nanpercentile(values, [100 * alpha, 100 * (1 - alpha)]) if np.isfinite(values).any() else (
+            np.nan, np.nan)
+        return {"value": float(point), "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_nan": n_nan,
+                "n_utterances": int(idx_all.size)}
+
+    half_point = np.tanh(hs[idx_all].sum() / hc[idx_all].sum())
+    half_boot = np.tanh(hs[boot_idx].sum(1) / hc[boot_idx].sum(1))
+    out["split_half"] = summary(half_boot, half_point, hc[idx_all].sum())
+    out["reliability"] = summary(spearman_brown(half_boot), float(spearman_brown(half_point)), hc[idx_all].sum())
+    if obs_groups is not None:
+        obs_point = np.tanh(os_[idx_all].sum() / oc[idx_all].sum())
+        obs_boot = np.tanh(os_[boot_idx].sum(1) / oc[boot_idx].sum(1))
+        out["pearson_corrected"] = summary(disattenuate(obs_boot, half_boot),
+                                           float(disattenuate(obs_point, half_point)), oc[idx_all].sum())
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- table
 def _utterances(data) -> list[tuple[str, Mapping[str, Any]]]:
     if isinstance(data, Mapping):
@@ -318,6 +373,24 @@ def _prepare(uid: str, maps: Mapping[str, Any], names: Sequence[str]) -> dict[st
     return out
 
 
+def _prepare_halves(uid: str, entry: Mapping[str, Any], references: Sequence[str],
+                    maps: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The ``halves`` of an entry's references, cut like the maps and checked against the reference's shape."""
+    out = {}
+    for r, pair in (entry.get("halves") or {}).items():
+        if r not in references:
+            continue
+        if len(pair) != 2:
+            raise XattnError(f"utterance {uid!r}: halves of {r!r} must be a pair of (I, T') maps")
+        n_t = maps[r].shape[1]
+        a, b = (_np(h)[:, :n_t] for h in pair)
+        if a.shape != maps[r].shape or b.shape != maps[r].shape:
+            raise XattnError(f"utterance {uid!r}: halves of {r!r} have shapes {a.shape}, {b.shape}; the map has "
+                             f"{maps[r].shape}")
+        out[r] = (a, b)
+    return out
+
+
 def agreement_table(data, references: Sequence[str], attention: Sequence[str] | None = None,
                     measures: Sequence[str] = MEASURES, levels: Sequence[str] = ("token", "utterance", "dataset"),
                     topk: float = 0.1, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
@@ -327,7 +400,10 @@ def agreement_table(data, references: Sequence[str], attention: Sequence[str] | 
     Args:
         data: ``{utterance_id: {name: (I, T') map, ...}}`` or a list of such dicts (id: an ``"utterance"`` key or
             the position). Optional per-utterance keys: ``"n_frames"`` (encoder frames holding audio: all maps
-            are cut to it — do pass it, padding frames would otherwise count), ``"tokens"`` (I token strings).
+            are cut to it — do pass it, padding frames would otherwise count), ``"tokens"`` (I token strings),
+            ``"halves"`` (``{reference: (half A, half B)}``: two independent halves of a sampled reference map on the
+            same grid; adds the :data:`RELIABILITY_MEASURES` rows — split_half and reliability rows have an empty
+            ``attention``).
         references: names of the reference maps (e.g. ``["smx", "smh"]``).
         attention: names of the attention maps (None: every other map name of the first utterance).
         measures: any of :data:`MEASURES`.
@@ -361,6 +437,8 @@ def agreement_table(data, references: Sequence[str], attention: Sequence[str] | 
 
     tok_vals: dict[tuple, list] = {}
     utt_vals: dict[tuple, list] = {}
+    half_tok: dict[str, list] = {r: [] for r in references}
+    half_utt: dict[str, list] = {r: [] for r in references}
     for uid, entry in utts:
         maps = _prepare(uid, entry, names)
         n_i, n_t = next(iter(maps.values())).shape
@@ -368,6 +446,24 @@ def agreement_table(data, references: Sequence[str], attention: Sequence[str] | 
         if tokens is not None and len(tokens) != n_i:
             raise XattnError(f"utterance {uid!r}: {len(tokens)} token strings for {n_i} map rows")
         token_text = np.array(list(tokens), dtype=object) if tokens is not None else None
+        halves = _prepare_halves(uid, entry, references, maps)
+        for r in references:
+            if r not in halves:
+                half_tok[r].append(np.full(n_i, np.nan))
+                half_utt[r].append(np.array([np.nan]))
+                continue
+            ht = token_agreement(*halves[r], "pearson")
+            hu = utterance_agreement(*halves[r], "pearson")
+            half_tok[r].append(ht)
+            half_utt[r].append(np.array([hu]))
+            for om, t_out, u_out in (("split_half", ht, hu), ("reliability", spearman_brown(ht),
+                                                              float(spearman_brown(hu)))):
+                common = {"utterance": uid, "attention": "", "reference": r, "measure": om}
+                if "token" in levels:
+                    emit(n_i, **common, token=np.arange(n_i), token_text=token_text, level="token", value=t_out,
+                         n=n_t)
+                if "utterance" in levels:
+                    emit(1, **common, level="utterance", value=u_out, n=n_i * n_t)
         for a in attention:
             for r in references:
                 for m in base_measures:
@@ -378,6 +474,9 @@ def agreement_table(data, references: Sequence[str], attention: Sequence[str] | 
                     outs = [(m, tv, uv)] if m in measures else []
                     if m == "pearson" and "pearson_r2" in measures:
                         outs.append(("pearson_r2", tv ** 2, uv ** 2))
+                    if m == "pearson" and r in halves:
+                        outs.append(("pearson_corrected", disattenuate(tv, half_tok[r][-1]),
+                                     float(disattenuate(uv, half_utt[r][-1][0]))))
                     for om, t_out, u_out in outs:
                         common = {"utterance": uid, "attention": a, "reference": r, "measure": om}
                         if "token" in levels:
@@ -396,6 +495,24 @@ def agreement_table(data, references: Sequence[str], attention: Sequence[str] | 
             for om, sm in outs:
                 emit(1, level=level, attention=a, reference=r, measure=om, value=sm["value"], ci_low=sm["ci_low"],
                      ci_high=sm["ci_high"], n=sm["n"], n_nan=sm["n_nan"])
+    for level, halves_by_ref, obs in (("dataset", half_utt, utt_vals), ("dataset_token", half_tok, tok_vals)):
+        if level not in levels:
+            continue
+        for r, groups in halves_by_ref.items():
+            if not any(np.isfinite(g).any() for g in groups):
+                continue
+            rel = dataset_corrected(None, groups, n_boot=n_boot, seed=seed, ci=ci)
+            for om in ("split_half", "reliability"):
+                sm = rel[om]
+                emit(1, level=level, attention="", reference=r, measure=om, value=sm["value"],
+                     ci_low=sm["ci_low"], ci_high=sm["ci_high"], n=sm["n"], n_nan=sm["n_nan"])
+            for a in attention:
+                if (a, r, "pearson") not in obs:
+                    continue
+                sm = dataset_corrected(obs[(a, r, "pearson")], groups, n_boot=n_boot, seed=seed,
+                                       ci=ci)["pearson_corrected"]
+                emit(1, level=level, attention=a, reference=r, measure="pearson_corrected", value=sm["value"],
+                     ci_low=sm["ci_low"], ci_high=sm["ci_high"], n=sm["n"], n_nan=sm["n_nan"])
     df = pd.DataFrame({c: np.concatenate([b[c] for b in blocks]) if blocks else [] for c in cols[1:]})
     df.insert(0, "model", model)
     for c in ("value", "ci_low", "ci_high"):

@@ -8,16 +8,21 @@ Conventions (all parameters, recorded in ``agreement.json``):
 - attention aggregates: every layer's head mean (``layer{l}``), ``last_layer``, ``all``, Whisper's
   ``alignment_heads`` when the model has them, and optionally every head (``L{l}H{h}``); each also norm-based
   (``norm:`` prefix; Kobayashi et al. 2020: weight x ||W_O^h (W_V^h h_j + b)||);
-- references: ``smx`` (SPES on X: relevance summed over frequency, pooled to encoder frames with the model's own
-  downsampling), ``smh`` (SPES on H), and gradient maps (``saliency_x``, ``ixg_x``, ``ig_x`` pooled from |attribution|;
-  ``*_h`` as stored); plus ``smh`` vs ``smx`` (how much the encoder mixes context);
+- references: ``smx`` (SPES on X pooled to encoder frames with the model's own downsampling: ``pool="mean"`` over
+  the cells present — a SPES cell is a mean KL, not an amount — or ``"max"``, 2-D max pooling), ``smh`` (SPES on
+  H), and gradient maps (``saliency_x``, ``ixg_x``, ``ig_x``: |attribution| pooled by ``gradient_pool``, a sum by
+  default since attributions are amounts; ``*_h`` as stored); plus ``smh`` vs ``smx`` (how much the encoder mixes
+  context). See :mod:`xattn_utils.grids`;
 - special tokens: the forced prompt is never scored; the end-of-text row is excluded by default;
-- each token's row is min-max normalized before comparing (``normalize``; see
-  :func:`xattn_utils.agreement.normalize_rows`), so flattened correlations compare where relevance lies rather
-  than how fragile each token is. ``normalize="none"`` gives the raw maps.
+- each token's row is z-scored before comparing (``normalize``; see :func:`xattn_utils.grids.normalize_rows`), so
+  the flattened (utterance) Pearson is the mean per-token Pearson: it compares where relevance lies rather than how
+  fragile each token is, and one outlier column cannot dominate (``minmax`` and ``none`` are options);
+- SPES maps stored with their two half maps (independent masks) add split-half ``reliability`` and the
+  noise-corrected ``pearson_corrected`` (see :func:`xattn_utils.agreement.dataset_corrected`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -27,9 +32,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .agreement import agreement_table, ca_selections, normalize_rows, smx_to_encoder_frames
+from .agreement import (
+    RELIABILITY_MEASURES,
+    agreement_table,
+    ca_selections,
+    dataset_aggregate,
+    dataset_corrected,
+)
+from .grids import encoder_grid
 from .errors import XattnError
-from .provenance import provenance
+from .provenance import provenance, stable_hash
 from .store import ResultStore, atomic_write_text, open_store
 
 GRADIENT_X = ("saliency_x", "ixg_x", "ig_x")
@@ -45,7 +57,9 @@ class CompareConfig:
     per_head: bool = True
     norm_based: bool = True
     special: str = "exclude"  # or "include": the end-of-text row
-    normalize: str = "minmax"
+    normalize: str = "zscore"  # per token row: zscore | minmax | sum | none
+    pool: str = "mean"  # SPES SMX -> encoder frames: mean over present cells | max (2-D) | sum
+    gradient_pool: str = "sum"  # |gradient| X maps -> encoder frames: sum (amounts) | mean | max
     measures: tuple[str, ...] = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
     levels: tuple[str, ...] = ("token", "utterance", "dataset")
     topk: float = 0.1
@@ -54,12 +68,14 @@ class CompareConfig:
 
 
 def utterance_maps(store: ResultStore, uid: str, cfg: CompareConfig | None = None) -> dict:
-    """One utterance's named ``(I, T')`` maps (attention aggregates and references) plus ``n_frames``/``tokens``."""
+    """One utterance's named ``(I, T')`` maps on the comparison grid (attention aggregates and references), plus
+    ``n_frames``, ``tokens`` and ``halves`` (``{reference: (half A, half B)}`` for SPES maps stored with halves)."""
     cfg = cfg or CompareConfig()
     att = store.load(uid, "attention")
     kinds = set(store.kinds(uid))
     k = int(att.attrs["frames_per_encoder_frame"])
     rows = slice(0, att.sizes["token"] - 1) if cfg.special == "exclude" else slice(None)
+    t_enc = int(att.sizes["enc_frame"])
     ca = att.cross_attention.values
     heads = att.attrs.get("provenance", {}).get("model", {}).get("alignment_heads")
     maps = dict(ca_selections(ca, per_head=cfg.per_head, alignment_heads=heads))
@@ -67,20 +83,23 @@ def utterance_maps(store: ResultStore, uid: str, cfg: CompareConfig | None = Non
         weighted = ca * att.value_norms.values[:, :, None, :]
         maps.update({f"norm:{n}": m for n, m in ca_selections(weighted, per_head=cfg.per_head,
                                                                alignment_heads=heads).items()})
-    if "spes_x" in kinds:
-        maps["smx"] = smx_to_encoder_frames(store.load(uid, "spes_x").saliency.values, k)
-    if "spes_h" in kinds:
-        maps["smh"] = store.load(uid, "spes_h").saliency.values
-    for kind in GRADIENT_X:
+    out = {n: encoder_grid(np.asarray(m), k, t_enc, normalize=cfg.normalize, rows=rows) for n, m in maps.items()}
+    halves = {}
+    for name, kind in (("smx", "spes_x"), ("smh", "spes_h")):
         if kind in kinds:
-            maps[kind] = smx_to_encoder_frames(store.load(uid, kind).absolute.values, k)
-    for kind in GRADIENT_H:
+            ds = store.load(uid, kind)
+            grid = functools.partial(encoder_grid, k=k, n_frames=t_enc, pool=cfg.pool, normalize=cfg.normalize,
+                                     rows=rows)
+            out[name] = grid(ds.saliency.values)
+            if "saliency_half" in ds:
+                halves[name] = tuple(grid(h) for h in ds.saliency_half.values)
+    for kind in (*GRADIENT_X, *GRADIENT_H):
         if kind in kinds:
-            maps[kind] = store.load(uid, kind).absolute.values
-    t_enc = int(att.sizes["enc_frame"])
-    out = {n: normalize_rows(np.asarray(m)[rows, :t_enc], cfg.normalize) for n, m in maps.items()}
+            out[kind] = encoder_grid(store.load(uid, kind).absolute.values, k, t_enc, pool=cfg.gradient_pool,
+                                     normalize=cfg.normalize, rows=rows)
     out["n_frames"] = t_enc
     out["tokens"] = [str(t) for t in att.token_str.values[rows]]
+    out["halves"] = halves
     return out
 
 
@@ -108,14 +127,16 @@ def compare_store(store: str | Path | ResultStore, out_dir: str | Path | None = 
     refs = sorted(set.intersection(*(set(references_in(m)) for m in data.values())),
                   key=lambda r: ("smx", "smh", *GRADIENT_X, *GRADIENT_H).index(r))
     first = next(iter(data.values()))
-    attention = [n for n in first if n not in refs and n not in ("n_frames", "tokens", "smx", "smh")
+    attention = [n for n in first if n not in refs and n not in ("n_frames", "tokens", "halves", "smx", "smh")
                  and n not in GRADIENT_X + GRADIENT_H]
     prov = store.attrs.get("model", {})
     model = prov.get("model_id", "")
     kw = dict(measures=cfg.measures, levels=cfg.levels, topk=cfg.topk, n_boot=cfg.n_boot, seed=cfg.seed, model=model)
     tables = [agreement_table(data, references=refs, attention=attention, **kw)]
     if {"smx", "smh"} <= set(refs):
-        tables.append(agreement_table(data, references=["smx"], attention=["smh"], **kw))
+        mix = agreement_table(data, references=["smx"], attention=["smh"], **kw)
+        # SMH is sampled too: correcting for SMX's noise alone would be wrong, and SMX's reliability is in table 1
+        tables.append(mix[~mix.measure.isin(RELIABILITY_MEASURES)])
     table = pd.concat(tables, ignore_index=True)
     if out_dir is not None:
         write_table(table, Path(out_dir), "agreement",
@@ -137,21 +158,101 @@ def write_table(df: pd.DataFrame, out_dir: Path, name: str, prov: dict) -> None:
 
 
 def headline(table: pd.DataFrame, measure: str = "pearson") -> pd.DataFrame:
-    """Dataset-level values of ``measure`` per attention aggregate and reference, best first, beside the paper."""
-    d = table[(table.level == "dataset") & (table.measure == measure)]
+    """Dataset-level values of ``measure`` per attention aggregate and reference, best first (in-sample: choosing
+    the best of many aggregates on the utterances it is reported on biases it upward; see :func:`study_headline`)."""
+    d = table[(table.level == "dataset") & (table.measure == measure) & (table.attention != "")]
     d = d.sort_values("value", ascending=False)[["attention", "reference", "value", "ci_low", "ci_high", "n"]]
     return d.reset_index(drop=True)
 
 
-def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
-    """Our best dataset-level Pearson(CA, SMX) and Pearson(CA, SMH) beside Papi et al. 2025's numbers."""
-    h = headline(table)
+FIXED_AGGREGATES = ("all", "last_layer", "norm:all")
+
+
+def calibration_split(utterances, fraction: float = 0.5, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Deterministic split of utterance ids into (calibration, report) by a seeded hash of each id."""
+    ids = sorted({str(u) for u in utterances}, key=lambda u: stable_hash("calibration", seed, u))
+    n_cal = int(round(fraction * len(ids)))
+    return sorted(ids[:n_cal]), sorted(ids[n_cal:])
+
+
+def _values_by_utterance(table: pd.DataFrame, attention: str, reference: str, measure: str,
+                         utterances: list[str]) -> list[np.ndarray]:
+    d = table[(table.level == "utterance") & (table.attention == attention) & (table.reference == reference)
+              & (table.measure == measure)].set_index("utterance")["value"]
+    return [np.array([d.get(u, np.nan)], dtype=np.float64) for u in utterances]
+
+
+def study_headline(table: pd.DataFrame, fixed: tuple[str, ...] = FIXED_AGGREGATES, calibration: float = 0.5,
+                   n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
+    """The study's answer per reference (SMX, SMH): raw Pearson with its interval, the reference's reliability and
+    the noise-corrected Pearson (paired bootstrap over utterances), for
+
+    * the fixed aggregates (every utterance; no selection), and
+    * the best aggregate chosen on a calibration split of the utterances, reported on the rest;
+    * for contrast, the best chosen and reported on every utterance (``in-sample``, biased upward).
+
+    Needs the utterance-level rows of :func:`compare_store`'s table. Columns: reference, aggregate, selection,
+    n_utterances, pearson, pearson_low, pearson_high, reliability, reliability_low, reliability_high, corrected,
+    corrected_low, corrected_high.
+    """
+    utt = table[table.level == "utterance"]
     rows = []
-    for ref, paper in (("smx", "≈ 0.58 (best aggregate)"), ("smh", "0.52–0.75")):
-        sub = h[(h.reference == ref) & (h.attention != "smh")]
-        if len(sub):
-            b = sub.iloc[0]
-            rows.append({"comparison": f"Pearson(CA, {ref.upper()})", "best aggregate": b.attention,
-                         "ours": round(float(b.value), 3),
-                         "95% CI": f"[{b.ci_low:.3f}, {b.ci_high:.3f}]", "paper": paper})
-    return pd.DataFrame(rows)
+    for ref in ("smx", "smh"):
+        sub = utt[(utt.reference == ref) & (utt.measure == "pearson") & (utt.attention != "")
+                  & (utt.attention != "smh")]
+        if sub.empty:
+            continue
+        everyone = sorted(sub.utterance.unique())
+        cal, rep = calibration_split(everyone, calibration, seed)
+
+        def mean_on(att, ids):
+            return dataset_aggregate(_values_by_utterance(table, att, ref, "pearson", ids), "pearson", n_boot=1,
+                                     seed=seed)["value"]
+
+        cands = sorted(sub.attention.unique())
+        picks = [(a, "fixed", everyone) for a in fixed if a in cands]
+        if cal and rep:
+            best_cal = max(cands, key=lambda a: np.nan_to_num(mean_on(a, cal), nan=-np.inf))
+            picks.append((best_cal, f"best on {len(cal)} calibration utterances", rep))
+        best_in = max(cands, key=lambda a: np.nan_to_num(mean_on(a, everyone), nan=-np.inf))
+        picks.append((best_in, "in-sample best (biased up)", everyone))
+        for att, how, ids in picks:
+            obs = _values_by_utterance(table, att, ref, "pearson", ids)
+            raw = dataset_aggregate(obs, "pearson", n_boot=n_boot, seed=seed, ci=ci)
+            row = {"reference": ref, "aggregate": att, "selection": how, "n_utterances": raw["n_utterances"],
+                   "pearson": raw["value"], "pearson_low": raw["ci_low"], "pearson_high": raw["ci_high"]}
+            halves = _values_by_utterance(table, "", ref, "split_half", ids)
+            if any(np.isfinite(h).any() for h in halves):
+                cor = dataset_corrected(obs, halves, n_boot=n_boot, seed=seed, ci=ci)
+                row.update(reliability=cor["reliability"]["value"], reliability_low=cor["reliability"]["ci_low"],
+                           reliability_high=cor["reliability"]["ci_high"],
+                           corrected=cor["pearson_corrected"]["value"],
+                           corrected_low=cor["pearson_corrected"]["ci_low"],
+                           corrected_high=cor["pearson_corrected"]["ci_high"])
+            rows.append(row)
+    cols = ["reference", "aggregate", "selection", "n_utterances", "pearson", "pearson_low", "pearson_high",
+            "reliability", "reliability_low", "reliability_high", "corrected", "corrected_low", "corrected_high"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _ci(lo, hi) -> str:
+    return f"[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+
+
+def paper_comparison(table: pd.DataFrame, **kw) -> pd.DataFrame:
+    """:func:`study_headline` as a readable table beside Papi et al. 2025's numbers (SMX: best ≈ 0.58 at 20 000
+    masks; SMH: 0.52–0.75). ``ours`` is the raw dataset-level Pearson; ``corrected`` divides it by the square root of
+    the SPES map's split-half reliability (the correlation with the map at infinite masks)."""
+    paper = {"smx": "≈ 0.58 (best aggregate)", "smh": "0.52–0.75"}
+    rows = []
+    for r in study_headline(table, **kw).itertuples(index=False):
+        rows.append({"comparison": f"Pearson(CA, {r.reference.upper()})", "aggregate": r.aggregate,
+                     "selection": r.selection, "n": r.n_utterances, "ours": round(float(r.pearson), 3),
+                     "95% CI": _ci(r.pearson_low, r.pearson_high),
+                     "reliability": "" if pd.isna(r.reliability) else f"{r.reliability:.2f} "
+                                                                      + _ci(r.reliability_low, r.reliability_high),
+                     "corrected": "" if pd.isna(r.corrected) else f"{r.corrected:.2f} "
+                                                                  + _ci(r.corrected_low, r.corrected_high),
+                     "paper": paper[r.reference]})
+    return pd.DataFrame(rows, columns=["comparison", "aggregate", "selection", "n", "ours", "95% CI",
+                                       "reliability", "corrected", "paper"])

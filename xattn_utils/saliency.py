@@ -7,8 +7,8 @@ per method and space into the same :class:`~xattn_utils.store.ResultStore`:
 =============  ==========================  ===========================================
 method         store kinds                 map variable(s)
 =============  ==========================  ===========================================
-``spes-x``     ``spes_x``                  ``saliency`` (token, frame, mel)
-``spes-h``     ``spes_h``                  ``saliency`` (token, enc_frame)
+``spes-x``     ``spes_x``                  ``saliency`` (token, frame, mel), ``saliency_half`` (half, ...)
+``spes-h``     ``spes_h``                  ``saliency`` (token, enc_frame), ``saliency_half`` (half, ...)
 ``saliency``   ``saliency_x``, ``saliency_h``  ``signed``, ``absolute``
 ``ixg``        ``ixg_x``, ``ixg_h``        ``signed``, ``absolute``
 ``ig``         ``ig_x``, ``ig_h``          ``signed``, ``absolute``
@@ -90,10 +90,11 @@ def _coords(attention: xr.Dataset) -> dict:
 
 
 def _method_params(method: str, cfg: SaliencyConfig) -> dict:
+    # format 2: SPES groups hold the two half maps (split-half reliability); older groups are recomputed
     if method == "spes-x":
-        return dataclasses.asdict(cfg.spes)
+        return {**dataclasses.asdict(cfg.spes), "format": 2}
     if method == "spes-h":
-        return dataclasses.asdict(cfg.smh)
+        return {**dataclasses.asdict(cfg.smh), "format": 2}
     return {"ig_steps": cfg.ig_steps} if canonical_method(method) == "integrated_gradients" else {}
 
 
@@ -103,19 +104,17 @@ def _explain(scorer: Seq2SeqScorer, method: str, kind: str, cfg: SaliencyConfig,
     n_audio = scorer.n_audio_frames
     t_enc = int(attention.sizes["enc_frame"])
     coords = _coords(attention)
-    if method == "spes-x":
-        res = spes_smx(scorer, cfg.spes, progress=progress)
-        data = {"saliency": (("token", "frame", "mel"), res.map[:, :n_audio].cpu().numpy())}
-        extra = {"n_masks_done": int(res.n_masks_done)}
+    if method in ("spes-x", "spes-h"):
+        res = (spes_smx(scorer, cfg.spes, progress=progress) if method == "spes-x"
+               else spes_smh(scorer, cfg.smh, progress=progress))
+        dims, cut = ((("token", "frame", "mel"), n_audio) if method == "spes-x" else (("token", "enc_frame"), t_enc))
+        data = {"saliency": (dims, res.map[:, :cut].cpu().numpy()),
+                "saliency_half": (("half", *dims), res.halves[:, :, :cut].cpu().numpy())}
         if res.convergence is not None:
             ks, rs = zip(*res.convergence) if res.convergence else ((), ())
-            data["convergence_r"] = (("checkpoint",), np.asarray(rs, dtype=np.float32))
+            data["split_half_r"] = (("checkpoint",), np.asarray(rs, dtype=np.float32))
             coords = {**coords, "checkpoint_masks": ("checkpoint", np.asarray(ks, dtype=np.int64))}
-        return xr.Dataset(data, coords=coords, attrs=extra)
-    if method == "spes-h":
-        res = spes_smh(scorer, cfg.smh, progress=progress)
-        return xr.Dataset({"saliency": (("token", "enc_frame"), res.map[:, :t_enc].cpu().numpy())}, coords=coords,
-                          attrs={"n_masks_done": int(res.n_masks_done)})
+        return xr.Dataset(data, coords=coords, attrs={"n_masks_done": int(res.n_masks_done)})
     on = kind[-1]
     g = attribute_gradients(scorer, method, on=on, ig_steps=cfg.ig_steps, token_batch=cfg.token_batch)
     dims = ("token", "frame", "mel") if on == "x" else ("token", "enc_frame")

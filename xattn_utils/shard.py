@@ -53,6 +53,7 @@ from .spes import (
     SPESConfig,
     SPESResult,
     checkpoints,
+    halves_from_partials,
     map_from_partials,
     merge_partials,
     partial_sums,
@@ -185,7 +186,7 @@ class ShardResult:
     """What a worker sends back (all on the CPU).
 
     Attributes:
-        sums: numerator (I, N) float64, count (N,) int64 over the shard's masks.
+        sums: numerator (2, I, N) float64, count (2, N) int64 over the shard's masks, per half.
         cell_shape, full_len, n_labels: the plan's geometry (to build the full map without the model).
         plan_digest: sha256 of the plan's labels and base log-probs: equal on every worker, or the plans differ.
     """
@@ -297,7 +298,8 @@ def spes_sharded(make_scorer: Callable[[], ForcedScorer], cfg: SPESConfig | SMHC
     full, sums = merge_shards(results)
     if sums.n_masks != cfg.n_masks:
         raise XattnError(f"shards scored {sums.n_masks} masks, expected {cfg.n_masks}")
-    return SPESResult(full, sums.n_masks, None, results[0].n_labels)
+    halves = halves_from_partials(_Geometry(results[0].cell_shape, results[0].full_len), [sums])
+    return SPESResult(full, sums.n_masks, None, results[0].n_labels, halves)
 
 
 __all__ = [

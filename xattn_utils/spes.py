@@ -10,6 +10,11 @@ Accumulation is one GEMM per batch, ``numerator (I, N) += scores (I, B) @ occlud
 grow with ``n_masks`` and no (B, I, N) heatmap is ever built (:func:`reference_accumulate` is the explicit
 per-mask form, kept to prove the two equal).
 
+Reliability: masks are dealt into two halves, ``half(m) = (m // G) % 2`` (``G`` granularities), so each half holds
+every granularity equally and draws its masks independently of the other. The sums are kept per half; the full map
+is their merge (no extra forward pass), and the correlation between the two half maps is the split-half reliability
+of the full map (:func:`relevance_halves`; Spearman–Brown and disattenuation in :mod:`xattn_utils.agreement`).
+
 Reproducibility: mask ``m`` uses granularity ``m % G`` and its keep/occlude bits come from a CPU generator seeded by
 ``(seed, m // CHUNK)``, so a map depends on the seed alone, not on the batch size, the device or the sharding
 (:func:`partial_sums` over any split of ``[0, n_masks)``, merged by :func:`merge_partials`, equals one run up to
@@ -32,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import XattnError
+from .grids import pool_to_encoder_frames
 from .scoring import ForcedScorer
 from .segmentation import slic_segments, time_segments
 
@@ -51,10 +57,10 @@ class SPESConfig:
         compactness, sigma: SLIC parameters.
         batch_size: masks per forward pass (does not change the result).
         seed: seeds the masks; same seed, same map.
-        tolerance: stop early at a checkpoint when 1 - r(map, map at half the masks) < tolerance, r the mean
-            over tokens of the per-token Pearson correlation.
+        tolerance: stop early at a checkpoint when the map's split-half reliability (Spearman–Brown of the mean
+            per-token Pearson between the two half maps on the comparison grid) reaches ``1 - tolerance``.
         autocast: bfloat16 autocast of the forward passes on CUDA (ignored on CPU).
-        convergence: keep the convergence trace (one float32 map snapshot per checkpoint, on the CPU).
+        convergence: keep the convergence trace (split-half agreement at each checkpoint).
     """
 
     n_masks: int = 20000
@@ -109,15 +115,17 @@ class SPESResult:
     Attributes:
         map: (I, T, F) for SM^X or (I, T') for SM^H, zero on padding and on cells no mask occluded.
         n_masks_done: masks accumulated (< n_masks after an early stop).
-        convergence: [(k, r)] at k = n/64, n/32, ..., n_done: r = mean over tokens of Pearson(row of the map
-            after k masks, row of the final map); None if off.
+        convergence: [(k, r)] at k = n/64, n/32, ..., n_done: r = split-half agreement after k masks (mean over
+            tokens of the Pearson correlation between the two half maps on the comparison grid); None if off.
         n_labels: segments per granularity.
+        halves: (2, *map.shape) the maps of the two halves of the masks (see the module docstring).
     """
 
     map: torch.Tensor
     n_masks_done: int
     convergence: list[tuple[int, float]] | None
     n_labels: tuple[int, ...]
+    halves: torch.Tensor | None = None
 
 
 @dataclass
@@ -149,7 +157,7 @@ class OcclusionPlan:
 
 @dataclass
 class PartialSums:
-    """Sums over a set of masks: numerator (I, N) float64, count (N,) int64, and how many masks."""
+    """Sums over a set of masks, kept per half: numerator (2, I, N) float64, count (2, N) int64, how many masks."""
 
     numerator: torch.Tensor
     count: torch.Tensor
@@ -157,8 +165,8 @@ class PartialSums:
 
     @classmethod
     def zeros(cls, n_tokens: int, n_cells: int, device: torch.device | str = "cpu") -> PartialSums:
-        return cls(torch.zeros(n_tokens, n_cells, dtype=torch.float64, device=device),
-                   torch.zeros(n_cells, dtype=torch.int64, device=device), 0)
+        return cls(torch.zeros(2, n_tokens, n_cells, dtype=torch.float64, device=device),
+                   torch.zeros(2, n_cells, dtype=torch.int64, device=device), 0)
 
     def add_(self, other: PartialSums) -> PartialSums:
         self.numerator += other.numerator.to(self.numerator.device)
@@ -252,41 +260,61 @@ def kl_scores(base: torch.Tensor, log_probs: torch.Tensor, chunk: int = 4096) ->
     return out
 
 
-def accumulate(sums: PartialSums, scores: torch.Tensor, occluded: torch.Tensor) -> PartialSums:
-    """Add a batch: numerator += scores^T @ occluded, count += occluded.sum(0).
+def mask_halves(start: int, stop: int, n_granularities: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(stop - start,) long: the half (0 or 1) of masks ``start .. stop - 1``, ``(m // G) % 2``."""
+    return (torch.arange(start, stop, device=device) // max(1, int(n_granularities))) % 2
+
+
+def accumulate(sums: PartialSums, scores: torch.Tensor, occluded: torch.Tensor,
+               half: torch.Tensor | None = None) -> PartialSums:
+    """Add a batch: numerator[h] += scores[half == h]^T @ occluded[half == h], count[h] likewise.
 
     Args:
-        scores: (B, I); occluded: (B, N) bool.
+        scores: (B, I); occluded: (B, N) bool; half: (B,) 0/1 half of each mask (None: all in half 0).
     """
-    ones = scores.new_ones(scores.shape[0], 1, dtype=torch.float32)
-    both = torch.cat([scores.float(), ones], 1).T @ occluded.float()  # (I + 1, N): the count rides along
-    sums.numerator += both[:-1].double()
-    sums.count += both[-1].round().long()  # exact: integers below 2^24
-    sums.n_masks += scores.shape[0]
+    n_b, n_i = scores.shape
+    half = torch.zeros(n_b, dtype=torch.long, device=scores.device) if half is None else half.to(scores.device)
+    sel = torch.stack([half == 0, half == 1], 1).float()  # (B, 2)
+    weights = torch.cat([(scores.float()[:, None, :] * sel[:, :, None]).reshape(n_b, 2 * n_i), sel], 1)
+    both = weights.T @ occluded.float()  # (2I + 2, N): both halves' numerators, then both counts, in one GEMM
+    sums.numerator += both[:2 * n_i].reshape(2, n_i, -1).double()
+    sums.count += both[2 * n_i:].round().long()  # exact: integers below 2^24
+    sums.n_masks += n_b
     return sums
 
 
-def reference_accumulate(base: torch.Tensor, log_probs: torch.Tensor, occluded: torch.Tensor) -> PartialSums:
+def reference_accumulate(base: torch.Tensor, log_probs: torch.Tensor, occluded: torch.Tensor,
+                         half: torch.Tensor | None = None) -> PartialSums:
     """The FBK accumulator's structure, one mask at a time: an explicit (I, N) heatmap per mask, summed.
 
     Args:
-        base: (I, V); log_probs: (n, I, V); occluded: (n, N) bool.
+        base: (I, V); log_probs: (n, I, V); occluded: (n, N) bool; half: (n,) as in :func:`accumulate`.
     """
     sums = PartialSums.zeros(base.shape[0], occluded.shape[1], occluded.device)
     for m in range(occluded.shape[0]):
+        h = 0 if half is None else int(half[m])
         q = log_probs[m].float()
         score = (base.float().exp() * (base.float() - q)).sum(-1)  # (I,)
         heat = score[:, None].double() * occluded[m][None, :].double()  # (I, N)
-        sums.numerator += heat
-        sums.count += occluded[m].long()
+        sums.numerator[h] += heat
+        sums.count[h] += occluded[m].long()
         sums.n_masks += 1
     return sums
 
 
+def _mean_score(numerator: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    count = count.to(torch.float64)
+    return torch.where(count > 0, numerator / count.clamp_min(1), 0.0).float()
+
+
 def relevance(sums: PartialSums) -> torch.Tensor:
-    """(I, N) float32 mean score of the masks occluding each cell; 0 where no mask occluded it."""
-    count = sums.count.to(torch.float64)
-    return torch.where(count > 0, sums.numerator / count.clamp_min(1), 0.0).float()
+    """(I, N) float32 mean score of the masks occluding each cell (both halves); 0 where no mask occluded it."""
+    return _mean_score(sums.numerator.sum(0), sums.count.sum(0))
+
+
+def relevance_halves(sums: PartialSums) -> torch.Tensor:
+    """(2, I, N) float32: the map of each half of the masks (each a SPES map from independent masks)."""
+    return _mean_score(sums.numerator, sums.count[:, None, :])
 
 
 def _full_map(plan: OcclusionPlan, flat: torch.Tensor) -> torch.Tensor:
@@ -365,10 +393,11 @@ def partial_sums(plan: OcclusionPlan, start: int, stop: int, batch_size: int = 6
         raise XattnError(f"batch_size must be >= 1, got {batch_size}")
     bits = bits or MaskBits(plan.seed, max(plan.n_labels), plan.p)
     sums = PartialSums.zeros(plan.base.shape[0], plan.n_cells, plan.base.device)
+    n_gran = plan.labels.shape[0]
     for a in range(start, stop, batch_size):
         b = min(stop, a + batch_size)
         occ = build_occlusion(plan.labels, bits.rows(a, b), a)
-        accumulate(sums, kl_scores(plan.base, plan.perturb(occ)), occ)
+        accumulate(sums, kl_scores(plan.base, plan.perturb(occ)), occ, mask_halves(a, b, n_gran, occ.device))
         if bar is not None:
             bar.update(b - a)
     return sums
@@ -390,15 +419,28 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(r.mean()) if len(r) else float("nan")
 
 
+def split_half_r(sums: PartialSums, grid: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Mean per-token Pearson between the two half maps, after ``grid`` ((I, N) -> (I, N'), e.g. pooling to
+    encoder frames); NaN while a half is empty."""
+    a, b = relevance_halves(sums)
+    if grid is not None:
+        a, b = grid(a), grid(b)
+    return _pearson(a, b)
+
+
 def run_plan(plan: OcclusionPlan, n_masks: int, batch_size: int, tolerance: float | None = None,
-             convergence: bool = True, progress: bool = True, desc: str = "SPES") -> SPESResult:
-    """Accumulate ``n_masks`` masks of a plan checkpoint by checkpoint; optional early stop."""
+             convergence: bool = True, progress: bool = True, desc: str = "SPES",
+             grid: Callable[[torch.Tensor], torch.Tensor] | None = None) -> SPESResult:
+    """Accumulate ``n_masks`` masks of a plan checkpoint by checkpoint; optional early stop.
+
+    ``grid`` maps an (I, N) map to the grid the study compares on (SMX: pooled to encoder frames); the convergence
+    trace and the early stop measure split-half agreement there.
+    """
     if n_masks < 1:
         raise XattnError(f"n_masks must be >= 1, got {n_masks}")
     bits = MaskBits(plan.seed, max(plan.n_labels), plan.p)
     sums = PartialSums.zeros(plan.base.shape[0], plan.n_cells, plan.base.device)
-    snaps: list[tuple[int, torch.Tensor]] = []
-    prev: torch.Tensor | None = None
+    trace: list[tuple[int, float]] = []
     with tqdm(total=n_masks, desc=desc, unit="mask", disable=not progress) as bar:
         done = 0
         for k in checkpoints(n_masks):
@@ -406,22 +448,25 @@ def run_plan(plan: OcclusionPlan, n_masks: int, batch_size: int, tolerance: floa
             done = k
             if not (convergence or tolerance):
                 continue
-            cur = relevance(sums).cpu()
-            if convergence:
-                snaps.append((k, cur))
-            if tolerance is not None and prev is not None and 1 - _pearson(prev, cur) < tolerance:
+            r = split_half_r(sums, grid)
+            trace.append((k, r))
+            if tolerance is not None and np.isfinite(r) and 2 * r / (1 + r) >= 1 - tolerance:
                 break
-            prev = cur
-    final = relevance(sums)
-    trace = [(k, _pearson(m, final.cpu())) for k, m in snaps] if convergence else None
-    return SPESResult(_full_map(plan, final), sums.n_masks, trace, plan.n_labels)
+    halves = relevance_halves(sums)
+    return SPESResult(_full_map(plan, relevance(sums)), sums.n_masks, trace if convergence else None,
+                      plan.n_labels, torch.stack([_full_map(plan, h) for h in halves]))
 
 
 def spes_smx(scorer: ForcedScorer, cfg: SPESConfig | None = None, progress: bool = True) -> SPESResult:
     """SPES saliency of the input features: map (I, T, F), zeros on padding frames."""
     cfg = cfg or SPESConfig.cpu()
     plan = plan_smx(scorer, cfg)
-    return run_plan(plan, cfg.n_masks, cfg.batch_size, cfg.tolerance, cfg.convergence, progress, "SPES SMX")
+    k = int(getattr(scorer, "frames_per_encoder_frame", 1))
+
+    def grid(m: torch.Tensor) -> torch.Tensor:  # (I, T_a * F) -> (I, T'_a): the comparison grid
+        return pool_to_encoder_frames(m.reshape(m.shape[0], *plan.cell_shape), k, "mean")
+
+    return run_plan(plan, cfg.n_masks, cfg.batch_size, cfg.tolerance, cfg.convergence, progress, "SPES SMX", grid)
 
 
 def spes_smh(scorer: ForcedScorer, cfg: SMHConfig | None = None, progress: bool = True) -> SPESResult:
@@ -442,6 +487,11 @@ def map_from_partials(plan: OcclusionPlan, parts: list[PartialSums]) -> torch.Te
     return _full_map(plan, relevance(merge_partials(parts)))
 
 
+def halves_from_partials(plan: OcclusionPlan, parts: list[PartialSums]) -> torch.Tensor:
+    """The two half maps (as :attr:`SPESResult.halves`) from merged shard sums."""
+    return torch.stack([_full_map(plan, h) for h in relevance_halves(merge_partials(parts))])
+
+
 __all__ = [
     "CHUNK",
     "MaskBits",
@@ -454,15 +504,19 @@ __all__ = [
     "build_occlusion",
     "checkpoints",
     "kl_scores",
+    "halves_from_partials",
     "map_from_partials",
+    "mask_halves",
     "merge_partials",
     "partial_sums",
     "plan_smh",
     "plan_smx",
     "reference_accumulate",
     "relevance",
+    "relevance_halves",
     "run_plan",
     "shard_ranges",
     "spes_smh",
     "spes_smx",
+    "split_half_r",
 ]

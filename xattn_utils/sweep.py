@@ -615,15 +615,18 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
     out.append(_md_table(rows, ["run", "status", *spec.grid, "seconds", "error"]))
     out.append("## Headline per run, beside the paper\n")
     out.append(f"Papi et al. (2025): best Pearson(CA, SMX) ≈ {PAPER['pearson_ca_smx_best']:.2f}; "
-               f"Pearson(CA, SMH) {lo:.2f}–{hi:.2f}. Ours: best dataset-level aggregate with its 95% interval "
-               "(`compare.paper_comparison`).\n")
+               f"Pearson(CA, SMH) {lo:.2f}–{hi:.2f}. Ours (`compare.paper_comparison`): dataset-level Pearson with "
+               "its 95% interval for fixed aggregates and for the best aggregate chosen on a calibration half of the "
+               "utterances (reported on the other half); the SPES map's split-half reliability; the noise-corrected "
+               "Pearson (raw / sqrt(reliability)).\n")
     heads = []
     for run in runs:
         if not is_done(run):
             continue
         for rec in run_headline(Path(run.run_dir)):
             heads.append({"run": run.name, **rec})
-    out.append(_md_table(heads, ["run", "comparison", "best aggregate", "ours", "95% CI", "paper"]) if heads
+    out.append(_md_table(heads, ["run", "comparison", "aggregate", "selection", "n", "ours", "95% CI", "reliability",
+                                "corrected", "paper"]) if heads
                else "_no done run has tables/agreement.parquet_\n")
     out.append("## Figures and executed notebooks\n")
     for run in runs:
