@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -50,6 +51,15 @@ def test_02_saliency(run_dir):
     assert "1 done" in text or "1 skipped" in text
     assert (run_dir / "figures" / "02_side_by_side_default-en-test-00000.png").exists()
     assert (run_dir / "figures" / "02_smx_tokens_default-en-test-00000.png").exists()
+    # the sanity check on the study's grid: every method has its noise floor and a ratio per randomization
+    checks = re.findall(r"sanity ([A-Za-z ()]+?): (trained|decoder|encoder\+decoder) +r = +(-?\d\.\d+) +ratio = +"
+                        r"(-?\d\.\d+|nan)", text)
+    assert {(m, c) for m, c, _, _ in checks} == {(m, c) for m in ("SMX (SPES)", "SMH (SPES)", "Saliency on X")
+                                                  for c in ("trained", "decoder", "encoder+decoder")}
+    assert all(r in ("1.000", "nan") for m, c, _, r in checks if c == "trained")  # nan: no positive noise floor
+    assert [r for m, c, _, r in checks if m == "Saliency on X" and c == "trained"] == ["1.000"]
+    for fig in ("02_sanity_default-en-test-00000", "02_convergence_default-en-test-00000"):
+        assert (run_dir / "figures" / f"{fig}.png").exists()
 
 
 def test_03_alignment_analysis(run_dir):
@@ -57,8 +67,32 @@ def test_03_alignment_analysis(run_dir):
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "Pearson(CA, SMX)" in text and "0.52" in text
     assert (run_dir / "tables" / "agreement.parquet").exists()
-    for fig in ("03_layer_head_grid", "03_layer_curves", "03_utterance_distribution"):
+    for fig in ("03_layer_head_grid", "03_layer_curves", "03_utterance_distribution", "03_headline"):
         assert (run_dir / "figures" / f"{fig}.png").exists()
+    assert "reliability" in text and "corrected" in text
+    # the table's number, recomputed with a few lines of numpy from the stored maps (mean pooling over the cells
+    # present, z-scored rows, end-of-text row dropped)
+    import numpy as np
+    import pandas as pd
+
+    from xattn_utils import open_store
+
+    st = open_store(run_dir / "store")
+    uid = "default-en-test-00000"
+    att, smx = st.load(uid, "attention"), st.load(uid, "spes_x").saliency.values[:-1].mean(-1)  # (I, T)
+    ca = att.cross_attention.values.mean((0, 1))[:-1]
+    t_enc = ca.shape[1]
+    padded = np.full((smx.shape[0], 2 * t_enc), np.nan)
+    padded[:, : smx.shape[1]] = smx
+    pooled = np.nanmean(padded.reshape(smx.shape[0], t_enc, 2), -1)
+    z = lambda m: (m - m.mean(1, keepdims=True)) / m.std(1, keepdims=True)
+    expected = np.corrcoef(z(ca).ravel(), z(pooled).ravel())[0, 1]
+    table = pd.read_parquet(run_dir / "tables" / "agreement.parquet")
+    got = table[(table.level == "utterance") & (table.utterance == uid) & (table.attention == "all")
+                & (table.reference == "smx") & (table.measure == "pearson")].value.item()
+    assert got == pytest.approx(expected, abs=1e-6)
+    ablation = pd.read_csv(run_dir / "tables" / "03_grid_ablation.csv")
+    assert set(ablation.variant) == {"sum+minmax", "mean+zscore", "max+zscore"}
 
 
 def test_04_faithfulness(run_dir):
@@ -68,6 +102,8 @@ def test_04_faithfulness(run_dir):
 
     aucs = pd.read_csv(run_dir / "tables" / "faithfulness_auc.csv")
     assert set(aucs.explanation) == {"ca:all", "smx", "random"}
+    summary = pd.read_csv(run_dir / "tables" / "faithfulness_summary.csv")
+    assert (summary.n_paired == 1).all() and (summary.n == 1).all()
     curves = pd.read_parquet(run_dir / "tables" / "faithfulness_curves.parquet")
     assert (curves[curves.percent == 0].wer == 0).all()  # deletion at p = 0 reproduces the hypothesis
     assert (run_dir / "figures" / "04_faithfulness.png").exists()

@@ -287,3 +287,44 @@ def test_time_segments():
     assert seg.tolist() == [list(range(10)), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]]
     with pytest.raises(XattnError):
         time_segments(0)
+
+
+# ---------------------------------------------------------------- sanity check on the grid
+
+
+class _RewiredToy(BlockToyScorer):
+    """The block toy with its decoder reading a fixed random permutation of the encoder frames: another model, same
+    input and hypothesis (a "randomized" model whose true relevance is elsewhere)."""
+
+    def __init__(self, perm: torch.Tensor, **kw):
+        self.perm = perm
+        super().__init__(**kw)
+
+    def log_probs_from_encoder(self, hidden):
+        return super().log_probs_from_encoder(hidden[:, self.perm])
+
+
+def test_sanity_ratio_passes_spes_and_fails_an_input_only_explanation():
+    from xattn_utils.sanity import sanity_check
+
+    toy = BlockToyScorer(n_tokens=5, block=6, n_features=8, seed=3)
+
+    def rewire(scorer, parts, seed):
+        t_enc = scorer.features.shape[1] // 2
+        return _RewiredToy(torch.randperm(t_enc, generator=torch.Generator().manual_seed(seed)), n_tokens=5, block=6,
+                           n_features=8, seed=3)
+
+    spes = lambda s, seed: spes_smx(s, dataclasses.replace(SMX, n_masks=512, seed=seed), progress=False).map
+    energy = lambda s, seed: s.features.abs().T[None].expand(s.n_tokens, -1, -1)  # explains the input only
+    grid_rows = slice(None)  # the toy has no end-of-text row
+
+    def grid(m):
+        from xattn_utils.grids import encoder_grid
+
+        return encoder_grid(m, 2, toy.n_audio_frames // 2, rows=grid_rows)
+
+    res = sanity_check(toy, spes, grid=grid, parts_list=(("decoder",),), randomize=rewire).set_index("check")
+    assert res.loc["trained", "r"] > 0.5  # two seeds of the trained model agree: the noise floor
+    assert abs(res.loc["decoder", "ratio"]) < 0.3  # SPES follows the model
+    res_e = sanity_check(toy, energy, grid=grid, parts_list=(("decoder",),), randomize=rewire).set_index("check")
+    assert res_e.loc["trained", "r"] == pytest.approx(1.0) and res_e.loc["decoder", "ratio"] == pytest.approx(1.0)

@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import tempfile
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from .agreement import (
     ca_selections,
     dataset_aggregate,
     dataset_corrected,
+    utterance_agreement,
 )
 from .grids import encoder_grid
 from .errors import XattnError
@@ -256,3 +258,38 @@ def paper_comparison(table: pd.DataFrame, **kw) -> pd.DataFrame:
                      "paper": paper[r.reference]})
     return pd.DataFrame(rows, columns=["comparison", "aggregate", "selection", "n", "ours", "95% CI",
                                        "reliability", "corrected", "paper"])
+
+
+def grid_ablation(store: str | Path | ResultStore, variants: dict[str, CompareConfig] | None = None,
+                  aggregates: tuple[str, ...] = ("all", "norm:all", "last_layer"), n_boot: int = 1000,
+                  seed: int = 0) -> pd.DataFrame:
+    """How the comparison grid changes the answer: dataset Pearson(CA, SMX) per grid variant, split by the parity of
+    each utterance's audio frame count (a ragged last pooling group exists only for odd counts).
+
+    Default variants: ``sum+minmax`` (sums over frequency and frame pairs, then per-token min-max: the grid before
+    the fix), ``mean+zscore`` (the study's default), ``max+zscore`` (2-D max pooling). Returns columns variant,
+    attention, frames (odd / even / all), value, ci_low, ci_high, n_utterances.
+    """
+    variants = variants or {"sum+minmax": CompareConfig(pool="sum", normalize="minmax"),
+                            "mean+zscore": CompareConfig(),
+                            "max+zscore": CompareConfig(pool="max")}
+    st = store if isinstance(store, ResultStore) else open_store(store)
+    uids = [u for u in st.utterances() if {"attention", "spes_x"} <= set(st.kinds(u))]
+    if not uids:
+        raise XattnError(f"{st.path}: no utterance has cross-attention and SMX; run notebook 02 first")
+    parity = {u: "odd" if int(st.load(u, "spes_x").attrs.get("n_audio_frames", st.load(u, "spes_x").sizes["frame"]))
+              % 2 else "even" for u in uids}
+    rows = []
+    for name, cfg in variants.items():
+        cfg = dataclasses.replace(cfg, per_head=False)
+        maps = {u: utterance_maps(st, u, cfg) for u in uids}
+        for a in aggregates:
+            values = {u: utterance_agreement(m[a], m["smx"], "pearson") for u, m in maps.items()}
+            for frames in ("odd", "even", "all"):
+                group = [np.array([v]) for u, v in values.items() if frames == "all" or parity[u] == frames]
+                if not group:
+                    continue
+                s = dataset_aggregate(group, "pearson", n_boot=n_boot, seed=seed)
+                rows.append({"variant": name, "attention": a, "frames": frames, "value": s["value"],
+                             "ci_low": s["ci_low"], "ci_high": s["ci_high"], "n_utterances": s["n_utterances"]})
+    return pd.DataFrame(rows)

@@ -175,13 +175,26 @@ def explanation_importance(store, uid: str, name: str, n_audio_frames: int, n_fe
     return importance_cells(m, n_audio_frames, n_features, frames_per_encoder_frame)
 
 
+_STORED_KIND = {"smx": "spes_x", "smh": "spes_h"}
+
+
+def explanation_available(store, uid: str, name: str) -> bool:
+    """Whether ``uid`` has what explanation ``name`` needs in ``store`` (attention for ``ca:*`` and ``random``)."""
+    kinds = set(store.kinds(uid))
+    if name == "random" or name.startswith("ca:"):
+        return "attention" in kinds
+    return _STORED_KIND.get(name, name) in kinds
+
+
 def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "random"), modes=("deletion",),
                        cfg: FaithfulnessConfig | None = None, progress: bool = True) -> tuple[pd.DataFrame,
                                                                                                   pd.DataFrame]:
     """Deletion/insertion curves for every utterance x explanation x mode; returns (curves, aucs).
 
-    ``items``: manifest rows (id, audio_path) of utterances already in ``store`` (attention + the maps named).
-    AUC is :func:`curve_auc` of WER (higher under deletion = more faithful).
+    ``items``: manifest rows (id, audio_path) of utterances already in ``store``. Each explanation is evaluated on
+    the utterances that have its map (notebook 02 may have explained fewer utterances than notebook 01 extracted):
+    compare explanations on their common utterances (:func:`paired_aucs`). AUC is :func:`curve_auc` of WER (higher
+    under deletion = more faithful).
     """
     import dataclasses
 
@@ -200,14 +213,33 @@ def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "ran
         scorer = scorer_for(loaded, load_audio(row["audio_path"]), att)
         f = scorer.features.shape[0]
         for name in explanations:
+            if not explanation_available(store, uid, name):
+                continue
             imp = explanation_importance(store, uid, name, scorer.n_audio_frames, f, scorer.frames_per_encoder_frame,
                                          cfg.seed)
             for mode in modes:
                 c = perturbation_curve(scorer, imp, dataclasses.replace(cfg, mode=mode))
                 curves.append(c.assign(utterance=uid, explanation=name, mode=mode))
+    if not curves:
+        raise ValueError(f"no utterance has any of the explanations {list(explanations)} stored; run notebook 02 "
+                         "(or `xattn saliency`) on these utterances first")
     curves = pd.concat(curves, ignore_index=True)
     aucs = (curves.groupby(["explanation", "mode", "utterance"])
             .apply(lambda g: pd.Series({"auc_wer": curve_auc(g, "wer"), "auc_logprob": curve_auc(g, "mean_log_prob")}),
                    include_groups=False)
             .reset_index())
     return curves, aucs
+
+
+def paired_aucs(aucs: pd.DataFrame, column: str = "auc_wer") -> pd.DataFrame:
+    """Mean AUC per explanation and mode, over every utterance that has it (``n``) and over the utterances that
+    have *every* explanation of the table (``paired``, ``n_paired``): only the paired means compare fairly."""
+    per = aucs.groupby(["explanation", "mode"])[column].agg(["mean", "count"]).rename(
+        columns={"mean": "all_utterances", "count": "n"})
+    n_expl = aucs.explanation.nunique()
+    common = aucs.groupby("utterance").explanation.nunique()
+    common = set(common[common == n_expl].index)
+    paired = aucs[aucs.utterance.isin(common)].groupby(["explanation", "mode"])[column].mean().rename("paired")
+    out = per.join(paired).reset_index()
+    out["n_paired"] = len(common)
+    return out

@@ -6,6 +6,8 @@ no-timestamps), ``N`` hypothesis tokens, ``I = N + 1`` scored positions (the hyp
 """
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,6 +132,29 @@ def _eos_id(loaded: LoadedModel) -> int:
     return int(gen.eos_token_id if gen.eos_token_id is not None else loaded.model.config.eos_token_id)
 
 
+@contextlib.contextmanager
+def _cross_attention_mask(loaded: LoadedModel, removed: torch.Tensor | None, dtype: torch.dtype):
+    """While active, every decoder layer's cross-attention adds -inf (the dtype's minimum) to the scores of the
+    ``removed`` (B, T') encoder frames (an additive mask of shape (B, 1, 1, T'), broadcast over queries)."""
+    if removed is None:
+        yield
+        return
+    mask = torch.zeros(removed.shape, dtype=dtype, device=removed.device).masked_fill(removed,
+                                                                                     torch.finfo(dtype).min)
+    mask = mask[:, None, None, :]
+
+    def hook(module, args, kwargs):
+        return args, {**kwargs, "attention_mask": mask}
+
+    handles = [layer.encoder_attn.register_forward_pre_hook(hook, with_kwargs=True)
+               for layer in loaded.model.get_decoder().layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class Seq2SeqScorer:
     """:class:`xattn_utils.scoring.ForcedScorer` for a `transformers` encoder-decoder and one forced hypothesis.
 
@@ -163,10 +188,15 @@ class Seq2SeqScorer:
         """(B, F, T) -> (B, T', D)."""
         return self.loaded.encode(features)
 
-    def log_probs_from_encoder(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T', D) -> (B, I, V) log-softmax at the scored positions."""
+    def log_probs_from_encoder(self, hidden: torch.Tensor, removed: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T', D) -> (B, I, V) log-softmax at the scored positions.
+
+        ``removed``: (B, T') bool, encoder frames the decoder may not attend to: their cross-attention keys are
+        masked out of the softmax in every layer, which is the same as deleting those frames from ``hidden``.
+        """
         ids = self._decoder_ids.expand(hidden.shape[0], -1)
-        logits = self.loaded.model(encoder_outputs=(hidden,), decoder_input_ids=ids).logits
+        with _cross_attention_mask(self.loaded, removed, hidden.dtype):
+            logits = self.loaded.model(encoder_outputs=(hidden,), decoder_input_ids=ids).logits
         return torch.log_softmax(logits[:, len(self.prompt) - 1:].float(), dim=-1)
 
     def log_probs(self, features: torch.Tensor) -> torch.Tensor:

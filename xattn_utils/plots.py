@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 
 
@@ -185,4 +186,23 @@ def plot_scale_scores(ax, table, metric: str = "wer", targets: dict | None = Non
         ax.axhline(value, ls="--", c="grey", lw=0.8)
         ax.text(ax.get_xlim()[1], value, f" {name}", va="center", fontsize=7, color="grey")
     ax.set(xlabel="parameters (M)", ylabel=metric.upper(), xscale="log")
+    ax.legend(fontsize=7)
+
+
+def plot_headline(ax, headline: pd.DataFrame) -> None:
+    """Raw and noise-corrected Pearson per reference and aggregate (:func:`xattn_utils.compare.study_headline`), with
+    95% intervals; the corrected bar is the correlation with the SPES map at infinite masks."""
+    h = headline.reset_index(drop=True)
+    labels = [f"{r.reference.upper()}\n{r.aggregate}\n({r.selection.split(' (')[0]})" for r in h.itertuples()]
+    x = np.arange(len(h))
+    for off, col, name, color in ((-0.2, "pearson", "raw", "tab:blue"), (0.2, "corrected", "noise-corrected",
+                                                                          "tab:orange")):
+        if col not in h or h[col].isna().all():
+            continue
+        v = h[col].to_numpy(float)
+        err = np.abs(np.vstack([v - h[f"{col}_low"].to_numpy(float), h[f"{col}_high"].to_numpy(float) - v]))
+        ax.bar(x + off, v, width=0.4, yerr=np.nan_to_num(err), capsize=3, label=name, color=color)
+    ax.axhline(0.58, color="grey", ls="--", lw=0.8, label="paper: best CA–SMX ≈ 0.58")
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("Pearson (dataset, 95% CI)")
     ax.legend(fontsize=7)

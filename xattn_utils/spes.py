@@ -91,12 +91,16 @@ class SPESConfig:
 class SMHConfig:
     """SM^H settings: masks over encoder frames, segments are runs of ``k`` consecutive frames per width ``k``.
 
-    Attributes as :class:`SPESConfig`; ``widths`` replaces the SLIC parameters.
+    Attributes as :class:`SPESConfig`; ``widths`` replaces the SLIC parameters; ``occlusion``: ``zero`` sets an
+    occluded frame's encoder output to 0 (it still takes part in the cross-attention softmax, with a zero key),
+    ``remove`` masks it out of every cross-attention softmax (as if deleted; needs a scorer whose
+    ``log_probs_from_encoder`` takes ``removed``, as :class:`~xattn_utils.forced.Seq2SeqScorer` does).
     """
 
     n_masks: int = 1024
     p: float = 0.5
     widths: tuple[int, ...] = (1, 2, 4, 8)
+    occlusion: str = "zero"
     batch_size: int = 64
     seed: int = 0
     tolerance: float | None = None
@@ -369,13 +373,17 @@ def plan_smh(scorer: ForcedScorer, cfg: SMHConfig) -> OcclusionPlan:
     n_labels = tuple(int(s.max()) + 1 for s in seg)
     labels = torch.from_numpy(seg).to(dev)
 
+    if cfg.occlusion not in ("zero", "remove"):
+        raise XattnError(f"SMHConfig.occlusion={cfg.occlusion!r}: use 'zero' or 'remove'")
+
     def perturb(occ: torch.Tensor) -> torch.Tensor:
         b = occ.shape[0]
         if n_audio < t_enc:
             occ = torch.cat([occ, occ.new_zeros(b, t_enc - n_audio)], 1)
-        h = hidden.masked_fill(occ[:, :, None], 0.0)  # (B, T', D)
         with _autocast(cfg.autocast, dev):
-            return scorer.log_probs_from_encoder(h).float()
+            if cfg.occlusion == "remove":
+                return scorer.log_probs_from_encoder(hidden.expand(b, -1, -1), removed=occ).float()
+            return scorer.log_probs_from_encoder(hidden.masked_fill(occ[:, :, None], 0.0)).float()  # (B, T', D)
 
     with torch.inference_mode():
         base = perturb(torch.zeros(1, n_audio, dtype=torch.bool, device=dev))[0]
