@@ -96,7 +96,7 @@ def cmd_compare(args) -> int:
     from .compare import CompareConfig, compare_store, paper_comparison
 
     cfg = CompareConfig(per_head=not args.no_per_head, special=args.special, normalize=args.normalize,
-                        n_boot=args.n_boot, seed=args.seed)
+                        pool=args.pool, gradient_pool=args.gradient_pool, n_boot=args.n_boot, seed=args.seed)
     table = compare_store(args.store, args.out, cfg, progress=not args.quiet)
     print(paper_comparison(table).to_string(index=False))
     print(f"{Path(args.out) / 'agreement.parquet'}: {len(table)} rows")
@@ -167,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for agreement.parquet/.csv/.json")
     p.add_argument("--special", choices=("exclude", "include"), default="exclude",
                    help="the end-of-text row (the forced prompt is never scored)")
-    p.add_argument("--normalize", choices=("minmax", "sum", "none"), default="minmax")
+    p.add_argument("--normalize", choices=("zscore", "minmax", "sum", "none"), default="zscore",
+                   help="per-token normalization before comparing")
+    p.add_argument("--pool", choices=("mean", "max", "sum"), default="mean",
+                   help="SMX to encoder frames: mean over the cells present (SPES cells are means), 2-D max, sum")
+    p.add_argument("--gradient-pool", choices=("sum", "mean", "max"), default="sum",
+                   help="|gradient| X maps to encoder frames (attributions are amounts: sum)")
     p.add_argument("--no-per-head", action="store_true", help="skip the per-(layer, head) rows")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
