@@ -204,3 +204,49 @@ def test_composed_maps_from_a_dataset():
     np.testing.assert_allclose(out["rollout∘all"], maps["all"] @ full, rtol=1e-5)
     with pytest.raises(XattnError, match="not in the store"):
         composed_maps(maps, ds, methods=("vzero",))
+
+
+# ---------------------------------------------------------------------------------------- bundled Whisper tiny.en
+
+
+def test_bundled_tiny_en_store_and_compare(bundled_trimmed, speech_dir, tmp_path):
+    from xattn_utils.agreement import ca_all, normalize_rows
+    from xattn_utils.compare import CompareConfig, utterance_maps
+    from xattn_utils.mixing import compute_mixing, loaded_mixing
+    from xattn_utils.store import ResultStore
+
+    loaded = bundled_trimmed
+    wav = speech_dir / "utt1.wav"
+    from xattn_utils.audio import load_audio
+
+    feats = loaded.features(load_audio(wav)).values[None]
+    tr = trace_encoder(loaded.encoder_for(feats.shape[-1]), feats)
+    with torch.no_grad():
+        ref = loaded.encode(feats)
+    assert float((tr.output - ref).abs().max()) < 1e-3 * float(ref.abs().max())  # parity with the model's encoder
+
+    cfg = MixingConfig(methods=("rollout", "normmix", "alti"))
+    store = ResultStore(tmp_path / "store")
+    report = compute_mixing(loaded, [wav], store, cfg, progress=False)
+    assert report.done == ["utt1"] and not report.failed
+    assert compute_mixing(loaded, [wav], store, cfg, progress=False).skipped == ["utt1"]
+    mix = store.load("utt1", "mixing")
+    att = store.load("utt1", "attention")
+    t_a = int(att.sizes["enc_frame"])
+    assert mix.undone.shape == (3, 4, t_a, t_a) and (mix.seconds.values > 0).all()
+    full = loaded_mixing(loaded, feats, cfg).undone
+    for method in cfg.methods:  # stored maps: composed on every frame the encoder ran on, then cut to the audio
+        np.testing.assert_allclose(mix.undone.sel({"method": method}).values,
+                                   full[method][0, :, :t_a, :t_a].numpy(), atol=1e-6)
+        rows = full[method][0].sum(-1)
+        torch.testing.assert_close(rows, torch.ones_like(rows), atol=1e-4, rtol=0)
+    # encoder mixing is real on tiny.en: the composed maps are far from the identity
+    assert float(mix.undone.sel({"method": "rollout"}).values[-1].diagonal().mean()) < 0.5
+
+    maps = utterance_maps(store, "utt1", CompareConfig(per_head=False, mixing=("rollout", "alti"), mixing_depths=True))
+    assert {"rollout∘all", "alti∘last_layer", "rollout[2]∘all", "alti∘alignment_heads"} <= set(maps)
+    ca = ca_all(att.cross_attention.values)[:-1]
+    want = normalize_rows(ca @ mix.undone.sel({"method": "rollout"}).values[-1])
+    np.testing.assert_allclose(maps["rollout∘all"], want, atol=1e-6)
+    with pytest.raises(XattnError, match="not in the store"):
+        utterance_maps(store, "utt1", CompareConfig(mixing=("vzero",)))

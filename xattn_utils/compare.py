@@ -51,6 +51,11 @@ class CompareConfig:
     topk: float = 0.1
     n_boot: int = 1000
     seed: int = 0
+    # encoder context mixing (xattn_utils.mixing): compose these methods' stored `mixing` maps with the aggregates
+    # below into extra attention entries ``method∘aggregate`` (``method[k]∘aggregate``: top k layers, with depths)
+    mixing: tuple[str, ...] = ()
+    mixing_aggregates: tuple[str, ...] = ("all", "last_layer", "alignment_heads", "norm:all", "smh")
+    mixing_depths: bool = False
 
 
 def utterance_maps(store: ResultStore, uid: str, cfg: CompareConfig | None = None) -> dict:
@@ -78,6 +83,11 @@ def utterance_maps(store: ResultStore, uid: str, cfg: CompareConfig | None = Non
         if kind in kinds:
             maps[kind] = store.load(uid, kind).absolute.values
     t_enc = int(att.sizes["enc_frame"])
+    if cfg.mixing:
+        from .mixing import store_composed
+
+        maps.update(store_composed(store, uid, {n: np.asarray(m)[:, :t_enc] for n, m in maps.items()}, cfg.mixing,
+                                   cfg.mixing_aggregates, cfg.mixing_depths))
     out = {n: normalize_rows(np.asarray(m)[rows, :t_enc], cfg.normalize) for n, m in maps.items()}
     out["n_frames"] = t_enc
     out["tokens"] = [str(t) for t in att.token_str.values[rows]]

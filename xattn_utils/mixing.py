@@ -354,7 +354,7 @@ def mixing_dataset(result: MixingResult, n_frames: int, index: int = 0, attrs: d
         {"layer_map": (("method", "layer", "enc_frame", "source"), lay),
          "undone": (("method", "depth", "enc_frame", "source"), und),
          "seconds": (("method",), np.array([result.seconds[m] for m in methods], dtype=np.float64))},
-        coords={"method": methods, "layer": np.arange(n_l), "depth": np.arange(1, n_l + 1),
+        coords={"method": np.array(methods, dtype=object), "layer": np.arange(n_l), "depth": np.arange(1, n_l + 1),
                 "enc_frame": np.arange(n_frames), "source": np.arange(n_frames)},
         attrs={"trace_seconds": float(result.seconds.get("trace", 0.0)), **(attrs or {})})
     return ds
@@ -451,9 +451,10 @@ def composed_maps(maps: dict, mixing: xr.Dataset, methods=None, aggregates=("all
 
 
 def store_composed(store, uid: str, maps: dict, methods=None, aggregates=("all",), depths: bool = False) -> dict:
-    """:func:`composed_maps` for a stored utterance; empty when it has no ``mixing`` group."""
+    """:func:`composed_maps` for a stored utterance."""
     if KIND not in store.kinds(uid):
-        return {}
+        raise XattnError(f"{store.path}: utterance {uid!r} has no mixing maps; run "
+                         "xattn_utils.mixing.compute_mixing (or notebook 06) on it, or drop CompareConfig.mixing")
     return composed_maps(maps, store.load(uid, KIND), methods, aggregates, depths)
 
 
