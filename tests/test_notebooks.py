@@ -123,3 +123,37 @@ def test_00_train_models(run_dir):
     assert "## Scores" in (out / "xattn-en-asrst-s" / "README.md").read_text()
     for fig in ("00_train_loss", "00_train_scores"):
         assert (run_dir / "figures" / f"{fig}.png").exists()
+
+
+def test_06_context_mixing(run_dir):
+    """Mixing maps for the utterance notebook 02 explained (or SPES here when run alone), CA∘M vs SMX, cost."""
+    import re
+
+    import pandas as pd
+
+    from xattn_utils.agreement import utterance_agreement
+    from xattn_utils.compare import CompareConfig, utterance_maps
+    from xattn_utils.store import open_store
+
+    nb = _run("06_context_mixing.ipynb", run_dir, n_utterances=1, input_mode="trimmed", n_masks=32, n_masks_h=32,
+              n_boot=50)
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+    got = {name: float(v) for name, v in re.findall(r"Pearson\((\S+), SMX\) = (-?\d\.\d+) \[", text)}
+    assert {"CA[all]", "rollout∘all", "normmix∘all", "alti∘all", "vzero∘all", "SMH", "rollout∘SMH"} <= set(got), text
+    # with one utterance the dataset value is that utterance's: recompute it from the store with the library
+    st = open_store(run_dir / "store")
+    uid = [u for u in st.utterances() if "mixing" in st.kinds(u)][0]
+    maps = utterance_maps(st, uid, CompareConfig(per_head=False, mixing=("rollout",)))
+    assert got["rollout∘all"] == pytest.approx(utterance_agreement(maps["rollout∘all"], maps["smx"], "pearson"),
+                                               abs=1e-3)
+    assert got["CA[all]"] == pytest.approx(utterance_agreement(maps["all"], maps["smx"], "pearson"), abs=1e-3)
+    cost = pd.read_csv(run_dir / "tables" / "06_mixing_cost.csv").set_index("explanation")
+    assert cost.loc["SPES-X (32 masks)", "ratio_to_spes"] == 1.0
+    assert cost.loc["CA∘rollout", "seconds"] < cost.loc["CA∘vzero", "seconds"]
+    answer = pd.read_csv(run_dir / "tables" / "06_mixing_answer.csv")
+    assert sorted(set(answer.depth)) == [0, 1, 2, 3, 4]
+    assert set(answer.method) == {"rollout", "normmix", "alti", "vzero"}
+    assert re.search(r"best composed: \S+∘\S+ Pearson = -?\d\.\d{3}", text)
+    for fig in ("06_mixing_bars", "06_mixing_depth"):
+        assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000

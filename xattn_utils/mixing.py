@@ -365,7 +365,8 @@ def compute_mixing(loaded, data, out, cfg: MixingConfig | None = None, extract_c
     """Mixing maps for every item, stored as kind ``mixing`` beside its cross-attention (extracted first if absent).
 
     The cache key hashes the model, the input mode, the audio and ``cfg``; finished groups are skipped. A failing
-    item is recorded in the store's ``errors.json`` and the run goes on. Returns a :class:`~xattn_utils.extract.RunReport`.
+    item is recorded in the store's ``errors.json`` and the run goes on.
+    Returns a :class:`~xattn_utils.extract.RunReport`.
     """
     from tqdm.auto import tqdm
 
@@ -458,7 +459,102 @@ def store_composed(store, uid: str, maps: dict, methods=None, aggregates=("all",
     return composed_maps(maps, store.load(uid, KIND), methods, aggregates, depths)
 
 
+
+# ------------------------------------------------------------------------------------------------ the answer
+
+
+def parse_composed(name: str) -> tuple[str, str | None, int | None]:
+    """``alti[2]∘norm:all`` -> ("norm:all", "alti", 2); ``rollout∘all`` -> ("all", "rollout", None) (every layer);
+    a plain aggregate -> (name, None, 0)."""
+    if "∘" not in name:
+        return name, None, 0
+    head, agg = name.split("∘", 1)
+    if head.endswith("]") and "[" in head:
+        method, k = head[:-1].split("[", 1)
+        return agg, method, int(k)
+    return agg, head, None
+
+
+def mixing_answer(table, n_layers: int, reference: str = "smx", measure: str = "pearson"):
+    """Dataset-level agreement of CA and CA∘M with ``reference``, one row per (aggregate, method, depth).
+
+    Args:
+        table: a :func:`xattn_utils.compare.compare_store` table computed with ``CompareConfig.mixing``.
+        n_layers: encoder layers (depth of the full composition).
+    Returns:
+        DataFrame with columns attention (the CA aggregate), method ("none" for CA itself), depth (encoder layers
+        undone, 0..L), value, ci_low, ci_high, n; the depth-0 row of each attention aggregate is repeated under every method, so each method's
+        curve starts at CA.
+    """
+    import pandas as pd
+
+    d = table[(table.level == "dataset") & (table.measure == measure) & (table.reference == reference)]
+    rows = []
+    for _, r in d.iterrows():
+        agg, method, depth = parse_composed(str(r.attention))
+        rows.append({"attention": agg, "method": method or "none", "depth": n_layers if depth is None else depth,
+                     "value": float(r.value), "ci_low": float(r.ci_low), "ci_high": float(r.ci_high),
+                     "n": int(r.n)})
+    out = pd.DataFrame(rows, columns=["attention", "method", "depth", "value", "ci_low", "ci_high", "n"])
+    composed = out[out.method != "none"]
+    base = out[(out.method == "none") & out["attention"].isin(set(composed["attention"]))]
+    starts = [base.assign(method=m) for m in sorted(set(composed.method))]
+    return pd.concat([composed, *starts], ignore_index=True).sort_values(
+        ["attention", "method", "depth"]).reset_index(drop=True)
+
+
+def mixing_headline(answer) -> "pd.DataFrame":  # noqa: F821
+    """One row per aggregate: CA's value [CI] and each method's full composition's [CI] (:func:`mixing_answer`)."""
+    import pandas as pd
+
+    full = answer[answer.depth == answer.depth.max()]
+    ca = answer[answer.depth == 0].drop_duplicates("attention").set_index("attention")
+    rows = []
+    for agg in ca.index:
+        row = {"attention": agg, "CA": _fmt(ca.loc[agg])}
+        for _, r in full[full.attention == agg].iterrows():
+            row[f"{r.method}∘"] = _fmt(r)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(r) -> str:
+    return f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+
+
+def cost_comparison(loaded, store, uid: str, audio, spes_cfg, methods=None) -> "pd.DataFrame":  # noqa: F821
+    """Measured seconds of CA (one forced pass), of CA + each stored mixing method, and of SPES on X, for one utterance.
+
+    SPES runs ``spes_cfg`` (its ``n_masks``) on the stored hypothesis; mixing seconds are the ones stored with the
+    utterance's ``mixing`` group (trace + method). ``ratio`` = seconds / SPES seconds.
+    """
+    import pandas as pd
+
+    from .forced import forced_pass
+    from .saliency import scorer_for
+    from .spes import spes_smx
+
+    att = store.load(uid, "attention")
+    mix = store.load(uid, KIND)
+    scorer = scorer_for(loaded, audio, att)
+    feats = loaded.features(audio)
+    t0 = time.perf_counter()
+    forced_pass(loaded, [feats], scorer.prompt, [scorer.hypothesis])
+    t_ca = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    spes_smx(scorer, spes_cfg, progress=False)
+    t_spes = time.perf_counter() - t0
+    rows = [{"explanation": "CA (forced pass)", "seconds": t_ca}]
+    trace = float(mix.attrs.get("trace_seconds", 0.0))
+    for m in (methods or [str(v) for v in mix.method.values]):
+        rows.append({"explanation": f"CA∘{m}", "seconds": t_ca + trace + float(mix.seconds.sel({"method": m}))})
+    rows.append({"explanation": f"SPES-X ({spes_cfg.n_masks} masks)", "seconds": t_spes})
+    df = pd.DataFrame(rows)
+    df["ratio_to_spes"] = df.seconds / t_spes
+    return df
+
 __all__ = ["METHODS", "KIND", "MixingConfig", "LayerTrace", "EncoderTrace", "MixingResult", "trace_encoder",
            "row_normalize", "rollout_layer", "normmix_layer", "alti_layer", "value_zeroing_layer", "layer_maps",
            "compose_layers", "compose_attention", "encoder_mixing", "loaded_mixing", "mixing_dataset",
-           "compute_mixing", "composed_name", "composed_maps", "store_composed"]
+           "compute_mixing", "composed_name", "composed_maps", "store_composed", "parse_composed",
+           "mixing_answer", "mixing_headline", "cost_comparison"]
