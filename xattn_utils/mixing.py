@@ -483,8 +483,8 @@ def mixing_answer(table, n_layers: int, reference: str = "smx", measure: str = "
         n_layers: encoder layers (depth of the full composition).
     Returns:
         DataFrame with columns attention (the CA aggregate), method ("none" for CA itself), depth (encoder layers
-        undone, 0..L), value, ci_low, ci_high, n; the depth-0 row of each attention aggregate is repeated under every method, so each method's
-        curve starts at CA.
+        undone, 0..L), value, ci_low, ci_high, n; the depth-0 row (CA itself) of each aggregate is repeated under
+        every method, so each method's curve starts at CA.
     """
     import pandas as pd
 
