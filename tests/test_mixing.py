@@ -250,3 +250,21 @@ def test_bundled_tiny_en_store_and_compare(bundled_trimmed, speech_dir, tmp_path
     np.testing.assert_allclose(maps["rollout∘all"], want, atol=1e-6)
     with pytest.raises(XattnError, match="not in the store"):
         utterance_maps(store, "utt1", CompareConfig(mixing=("vzero",)))
+
+    # the command line: `xattn mixing` stores the maps, `xattn compare --mixing` adds the composed entries
+    import pandas as pd
+    import xarray as xr
+
+    from xattn_utils.cli import main
+
+    assert main(["mixing", "--input-mode", "trimmed", "--out", str(store.path), "--method", "rollout", "--quiet",
+                 str(wav)]) == 0
+    assert [str(m) for m in store.load("utt1", "mixing").method.values] == ["rollout"]
+    smh = xr.Dataset({"saliency": (("token", "enc_frame"), att.cross_attention.values[-1].mean(0))})
+    store.write("utt1", "spes_h", smh, key="stand-in")  # a reference map, so that compare has something to compare
+    assert main(["compare", "--store", str(store.path), "--out", str(tmp_path / "tables"), "--no-per-head",
+                 "--n-boot", "10", "--mixing", "rollout", "--quiet"]) == 0
+    table = pd.read_parquet(tmp_path / "tables" / "agreement.parquet")
+    d = table[(table.level == "utterance") & (table.measure == "pearson")].set_index(["attention", "reference"])
+    assert d.loc[("last_layer", "smh"), "value"] == pytest.approx(1.0, abs=1e-6)
+    assert d.loc[("rollout∘last_layer", "smh"), "value"] < 0.999  # composing moved the attention
