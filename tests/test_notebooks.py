@@ -100,6 +100,12 @@ def test_00_tour(run_dir):
     sanity = {p: float(v) for p, v in re.findall(r"randomized ([a-z+]+)\) = (-?\d\.\d+)", text)}
     assert set(sanity) == {"decoder", "encoder+decoder"}
     assert sanity["decoder"] < 0.9 and sanity["encoder+decoder"] < 0.3
+    # exercise 4: undoing 0 encoder layers is CA itself; every method prints k = 0..4 (tiny.en has 4 encoder layers)
+    undo = {m: [float(v) for v in vals.split()] for m, vals in
+            re.findall(r"(\w+) +Pearson\(CA∘M_k, SMX\), k = 0\.\.4: ((?: +-?\d\.\d+)+)", text)}
+    assert set(undo) == {"rollout", "normmix", "alti"} and all(len(v) == 5 for v in undo.values()), text
+    assert all(v[0] == pytest.approx(r["SMX"], abs=1e-3) for v in undo.values())
+    assert len({round(v[-1], 3) for v in undo.values()}) > 1  # the methods disagree once layers are undone
     for fig in ("00_input", "00_attention_grid", "00_cross_attention", "00_saliency", "00_layers", "00_masks",
                 "00_sanity"):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000
