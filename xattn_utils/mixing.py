@@ -66,6 +66,8 @@ class MixingConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
+        if not self.methods:
+            raise XattnError(f"choose at least one mixing method of {', '.join(METHODS)}")
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise XattnError(f"unknown mixing method(s) {bad}; choose from {', '.join(METHODS)}")
@@ -397,8 +399,8 @@ def compute_mixing(loaded, data, out, cfg: MixingConfig | None = None, extract_c
             prov = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
                               params={"mixing": cfg})
             ds = mixing_dataset(res, int(attention.sizes["enc_frame"]),
-                                attrs={"provenance": prov, "n_encoder_frames_run": int(res.layers[
-                                    cfg.methods[0]].shape[-1]) if cfg.methods else 0})
+                                attrs={"provenance": prov, "n_encoder_frames_run": feats.values.shape[-1]
+                                       // loaded.frames_per_encoder_frame})
             store.write(uid, KIND, ds, key)
             report.done.append(uid)
         except XattnError as err:
