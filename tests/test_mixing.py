@@ -268,3 +268,40 @@ def test_bundled_tiny_en_store_and_compare(bundled_trimmed, speech_dir, tmp_path
     d = table[(table.level == "utterance") & (table.measure == "pearson")].set_index(["attention", "reference"])
     assert d.loc[("last_layer", "smh"), "value"] == pytest.approx(1.0, abs=1e-6)
     assert d.loc[("rollout∘last_layer", "smh"), "value"] < 0.999  # composing moved the attention
+
+
+def test_mixing_gain_is_paired():
+    """A composed map that is better by the same amount on every utterance has a gain with a tight interval."""
+    import pandas as pd
+
+    from xattn_utils.mixing import mixing_gain
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.0, 0.6, 20)  # utterances differ a lot; the composition adds 0.05 in z to each
+    comp = np.tanh(np.arctanh(base) + 0.05)
+    rows = [{"level": "utterance", "measure": "pearson", "reference": "smx", "utterance": f"u{i}", "attention": a,
+             "value": v} for i in range(20) for a, v in (("all", base[i]), ("rollout∘all", comp[i]),
+                                                         ("rollout[1]∘all", base[i]))]
+    g = mixing_gain(pd.DataFrame(rows), n_boot=200).set_index(["attention", "method"])
+    assert list(g.index) == [("all", "rollout")]
+    r = g.loc[("all", "rollout")]
+    assert r.gain > 0 and r.ci_low > 0 and r.ci_high - r.ci_low < 0.02 and r.n_utterances == 20
+    assert r.ca == pytest.approx(np.tanh(np.arctanh(base).mean()))
+
+
+def test_diagonal_average_control():
+    from xattn_utils.mixing import diagonal_average
+
+    np.testing.assert_allclose(diagonal_average(np.eye(5)), np.eye(5))
+    band = np.eye(5) + 0.5 * np.eye(5, k=1) + 0.25 * np.eye(5, k=-1)  # constant along its diagonals already
+    np.testing.assert_allclose(diagonal_average(band), band / band.sum(1, keepdims=True), atol=1e-12)
+    spike = np.eye(4)
+    spike[0] = [0, 0, 1, 0]  # one row reads two frames ahead; the control spreads that offset over every row
+    ctrl = diagonal_average(spike)
+    np.testing.assert_allclose(ctrl.sum(1), 1.0)
+    assert ctrl[1, 3] > 0 and ctrl[0, 0] > 0 and ctrl[3, 0] == 0
+    enc = _whisper_encoder()
+    ds = mixing_dataset(encoder_mixing(enc, _features(enc), MixingConfig(methods=("rollout",))), n_frames=12)
+    out = composed_maps({"all": np.eye(12)[:3]}, ds, control=True)
+    assert set(out) == {"rollout∘all", "rollout-blur∘all"}
+    np.testing.assert_allclose(out["rollout-blur∘all"], diagonal_average(ds.undone.values[0, -1])[:3])

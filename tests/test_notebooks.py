@@ -159,7 +159,10 @@ def test_06_context_mixing(run_dir):
     assert cost.loc["CA∘rollout", "seconds"] < cost.loc["CA∘vzero", "seconds"]
     answer = pd.read_csv(run_dir / "tables" / "06_mixing_answer.csv")
     assert sorted(set(answer.depth)) == [0, 1, 2, 3, 4]
-    assert set(answer.method) == {"rollout", "normmix", "alti", "vzero"}
+    assert {m for m in answer.method if not m.endswith("-blur")} == {"rollout", "normmix", "alti", "vzero"}
     assert re.search(r"best composed: \S+∘\S+ Pearson = -?\d\.\d{3}", text)
+    gain = pd.read_csv(run_dir / "tables" / "06_mixing_gain.csv")
+    assert len(gain) == 4 * 8 and (gain.gain - (gain.composed - gain.ca)).abs().max() < 2e-3
+    assert {"rollout-blur", "vzero-blur"} <= set(gain.method)  # the smoothing control beside each method
     for fig in ("06_mixing_bars", "06_mixing_depth"):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000

@@ -56,6 +56,7 @@ class CompareConfig:
     mixing: tuple[str, ...] = ()
     mixing_aggregates: tuple[str, ...] = ("all", "last_layer", "alignment_heads", "norm:all", "smh")
     mixing_depths: bool = False
+    mixing_control: bool = False  # also ``method-blur∘aggregate``: M's smoothing without its input dependence
 
 
 def utterance_maps(store: ResultStore, uid: str, cfg: CompareConfig | None = None) -> dict:
@@ -87,7 +88,7 @@ def utterance_maps(store: ResultStore, uid: str, cfg: CompareConfig | None = Non
         from .mixing import store_composed
 
         maps.update(store_composed(store, uid, {n: np.asarray(m)[:, :t_enc] for n, m in maps.items()}, cfg.mixing,
-                                   cfg.mixing_aggregates, cfg.mixing_depths))
+                                   cfg.mixing_aggregates, cfg.mixing_depths, cfg.mixing_control))
     out = {n: normalize_rows(np.asarray(m)[rows, :t_enc], cfg.normalize) for n, m in maps.items()}
     out["n_frames"] = t_enc
     out["tokens"] = [str(t) for t in att.token_str.values[rows]]

@@ -413,12 +413,28 @@ def compute_mixing(loaded, data, out, cfg: MixingConfig | None = None, extract_c
 # ------------------------------------------------------------------------------------------------ comparison
 
 
+def diagonal_average(m: np.ndarray) -> np.ndarray:
+    """(T', T') map -> the same map averaged along its diagonals (mean weight per offset j − i), rows renormalized.
+
+    A control: it keeps how far M spreads attention (its blur) and drops what depends on the input. If CA∘blur(M)
+    agrees with SMX as well as CA∘M, the gain of composing is smoothing, not the encoder's mixing.
+    """
+    m = np.asarray(m, dtype=np.float64)
+    n = m.shape[-1]
+    off = np.subtract.outer(np.arange(n), np.arange(n)) + n - 1  # (T', T') offset index i - j + T' - 1
+    profile = np.bincount(off.ravel(), m.ravel(), minlength=2 * n - 1) / np.bincount(off.ravel(), minlength=2 * n - 1)
+    t = profile[off]
+    tot = t.sum(-1, keepdims=True)
+    return np.divide(t, tot, out=np.eye(n), where=tot > 0)
+
+
 def composed_name(method: str, aggregate: str, depth: int | None = None) -> str:
     """``rollout∘all`` (every encoder layer undone) or ``rollout[2]∘all`` (the top 2 layers undone)."""
     return f"{method}∘{aggregate}" if depth is None else f"{method}[{depth}]∘{aggregate}"
 
 
-def composed_maps(maps: dict, mixing: xr.Dataset, methods=None, aggregates=("all",), depths: bool = False) -> dict:
+def composed_maps(maps: dict, mixing: xr.Dataset, methods=None, aggregates=("all",), depths: bool = False,
+                  control: bool = False) -> dict:
     """Composed attention entries for :func:`xattn_utils.compare.utterance_maps`.
 
     Args:
@@ -428,6 +444,8 @@ def composed_maps(maps: dict, mixing: xr.Dataset, methods=None, aggregates=("all
         aggregates: names in ``maps`` to carry back (attention aggregates, or ``smh`` to ask whether mixing
             explains how SMH differs from SMX).
         depths: also add the partial compositions ``method[k]∘aggregate`` for k = 1..L-1 top layers undone.
+        control: also add ``method-blur∘aggregate``, the full composition's :func:`diagonal_average` (its smoothing
+            without its input dependence).
     Returns:
         name -> (I, T'_audio) composed map.
     """
@@ -447,18 +465,21 @@ def composed_maps(maps: dict, mixing: xr.Dataset, methods=None, aggregates=("all
             ca = np.asarray(maps[agg], dtype=np.float64)
             t = und.shape[-1]
             out[composed_name(method, agg)] = compose_attention(ca[:, :t], und[-1].astype(np.float64))
+            if control:
+                out[composed_name(f"{method}-blur", agg)] = compose_attention(ca[:, :t], diagonal_average(und[-1]))
             if depths:
                 for k in range(1, n_depth):
                     out[composed_name(method, agg, k)] = compose_attention(ca[:, :t], und[k - 1].astype(np.float64))
     return out
 
 
-def store_composed(store, uid: str, maps: dict, methods=None, aggregates=("all",), depths: bool = False) -> dict:
+def store_composed(store, uid: str, maps: dict, methods=None, aggregates=("all",), depths: bool = False,
+                   control: bool = False) -> dict:
     """:func:`composed_maps` for a stored utterance."""
     if KIND not in store.kinds(uid):
         raise XattnError(f"{store.path}: utterance {uid!r} has no mixing maps; run "
                          "xattn_utils.mixing.compute_mixing (or notebook 06) on it, or drop CompareConfig.mixing")
-    return composed_maps(maps, store.load(uid, KIND), methods, aggregates, depths)
+    return composed_maps(maps, store.load(uid, KIND), methods, aggregates, depths, control)
 
 
 
@@ -520,6 +541,45 @@ def mixing_headline(answer) -> "pd.DataFrame":  # noqa: F821
     return pd.DataFrame(rows)
 
 
+def mixing_gain(table, reference: str = "smx", measure: str = "pearson", n_boot: int = 1000, seed: int = 0,
+                ci: float = 0.95):
+    """Paired gain of every full composition over its CA: Δ = value(M∘CA) − value(CA), bootstrapped over utterances.
+
+    Both maps are scored on the same utterances, so the interval of the difference (utterances resampled together,
+    Fisher-z means for Pearson as in :func:`xattn_utils.agreement.dataset_aggregate`) is much tighter than comparing
+    two separate intervals. Needs the ``utterance`` level in ``table``.
+    Returns: DataFrame attention, method, ca, composed, gain, ci_low, ci_high, n_utterances.
+    """
+    import pandas as pd
+
+    u = table[(table.level == "utterance") & (table.measure == measure) & (table.reference == reference)]
+    if u.empty:
+        raise XattnError(f"no utterance-level {measure} rows against {reference!r}: compare with levels including "
+                         "'utterance'")
+    wide = u.pivot_table(index="utterance", columns="attention", values="value")
+    fwd = (lambda v: np.arctanh(np.clip(v, -1 + 1e-12, 1 - 1e-12))) if measure == "pearson" else (lambda v: v)
+    inv = np.tanh if measure == "pearson" else (lambda v: v)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(wide), size=(int(n_boot), len(wide)))
+    rows = []
+    for name in wide.columns:
+        agg, method, depth = parse_composed(str(name))
+        if method is None or depth is not None or agg not in wide.columns:
+            continue
+        pair = wide[[agg, name]].dropna()
+        keep = wide.index.isin(pair.index)
+        a, b = fwd(wide[agg].values), fwd(wide[name].values)
+        a, b = np.where(keep, a, np.nan), np.where(keep, b, np.nan)
+        boot = inv(np.nanmean(b[idx], 1)) - inv(np.nanmean(a[idx], 1))
+        alpha = (1 - ci) / 2
+        lo, hi = np.nanpercentile(boot, [100 * alpha, 100 * (1 - alpha)])
+        ca_v, comp_v = inv(np.nanmean(a)), inv(np.nanmean(b))
+        rows.append({"attention": agg, "method": method, "ca": float(ca_v), "composed": float(comp_v),
+                     "gain": float(comp_v - ca_v), "ci_low": float(lo), "ci_high": float(hi),
+                     "n_utterances": int(keep.sum())})
+    return pd.DataFrame(rows)
+
+
 def _fmt(r) -> str:
     return f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
 
@@ -558,5 +618,5 @@ def cost_comparison(loaded, store, uid: str, audio, spes_cfg, methods=None) -> "
 __all__ = ["METHODS", "KIND", "MixingConfig", "LayerTrace", "EncoderTrace", "MixingResult", "trace_encoder",
            "row_normalize", "rollout_layer", "normmix_layer", "alti_layer", "value_zeroing_layer", "layer_maps",
            "compose_layers", "compose_attention", "encoder_mixing", "loaded_mixing", "mixing_dataset",
-           "compute_mixing", "composed_name", "composed_maps", "store_composed", "parse_composed",
-           "mixing_answer", "mixing_headline", "cost_comparison"]
+           "compute_mixing", "diagonal_average", "composed_name", "composed_maps", "store_composed", "parse_composed",
+           "mixing_answer", "mixing_headline", "mixing_gain", "cost_comparison"]
