@@ -136,6 +136,12 @@ def test_00_tour(run_dir):
     sanity = {p: float(v) for p, v in re.findall(r"randomized ([a-z+]+)\) = (-?\d\.\d+)", text)}
     assert set(sanity) == {"decoder", "encoder+decoder"}
     assert sanity["decoder"] < 0.9 and sanity["encoder+decoder"] < 0.3
+    # exercise 4: undoing 0 encoder layers is CA itself; every method prints k = 0..4 (tiny.en has 4 encoder layers)
+    undo = {m: [float(v) for v in vals.split()] for m, vals in
+            re.findall(r"(\w+) +Pearson\(CA∘M_k, SMX\), k = 0\.\.4: ((?: +-?\d\.\d+)+)", text)}
+    assert set(undo) == {"rollout", "normmix", "alti"} and all(len(v) == 5 for v in undo.values()), text
+    assert all(v[0] == pytest.approx(r["SMX"], abs=1e-3) for v in undo.values())
+    assert len({round(v[-1], 3) for v in undo.values()}) > 1  # the methods disagree once layers are undone
     for fig in ("00_input", "00_attention_grid", "00_cross_attention", "00_saliency", "00_layers", "00_masks",
                 "00_sanity"):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000
@@ -159,3 +165,40 @@ def test_00_train_models(run_dir):
     assert "## Scores" in (out / "xattn-en-asrst-s" / "README.md").read_text()
     for fig in ("00_train_loss", "00_train_scores"):
         assert (run_dir / "figures" / f"{fig}.png").exists()
+
+
+def test_06_context_mixing(run_dir):
+    """Mixing maps for the utterance notebook 02 explained (or SPES here when run alone), CA∘M vs SMX, cost."""
+    import re
+
+    import pandas as pd
+
+    from xattn_utils.agreement import utterance_agreement
+    from xattn_utils.compare import CompareConfig, utterance_maps
+    from xattn_utils.store import open_store
+
+    nb = _run("06_context_mixing.ipynb", run_dir, n_utterances=1, input_mode="trimmed", n_masks=32, n_masks_h=32,
+              n_boot=50)
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+    got = {name: float(v) for name, v in re.findall(r"Pearson\((\S+), SMX\) = (-?\d\.\d+) \[", text)}
+    assert {"CA[all]", "rollout∘all", "normmix∘all", "alti∘all", "vzero∘all", "SMH", "rollout∘SMH"} <= set(got), text
+    # with one utterance the dataset value is that utterance's: recompute it from the store with the library
+    st = open_store(run_dir / "store")
+    uid = [u for u in st.utterances() if "mixing" in st.kinds(u)][0]
+    maps = utterance_maps(st, uid, CompareConfig(per_head=False, mixing=("rollout",)))
+    assert got["rollout∘all"] == pytest.approx(utterance_agreement(maps["rollout∘all"], maps["smx"], "pearson"),
+                                               abs=1e-3)
+    assert got["CA[all]"] == pytest.approx(utterance_agreement(maps["all"], maps["smx"], "pearson"), abs=1e-3)
+    cost = pd.read_csv(run_dir / "tables" / "06_mixing_cost.csv").set_index("explanation")
+    assert cost.loc["SPES-X (32 masks)", "ratio_to_spes"] == 1.0
+    assert cost.loc["CA∘rollout", "seconds"] < cost.loc["CA∘vzero", "seconds"]
+    answer = pd.read_csv(run_dir / "tables" / "06_mixing_answer.csv")
+    assert sorted(set(answer.depth)) == [0, 1, 2, 3, 4]
+    assert {m for m in answer.method if not m.endswith("-blur")} == {"rollout", "normmix", "alti", "vzero"}
+    assert re.search(r"best composed: \S+∘\S+ Pearson = -?\d\.\d{3}", text)
+    gain = pd.read_csv(run_dir / "tables" / "06_mixing_gain.csv")
+    assert len(gain) == 4 * 8 and (gain.gain - (gain.composed - gain.ca)).abs().max() < 2e-3
+    assert {"rollout-blur", "vzero-blur"} <= set(gain.method)  # the smoothing control beside each method
+    for fig in ("06_mixing_bars", "06_mixing_depth"):
+        assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000

@@ -92,11 +92,26 @@ def cmd_saliency(args) -> int:
     return _finish(report, args.out)
 
 
+def cmd_mixing(args) -> int:
+    from .extract import ExtractConfig
+    from .mixing import MixingConfig, compute_mixing
+    from .models import load_model
+
+    loaded = load_model(args.model, args.input_mode, args.device)
+    report = compute_mixing(loaded, _items(args), args.out, MixingConfig(methods=tuple(args.method)),
+                            ExtractConfig(language=args.language, task=args.task), progress=not args.quiet)
+    return _finish(report, args.out)
+
+
 def cmd_compare(args) -> int:
+    import dataclasses
+
     from .compare import CompareConfig, compare_store, paper_comparison
 
     cfg = CompareConfig(per_head=not args.no_per_head, special=args.special, normalize=args.normalize,
                         pool=args.pool, gradient_pool=args.gradient_pool, n_boot=args.n_boot, seed=args.seed)
+    if args.mixing:  # encoder context mixing composed with CA: extra attention entries such as rollout∘all
+        cfg = dataclasses.replace(cfg, mixing=tuple(args.mixing), mixing_depths=args.mixing_depths)
     table = compare_store(args.store, args.out, cfg, progress=not args.quiet)
     print(paper_comparison(table).to_string(index=False))
     print(f"{Path(args.out) / 'agreement.parquet'}: {len(table)} rows")
@@ -177,7 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--mixing", nargs="+", choices=("rollout", "normmix", "alti", "vzero"),
+                   help="also compare CA composed with these encoder mixing maps (stored by `xattn mixing`)")
+    p.add_argument("--mixing-depths", action="store_true",
+                   help="with --mixing: also the partial compositions method[k]∘aggregate (top k layers undone)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("mixing", help="encoder context-mixing maps (rollout, norm-based, ALTI, value zeroing)")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="result store folder (the same as extract's)")
+    p.add_argument("--method", nargs="+", default=["rollout", "normmix", "alti", "vzero"],
+                   choices=("rollout", "normmix", "alti", "vzero"))
+    p.set_defaults(func=cmd_mixing)
 
     p = sub.add_parser("faithfulness", help="deletion/insertion curves and AUCs per explanation")
     _add_data_args(p)

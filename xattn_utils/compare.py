@@ -41,8 +41,8 @@ from .agreement import (
     dataset_corrected,
     utterance_agreement,
 )
-from .grids import encoder_grid
 from .errors import XattnError
+from .grids import encoder_grid
 from .provenance import provenance, stable_hash
 from .store import ResultStore, atomic_write_text, open_store
 
@@ -67,6 +67,12 @@ class CompareConfig:
     topk: float = 0.1
     n_boot: int = 1000
     seed: int = 0
+    # encoder context mixing (xattn_utils.mixing): compose these methods' stored `mixing` maps with the aggregates
+    # below into extra attention entries ``method∘aggregate`` (``method[k]∘aggregate``: top k layers, with depths)
+    mixing: tuple[str, ...] = ()
+    mixing_aggregates: tuple[str, ...] = ("all", "last_layer", "alignment_heads", "norm:all", "smh")
+    mixing_depths: bool = False
+    mixing_control: bool = False  # also ``method-blur∘aggregate``: M's smoothing without its input dependence
 
 
 def utterance_maps(store: ResultStore, uid: str, cfg: CompareConfig | None = None) -> dict:
@@ -85,6 +91,14 @@ def utterance_maps(store: ResultStore, uid: str, cfg: CompareConfig | None = Non
         weighted = ca * att.value_norms.values[:, :, None, :]
         maps.update({f"norm:{n}": m for n, m in ca_selections(weighted, per_head=cfg.per_head,
                                                                alignment_heads=heads).items()})
+    if cfg.mixing:  # CA∘M (and SMH∘M): raw maps carried back through the encoder's mixing, then normalized
+        from .mixing import store_composed
+
+        raw = {n: np.asarray(m)[:, :t_enc] for n, m in maps.items()}
+        if "spes_h" in kinds:
+            raw["smh"] = store.load(uid, "spes_h").saliency.values[:, :t_enc]
+        maps.update(store_composed(store, uid, raw, cfg.mixing, cfg.mixing_aggregates, cfg.mixing_depths,
+                                   cfg.mixing_control))
     out = {n: encoder_grid(np.asarray(m), k, t_enc, normalize=cfg.normalize, rows=rows) for n, m in maps.items()}
     halves = {}
     for name, kind in (("smx", "spes_x"), ("smh", "spes_h")):

@@ -206,3 +206,36 @@ def plot_headline(ax, headline: pd.DataFrame) -> None:
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("Pearson (dataset, 95% CI)")
     ax.legend(fontsize=7)
+
+
+def plot_mixing_bars(ax, answer, aggregates=("all",), reference: str = "SMX") -> None:
+    """CA vs CA∘M (every encoder layer undone) per mixing method, with the intervals (from ``mixing.mixing_answer``)."""
+    full = answer[(answer.depth == answer.depth.max()) | (answer.depth == 0)]
+    methods = sorted(set(answer.method))
+    width = 0.8 / (len(methods) + 1)
+    for a, agg in enumerate(aggregates):
+        sub = full[full.attention == agg]
+        ca = sub[sub.depth == 0].iloc[0]
+        bars = [("CA", ca)] + [(m, sub[(sub.method == m) & (sub.depth > 0)].iloc[0]) for m in methods
+                               if len(sub[(sub.method == m) & (sub.depth > 0)])]
+        for k, (name, r) in enumerate(bars):
+            x = a + (k - len(bars) / 2) * width
+            ax.bar(x, r.value, width, color=f"C{k}", label=name if a == 0 else None)
+            ax.errorbar(x, r.value, yerr=[[r.value - r.ci_low], [r.ci_high - r.value]], color="k", capsize=3)
+    ax.set_xticks(range(len(aggregates)), list(aggregates))
+    ax.set_ylabel(f"Pearson with {reference}")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.legend(fontsize=8)
+
+
+def plot_mixing_depth(ax, answer, aggregate: str = "all", reference: str = "SMX") -> None:
+    """Pearson(CA∘M_k, reference) against k, the number of top encoder layers undone (k = 0: CA itself)."""
+    sub = answer[answer.attention == aggregate]
+    for i, (method, g) in enumerate(sub.groupby("method")):
+        g = g.sort_values("depth")
+        ax.plot(g.depth, g.value, "o-", color=f"C{i + 1}", label=method)
+        ax.fill_between(g.depth, g.ci_low, g.ci_high, color=f"C{i + 1}", alpha=0.15)
+    ax.set_xlabel("encoder layers undone (from the top)")
+    ax.set_ylabel(f"Pearson(CA[{aggregate}]∘M, {reference})")
+    ax.set_xticks(sorted(set(sub.depth)))
+    ax.legend(fontsize=8)
