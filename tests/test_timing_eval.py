@@ -1,0 +1,71 @@
+"""Timestamp accuracy: head sets, summaries with bootstrap intervals, and head discovery on a planted toy head."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from toy_models import PlantedAlignerToy
+
+from xattn_utils.timestamps import Word, alignment_matrix, timestamp_errors, token_times, words_from_token_times
+from xattn_utils.timing_eval import (
+    accuracy_summary,
+    discover_heads,
+    head_grid,
+    head_overlap,
+    head_sets,
+    passes_errors,
+    set_word_times,
+)
+
+
+def _toys():
+    return [PlantedAlignerToy([3, 20, 31, 52, 60], n_frames=75, seed=0),
+            PlantedAlignerToy([0, 14, 40, 47, 70, 82], n_frames=90, seed=1),
+            PlantedAlignerToy([0, 25, 33, 60], n_frames=70, seed=2)]  # DTW starts at frame 0: so does word 0
+
+
+def test_set_word_times_equals_the_single_set_recipe():
+    toy = _toys()[0]
+    sets = head_sets(3, 4, alignment_heads=[(2, 1), (0, 3)])
+    assert len(sets) == 12 + 3 + 1 + 1 and sets["layer1"] == [(1, h) for h in range(4)]
+    words = set_word_times(toy.attention, toy.rows, toy.pieces(), sets)
+    for name in ("alignment", "L0H2", "all"):  # batched sets == alignment_matrix + token_times of that set alone
+        ws = toy.attention[[l for l, _ in sets[name]], [h for _, h in sets[name]]]
+        s, e = token_times(alignment_matrix(ws, rows=toy.rows), n_tokens=toy.n_words)
+        assert words[name] == words_from_token_times(toy.pieces(), s, e)
+
+
+def test_planted_head_times_words_exactly_and_ranks_first():
+    toys = _toys()
+    found = discover_heads([t.as_pass(f"u{i}") for i, t in enumerate(toys[:2])], k_max=6)
+    assert found["ranking"][0] == (2, 1)
+    assert found["heads"] == [(2, 1)] and found["k"] == 1  # adding random heads only blurs it
+    errs = passes_errors([toys[2].as_pass("test")], {"planted": [(2, 1)], "all": head_sets(3, 4)["all"]})
+    s = accuracy_summary(errs, n_boot=50).set_index("source")
+    # the planted head's boundaries are within one 20 ms frame of the truth (median filter edges aside)
+    assert s.loc["planted", "within_20ms"] >= 0.8 and s.loc["planted", "start_mae_ms"] < 20
+    assert s.loc["planted", "within_50ms"] > s.loc["all", "within_50ms"]
+    assert head_overlap(found["heads"], [(2, 1), (0, 0)]) == {"shared": [(2, 1)], "n_shared": 1, "jaccard": 0.5}
+
+
+def test_accuracy_summary_known_values_and_intervals():
+    ref = [Word(" a", 0.0, 0.5), Word(" b", 0.5, 1.0)]
+    e1 = timestamp_errors([Word(" a", 0.01, 0.56), Word(" b", 0.6, 1.0)], ref)  # errors 10, 60 / 100, 0 ms
+    e2 = timestamp_errors([Word(" a", 0.0, 0.5), Word(" b", 0.5, 1.2)], ref)  # errors 0, 0 / 0, 200 ms
+    errs = pd.concat([e1.assign(utterance="u1"), e2.assign(utterance="u2")]).assign(source="x")
+    s = accuracy_summary(errs, n_boot=200, seed=1).iloc[0]
+    assert s.n_words == 4 and s.n_utterances == 2
+    assert s.start_mae_ms == pytest.approx(110 / 4) and s.end_mae_ms == pytest.approx(260 / 4)
+    # boundaries within 50 ms: starts 1,0,1,1 and ends 0,1,1,0 -> 5 / 8
+    assert s.within_50ms == pytest.approx(5 / 8) and s.within_20ms == pytest.approx(5 / 8)
+    assert s.within_100ms == pytest.approx(7 / 8)
+    # resampling whole utterances: the interval spans the two utterances' own values
+    assert s.start_mae_ms_lo == pytest.approx(0.0) and s.start_mae_ms_hi == pytest.approx(55.0)
+    assert s.within_50ms_lo <= s.within_50ms <= s.within_50ms_hi
+
+
+def test_head_grid_layout():
+    toy = _toys()[0]
+    errs = passes_errors([toy.as_pass("u")], head_sets(3, 4))
+    grid = head_grid(accuracy_summary(errs, n_boot=10))
+    assert grid.shape == (3, 4) and grid.loc[2, 1] == np.nanmax(grid.to_numpy())
