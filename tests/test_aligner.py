@@ -54,3 +54,26 @@ def test_align_reference_text_gives_ordered_words(bundled, corpus):
     ap = alignment_pass(bundled, audio, text_token_ids(bundled, row.transcript))
     assert ap.attention.shape[2] == 2 + len(ap.text_ids) + 1
     np.testing.assert_allclose(ap.attention.sum(-1), 1.0, atol=1e-4)
+
+
+def test_cli_timestamps_json_csv_and_errors(corpus, capsys, tmp_path):
+    import json
+
+    from xattn_utils.cli import main
+
+    wav = corpus.iloc[3].audio_path
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"not audio")
+    assert main(["timestamps", "--format", "json", "--heads", "L3H2,L2H1", wav, str(bad)]) == 1
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert [d["file"] for d in data] == [wav] and "broken.wav" in err
+    words = data[0]["words"]
+    assert [w["word"].strip(".").lower() for w in words] == ["two", "cars", "carry", "a", "key"]
+    assert all(set(w) == {"word", "start", "end", "probability"} for w in words)
+    assert all(a["end"] <= b["start"] + 1e-9 for a, b in zip(words, words[1:]))
+    assert main(["timestamps", "--format", "csv", wav]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "file,word,start,end,probability" and len(lines) == 1 + 5
+    assert main(["timestamps", "--heads", "L9H0", wav]) == 2
+    assert "L0H0 .. L3H5" in capsys.readouterr().err

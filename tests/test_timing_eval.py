@@ -69,3 +69,35 @@ def test_head_grid_layout():
     errs = passes_errors([toy.as_pass("u")], head_sets(3, 4))
     grid = head_grid(accuracy_summary(errs, n_boot=10))
     assert grid.shape == (3, 4) and grid.loc[2, 1] == np.nanmax(grid.to_numpy())
+
+
+def test_store_maps_through_the_same_dtw(tmp_path):
+    """A store whose attention holds the planted toy and whose SMH is the planted head's map: both time the words."""
+    import xarray as xr
+
+    from xattn_utils.aligner import format_words, store_word_rows
+    from xattn_utils.forced import ForcedPass
+    from xattn_utils.store import ResultStore, attention_dataset
+    from xattn_utils.timing_eval import store_errors
+
+    toy = _toys()[2]
+    ca = toy.attention[:, :, toy.rows].numpy()  # (L, H, I, T'): the scored rows, end-of-text last
+    n_t = ca.shape[-1]
+    fp = ForcedPass(prompt_ids=np.array([1, 2]), token_ids=np.arange(toy.n_words + 1), tokens=toy.pieces() + ["<|e|>"],
+                    log_probs=np.log(np.full(toy.n_words + 1, 0.5)), cross_attention=ca,
+                    value_norms=np.ones(ca.shape[:2] + (n_t,)), features=np.zeros((4, 2 * n_t)),
+                    n_audio_frames=2 * n_t, n_encoder_frames=n_t)
+    store = ResultStore(tmp_path / "store")
+    store.write("u0", "attention", attention_dataset(
+        fp, 2, attrs={"provenance": {"model": {"alignment_heads": [[2, 1]]}}}), key="k")
+    smh = xr.Dataset({"saliency": (("token", "enc_frame"), ca[2, 1] * 7.0)})
+    store.write("u0", "spes_h", smh, key="k")
+    items = pd.DataFrame([{"id": "u0", "word_times_path": str(tmp_path / "u0.json")}])
+    (tmp_path / "u0.json").write_text(__import__("json").dumps({"words": toy.ref_words()}))
+    s = accuracy_summary(store_errors(store, items), n_boot=10).set_index("source")
+    assert set(s.index) == {"attention", "all_heads", "smh"}
+    assert s.loc["attention", "within_20ms"] >= 0.8 and s.loc["smh", "within_20ms"] >= 0.8
+    rows = store_word_rows(store)
+    assert {r["source"] for r in rows} == {"attention", "all_heads", "smh"}
+    assert rows[0]["words"][0]["probability"] == pytest.approx(0.5)
+    assert format_words(rows, "csv").splitlines()[0] == "file,source,word,start,end,probability"

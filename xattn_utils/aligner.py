@@ -228,3 +228,71 @@ def _entries(text_idx: np.ndarray, time_idx: np.ndarray, n_rows: int) -> np.ndar
     for r, t in zip(text_idx[::-1], time_idx[::-1]):
         out[r] = t
     return out
+
+
+# --------------------------------------------------------------------------------------------------- batch + output
+def timestamps_for(loaded: LoadedModel, items, heads="alignment", force_transcript: bool = False,
+                   language: str | None = None, task: str | None = None, medfilt_width: int = 7,
+                   ties: str = "diagonal") -> tuple[list[dict], dict[str, str]]:
+    """Word timestamps of audio files or manifest rows: ``[{"file", "words": [...]}]`` and failures (file -> message).
+
+    ``items``: paths, or a manifest DataFrame (``force_transcript``: align its ``transcript`` instead of the
+    hypothesis). A file that cannot be read or aligned is reported in the failures and the rest go on.
+    """
+    from .audio import load_audio
+
+    pairs = parse_heads(heads, loaded.n_layers, loaded.n_heads, loaded.alignment_heads)
+    if hasattr(items, "itertuples"):
+        jobs = [(r["audio_path"], r.get("transcript") if force_transcript else None, r.get("language") or language)
+                for r in items.to_dict("records")]
+    else:
+        jobs = [(str(f), None, language) for f in items]
+    results, failed = [], {}
+    for path, text, lang in jobs:
+        try:
+            words = align(loaded, load_audio(path), pairs, text, lang, task, medfilt_width, ties)
+        except XattnError as err:
+            failed[path] = str(err) if path in str(err) else f"{path}: {err}"
+            continue
+        results.append({"file": path, "words": words})
+    return results, failed
+
+
+def store_word_rows(store, heads=None, medfilt_width: int = 7, ties: str = "diagonal") -> list[dict]:
+    """Words from every map of a result store (see :func:`xattn_utils.timing_eval.store_timestamps`):
+    ``[{"file": utterance, "source", "words": [...]}]``; probability: the stored forced log-prob (mean over the
+    word's tokens, exponentiated), the same for every source."""
+    from .store import ResultStore, open_store
+    from .timing_eval import store_timestamps
+
+    store = store if isinstance(store, ResultStore) else open_store(store)
+    chosen = None
+    if heads is not None and heads != "alignment":
+        att = store.load(store.utterances()[0], "attention")
+        chosen = parse_heads(heads, att.sizes["layer"], att.sizes["head"])
+    out = []
+    for uid, sources in store_timestamps(store, chosen, medfilt_width, ties).items():
+        logp = store.load(uid, "attention").log_probs.values
+        for name, words in sources.items():
+            out.append({"file": uid, "source": name, "words": [
+                {"word": w.text.strip(), "start": round(w.start, 3), "end": round(w.end, 3),
+                 "probability": round(float(np.exp(np.mean(logp[list(w.tokens)]))), 4)} for w in words]})
+    return out
+
+
+def format_words(results: list[dict], fmt: str = "table") -> str:
+    """``table`` (aligned columns), ``json`` (the list as is) or ``csv`` (one row per word) text of results."""
+    import json
+
+    if fmt == "json":
+        return json.dumps(results, indent=1, ensure_ascii=False)
+    import pandas as pd
+
+    extra = ["source"] if any("source" in r for r in results) else []
+    rows = [{"file": r["file"], **{k: r[k] for k in extra}, **w} for r in results for w in r["words"]]
+    df = pd.DataFrame(rows, columns=["file", *extra, "word", "start", "end", "probability"])
+    if fmt == "csv":
+        return df.to_csv(index=False).rstrip("\n")
+    if fmt != "table":
+        raise XattnError(f"format {fmt!r}: use table, json or csv")
+    return df.to_string(index=False, float_format=lambda v: f"{v:.3f}")
