@@ -306,3 +306,78 @@ def store_errors(store, items: pd.DataFrame, **kw) -> pd.DataFrame:
     if not frames:
         raise XattnError("no stored utterance has word times in the given manifest rows (ids must match)")
     return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------------- study
+def split_calibration(items: pd.DataFrame, calibration: pd.DataFrame | None = None,
+                      fraction: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(calibration, test) rows: the given calibration rows, else the first ``fraction`` of ``items`` (by id)."""
+    if calibration is not None:
+        overlap = set(calibration.id) & set(items.id)
+        if overlap:
+            raise XattnError(f"{len(overlap)} utterance(s) are in both calibration and test (e.g. {sorted(overlap)[0]})"
+                             "; heads must be chosen on other utterances than they are scored on")
+        return calibration.reset_index(drop=True), items.reset_index(drop=True)
+    rows = items.sort_values("id").reset_index(drop=True)
+    n = max(1, int(round(len(rows) * fraction)))
+    if n >= len(rows):
+        raise XattnError(f"{len(rows)} utterance(s): too few to split into calibration and test; give more")
+    return rows.iloc[:n].reset_index(drop=True), rows.iloc[n:].reset_index(drop=True)
+
+
+def timestamp_study(loaded, items: pd.DataFrame, calibration: pd.DataFrame | None = None, k_max: int = 12,
+                    metric: str = "within_50ms", n_boot: int = 1000, seed: int = 0, ties: str = "diagonal",
+                    progress: bool = False) -> dict:
+    """Which heads tell when a word is spoken? One call: passes, discovery on calibration, accuracy on test.
+
+    Returns: ``summary`` (per source on the test rows: every head, layer, ``all``, ``alignment`` (official, when the
+    model has them), ``discovered``; with bootstrap intervals), ``errors`` (per word), ``discovered`` heads, ``k``,
+    ``per_k`` (calibration), ``overlap`` with the official heads, ``test_passes`` (for figures).
+    """
+    from .aligner import _frames_per_second
+
+    cal, test = split_calibration(items, calibration)
+    fps = _frames_per_second(loaded)
+    cal_passes = model_passes(loaded, cal, progress)
+    found = discover_heads(cal_passes, k_max, metric, ties=ties, frames_per_second=fps)
+    test_passes = model_passes(loaded, test, progress)
+    sets = head_sets(loaded.n_layers, loaded.n_heads, loaded.alignment_heads, extra={"discovered": found["heads"]})
+    errors = passes_errors(test_passes, sets, ties=ties, frames_per_second=fps)
+    summary = accuracy_summary(errors, n_boot=n_boot, seed=seed)
+    return {"summary": summary, "errors": errors, "discovered": found["heads"], "k": found["k"],
+            "per_k": found["per_k"], "ranking": found["ranking"],
+            "overlap": head_overlap(found["heads"], loaded.alignment_heads or []),
+            "calibration_ids": list(cal.id), "test_ids": list(test.id), "test_passes": test_passes}
+
+
+def headline_table(summary: pd.DataFrame, sources: Sequence[str] = ("alignment", "discovered", "all")) -> pd.DataFrame:
+    """The README's rows: tolerance accuracy and mean errors of the named sources (and the best single head)."""
+    heads = summary[summary.source.str.fullmatch(r"L\d+H\d+")]
+    best = heads.sort_values("within_50ms", ascending=False).head(1)
+    rows = pd.concat([summary[summary.source.isin(sources)], best])
+    cols = ["source", "n_words", "within_20ms", "within_50ms", "within_50ms_lo", "within_50ms_hi", "within_100ms",
+            "start_mae_ms", "end_mae_ms"]
+    return rows[cols].reset_index(drop=True)
+
+
+def alignment_vs_agreement(summary: pd.DataFrame, agreement: pd.DataFrame, metric: str = "within_50ms",
+                           measure: str = "pearson") -> pd.DataFrame:
+    """Per head: does timing accuracy go with agreement? Spearman ρ over heads between ``metric`` (this module's
+    summary) and the dataset-level ``measure`` of (CA head, reference) in an agreement table (``xattn compare``).
+
+    Returns one row per reference (``smx``, ``smh``, ...): rho, p value, n_heads; the joined per-head values are in
+    ``attrs["heads"]``.
+    """
+    from scipy.stats import spearmanr
+
+    heads = summary[summary.source.str.fullmatch(r"L\d+H\d+")][["source", metric]]
+    ag = agreement[(agreement.level == "dataset") & (agreement.measure == measure)
+                   & agreement.attention.str.fullmatch(r"L\d+H\d+")][["attention", "reference", "value"]]
+    joined = ag.merge(heads, left_on="attention", right_on="source")
+    rows = []
+    for ref, g in joined.groupby("reference"):
+        rho, p = spearmanr(g[metric], g["value"]) if len(g) > 2 else (float("nan"), float("nan"))
+        rows.append({"reference": ref, "rho": float(rho), "p": float(p), "n_heads": len(g)})
+    out = pd.DataFrame(rows, columns=["reference", "rho", "p", "n_heads"])
+    out.attrs["heads"] = joined
+    return out
