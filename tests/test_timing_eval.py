@@ -101,3 +101,24 @@ def test_store_maps_through_the_same_dtw(tmp_path):
     assert {r["source"] for r in rows} == {"attention", "all_heads", "smh"}
     assert rows[0]["words"][0]["probability"] == pytest.approx(0.5)
     assert format_words(rows, "csv").splitlines()[0] == "file,source,word,start,end,probability"
+
+
+def test_alignment_vs_agreement_and_calibration_split():
+    from xattn_utils.errors import XattnError
+    from xattn_utils.timing_eval import alignment_vs_agreement, split_calibration
+
+    heads = [f"L{l}H{h}" for l in range(2) for h in range(3)]
+    summary = pd.DataFrame({"source": heads + ["all"], "within_50ms": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9]})
+    agree = pd.DataFrame({
+        "level": "dataset", "measure": "pearson",
+        "attention": heads * 2 + ["all", "L0H0"], "reference": ["smx"] * 6 + ["smh"] * 6 + ["smx", "smx"],
+        "value": [0.1, 0.3, 0.2, 0.4, 0.6, 0.5] + [0.6, 0.5, 0.4, 0.3, 0.2, 0.1] + [0.9, 0.0]})
+    agree.loc[13, "level"] = "utterance"  # only dataset rows count
+    out = alignment_vs_agreement(summary, agree).set_index("reference")
+    assert out.loc["smh", "rho"] == pytest.approx(-1.0) and out.loc["smh", "n_heads"] == 6
+    assert out.loc["smx", "rho"] == pytest.approx(1 - 6 * 4 / (6 * 35))  # ranks differ by 1 in two pairs: d² = 4
+    items = pd.DataFrame({"id": [f"u{i}" for i in (3, 1, 2, 0)]})
+    cal, test = split_calibration(items)
+    assert list(cal.id) == ["u0", "u1"] and list(test.id) == ["u2", "u3"]
+    with pytest.raises(XattnError, match="both calibration and test"):
+        split_calibration(items, calibration=items.head(1))
