@@ -26,7 +26,7 @@ import torch
 from .errors import XattnError
 from .forced import _eos_id, decoder_prompt, greedy_decode
 from .models import LoadedModel
-from .timestamps import WHISPER_FRAMES_PER_SECOND, alignment_matrix, decode_token_pieces, token_times, \
+from .timestamps import WHISPER_FRAMES_PER_SECOND, alignment_matrix, decode_token_pieces, dtw_path, token_times, \
     words_from_token_times
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)$", re.IGNORECASE)
@@ -209,8 +209,6 @@ def ctranslate2_parity(loaded: LoadedModel, audios: dict[str, np.ndarray], ct2_d
         start = decoder_prompt(loaded)[:-1]  # without <|notimestamps|>
         ti, tj, probs = ctranslate2_align(ct2, feats.values.numpy(), start, ap.text_ids, feats.n_audio_frames)
         matrix = alignment_matrix(head_weights(ap, heads), rows=ap.rows)
-        from .timestamps import dtw_path
-
         oi, oj = dtw_path(-matrix, ties=ties, dtype=np.float32)
         ours = _entries(oi, oj, matrix.shape[0])
         theirs = _entries(ti, tj, matrix.shape[0])
@@ -224,9 +222,8 @@ def ctranslate2_parity(loaded: LoadedModel, audios: dict[str, np.ndarray], ct2_d
 
 def _entries(text_idx: np.ndarray, time_idx: np.ndarray, n_rows: int) -> np.ndarray:
     """First frame of each row on a path, (n_rows,)."""
-    out = np.full(n_rows, -1, dtype=np.int64)
-    for r, t in zip(text_idx[::-1], time_idx[::-1]):
-        out[r] = t
+    out = np.full(n_rows, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(out, np.asarray(text_idx, dtype=np.int64), np.asarray(time_idx, dtype=np.int64))
     return out
 
 
