@@ -77,3 +77,18 @@ def test_cli_timestamps_json_csv_and_errors(corpus, capsys, tmp_path):
     assert lines[0] == "file,word,start,end,probability" and len(lines) == 1 + 5
     assert main(["timestamps", "--heads", "L9H0", wav]) == 2
     assert "L0H0 .. L3H5" in capsys.readouterr().err
+
+
+def test_cli_discovered_heads_need_and_use_calibration(corpus, capsys, tmp_path):
+    from xattn_utils.cli import main
+
+    wav = corpus.iloc[3].audio_path
+    assert main(["timestamps", "--heads", "discovered", wav]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    cal = tmp_path / "cal.csv"
+    corpus.iloc[:2].to_csv(cal, index=False)  # absolute paths: resolved on load
+    assert main(["timestamps", "--heads", "discovered", "--calibration", str(cal), "--k-max", "2",
+                 "--format", "csv", wav]) == 0
+    out, err = capsys.readouterr()
+    assert "discovered heads (k=" in err and "2 calibration utterances" in err
+    assert len(out.splitlines()) == 1 + 5
