@@ -202,3 +202,22 @@ def test_06_context_mixing(run_dir):
     assert {"rollout-blur", "vzero-blur"} <= set(gain.method)  # the smoothing control beside each method
     for fig in ("06_mixing_bars", "06_mixing_depth"):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000
+
+
+def test_05_word_timestamps(run_dir):
+    import re
+
+    import pandas as pd
+
+    nb = _run("05_word_timestamps.ipynb", run_dir, n_utterances=4, input_mode="trimmed", k_max=3, n_boot=20)
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+    printed = {n: float(v) for n, v in re.findall(r"(\w+) +within 50 ms = (\d\.\d{3})", text)}
+    assert set(printed) == {"alignment", "discovered", "all"}, text
+    table = pd.read_csv(run_dir / "tables" / "05_timestamp_accuracy.csv").set_index("source")
+    for name, value in printed.items():  # the printed number is the table's
+        assert value == pytest.approx(table.loc[name, "within_50ms"], abs=5e-4)
+    assert table.loc["all", "n_words"] > 5 and len(table) == 24 + 4 + 1 + 2  # heads, layers, all, official, found
+    assert "discovered heads (k = " in text
+    for fig in ("05_boundaries", "05_head_grid", "05_sources"):
+        assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000

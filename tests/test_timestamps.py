@@ -10,6 +10,7 @@ from xattn_utils.timestamps import (
     Word,
     alignment_matrix,
     decode_token_pieces,
+    dtw_entry_frames,
     dtw_path,
     median_filter,
     standardize_tokens,
@@ -175,3 +176,62 @@ def test_rows_standardize_over_all_then_keep_text_rows():
     assert full.shape == (4, 25)
     torch.testing.assert_close(full, alignment_matrix(w)[2:-1])
     assert not torch.allclose(full, alignment_matrix(w[:, 2:-1]))  # statistics include the extra rows
+
+
+def _whisper_rule_dtw(cost: np.ndarray) -> np.ndarray:
+    """openai-whisper / CTranslate2 DTW written as their plain loops (float32, strict comparisons): row entries."""
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf, dtype=np.float32)
+    trace = np.full((n + 1, m + 1), -1)
+    acc[0, 0] = 0
+    for j in range(1, m + 1):
+        for i in range(1, n + 1):
+            c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
+            if c0 < c1 and c0 < c2:
+                c, t = c0, 0
+            elif c1 < c0 and c1 < c2:
+                c, t = c1, 1
+            else:
+                c, t = c2, 2
+            acc[i, j] = np.float32(cost[i - 1, j - 1]) + c
+            trace[i, j] = t
+    entry = np.full(n, m)
+    i, j = n, m
+    while i > 0 and j > 0:
+        entry[i - 1] = min(entry[i - 1], j - 1)
+        t = trace[i, j]
+        i, j = (i - 1, j - 1) if t == 0 else (i - 1, j) if t == 1 else (i, j - 1)
+    return entry
+
+
+def test_dtw_tie_breaking_diagonal_vs_whisper_time():
+    # a flat cost: every path costs the same, only the tie rule decides
+    flat = np.zeros((3, 6))
+    text, time = dtw_path(flat)  # ours: diagonal first -> the last rows take the last frames
+    assert list(zip(text, time)) == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 4), (2, 5)]
+    text, time = dtw_path(flat, ties="time")  # Whisper: down the first column, then along time in the last row
+    assert list(zip(text, time)) == [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2), (2, 3), (2, 4), (2, 5)]
+    np.testing.assert_array_equal(dtw_entry_frames(flat[None], ties="time")[0], [0, 0, 0])
+    np.testing.assert_array_equal(dtw_entry_frames(flat[None])[0], [0, 4, 5])
+    # token_times passes the rule through
+    s, _ = token_times(-torch.zeros(3, 6), frames_per_second=1.0, ties="time")
+    np.testing.assert_array_equal(s, [0, 0, 0])
+    with pytest.raises(XattnError, match="ties"):
+        dtw_path(flat, ties="up")
+
+
+def test_dtw_time_ties_match_whisper_loops_and_batch_matches_single():
+    rng = np.random.default_rng(3)
+    costs = [rng.integers(0, 3, (7, 15)).astype(float) for _ in range(20)]  # small integers: many exact ties
+    costs += [rng.random((7, 15)) for _ in range(5)]
+    batch = np.stack(costs)
+    for ties in ("time", "diagonal"):
+        entries = dtw_entry_frames(batch, ties=ties)
+        for c, e in zip(costs, entries):
+            text, time = dtw_path(c, ties=ties)
+            first = np.array([time[text == r].min() for r in range(c.shape[0])])
+            np.testing.assert_array_equal(e, first)
+            if ties == "time":
+                np.testing.assert_array_equal(e, _whisper_rule_dtw(c))
+    differ = sum((dtw_entry_frames(c[None], "time") != dtw_entry_frames(c[None], "diagonal")).any() for c in costs)
+    assert differ > 0  # the rules do disagree on tied costs

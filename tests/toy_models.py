@@ -91,3 +91,47 @@ class ToyRecipe:
 
     def __call__(self) -> BlockToyScorer:
         return BlockToyScorer(**asdict(self))
+
+
+class PlantedAlignerToy:
+    """Cross-attention ``(L, H, S, T')`` of a toy decoder with one planted aligning head; the word times are known.
+
+    Every head computes ``softmax(q k^T / sqrt(d))`` over encoder frames whose keys are sinusoidal position codes.
+    The planted head's query for DTW row r is the mean key of word r's frames (row N, the end-of-text query, points at
+    the frames after the last word), so it attends where the word is spoken; every other head's queries are random
+    (a seeded Gaussian, as large as the planted ones). Decoder positions: ``n_prompt`` prompt rows, the N text rows,
+    one end-of-text row, so the DTW rows are ``slice(n_prompt - 1, -1)`` as in Whisper.
+    """
+
+    def __init__(self, bounds, n_frames: int, n_layers: int = 3, n_heads: int = 4, planted=(2, 1), d: int = 32,
+                 sharpness: float = 6.0, n_prompt: int = 2, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.bounds = list(bounds)  # word r spans frames [bounds[r], bounds[r + 1]); the rest is silence
+        self.n_words = len(self.bounds) - 1
+        self.n_prompt = n_prompt
+        t = torch.arange(n_frames, dtype=torch.float32)[:, None]
+        freq = torch.exp(-torch.arange(d // 2, dtype=torch.float32) / (d // 2) * 5.0)[None]
+        self.keys = torch.cat([torch.sin(t * freq), torch.cos(t * freq)], dim=1)  # (T', d)
+        spans = [(self.bounds[r], self.bounds[r + 1]) for r in range(self.n_words)] + [(self.bounds[-1], n_frames)]
+        aligned = torch.stack([self.keys[a:b].mean(0) for a, b in spans])  # (N + 1, d)
+        aligned = aligned / aligned.norm(dim=1, keepdim=True) * sharpness * d ** 0.5
+        s = n_prompt + self.n_words + 1
+        q = torch.randn(n_layers, n_heads, s, d, generator=g) * sharpness
+        q[planted[0], planted[1], n_prompt - 1: -1] = aligned
+        self.attention = torch.softmax(q @ self.keys.T / d ** 0.5, dim=-1)  # (L, H, S, T')
+        self.planted = tuple(planted)
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.n_prompt - 1, -1)
+
+    def pieces(self) -> list[str]:
+        return [f" w{r}" for r in range(self.n_words)]
+
+    def ref_words(self, frames_per_second: float = 50.0) -> list[dict]:
+        return [{"word": f"w{r}", "start": self.bounds[r] / frames_per_second,
+                 "end": self.bounds[r + 1] / frames_per_second} for r in range(self.n_words)]
+
+    def as_pass(self, uid: str) -> dict:
+        return {"attention": self.attention, "rows": self.rows, "pieces": self.pieces(),
+                "ref_words": self.ref_words(), "utterance": uid}

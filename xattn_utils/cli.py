@@ -139,6 +139,43 @@ def cmd_faithfulness(args) -> int:
     return 0
 
 
+def cmd_timestamps(args) -> int:
+    from .aligner import format_words, parse_heads, store_word_rows, timestamps_for
+
+    if args.store:
+        print(format_words(store_word_rows(args.store, None if args.heads == "alignment" else args.heads,
+                                           ties=args.ties), args.format))
+        return 0
+    from .models import load_model
+
+    loaded = load_model(args.model, args.input_mode, args.device)
+    heads = args.heads
+    if heads == "discovered":
+        heads = _discovered_heads(loaded, args)
+    else:
+        parse_heads(heads, loaded.n_layers, loaded.n_heads, loaded.alignment_heads)  # fail before any audio
+    results, failed = timestamps_for(loaded, _items(args), heads, force_transcript=args.force_transcript,
+                                     language=args.language, task=args.task, ties=args.ties)
+    for msg in failed.values():
+        print(f"error: {msg}", file=sys.stderr)
+    if results:
+        print(format_words(results, args.format))
+    return (2 if not results else 1) if failed else 0
+
+
+def _discovered_heads(loaded, args) -> list:
+    from .manifest import load_manifest
+    from .timing_eval import discover_heads, model_passes
+
+    if not args.calibration:
+        raise XattnError("--heads discovered needs --calibration MANIFEST (rows with word times) to rank heads on")
+    cal = load_manifest(args.calibration, split=args.calibration_split, limit=args.calibration_limit)
+    found = discover_heads(model_passes(loaded, cal), k_max=args.k_max)
+    names = ",".join(f"L{l}H{h}" for l, h in found["heads"])
+    print(f"discovered heads (k={found['k']}, {len(cal)} calibration utterances): {names}", file=sys.stderr)
+    return found["heads"]
+
+
 def _finish(report, out) -> int:
     for msg in report.failed.values():
         print(f"error: {msg}", file=sys.stderr)
@@ -213,6 +250,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", nargs="+", default=["deletion"], choices=("deletion", "insertion"))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_faithfulness)
+
+    p = sub.add_parser("timestamps", help="word timestamps (start, end, probability) from cross-attention or saliency")
+    _add_data_args(p)
+    p.add_argument("--heads", default="alignment",
+                   help="alignment (the model's own), all, discovered (ranked on --calibration), or L3H2,L1H0,...")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--force-transcript", action="store_true",
+                   help="with --manifest: align the manifest's transcript instead of the model's hypothesis")
+    p.add_argument("--ties", choices=("diagonal", "time"), default="diagonal",
+                   help="DTW ties: diagonal (ours) or time (openai-whisper / CTranslate2)")
+    p.add_argument("--store", help="instead of audio: words from every map (attention, SMX, SMH, gradients) of a "
+                                   "result store, each through the same DTW")
+    p.add_argument("--calibration", help="manifest with word times for --heads discovered")
+    p.add_argument("--calibration-split")
+    p.add_argument("--calibration-limit", type=int)
+    p.add_argument("--k-max", type=int, default=12, help="largest number of discovered heads to try")
+    p.set_defaults(func=cmd_timestamps)
     return parser
 
 

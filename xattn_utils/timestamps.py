@@ -93,28 +93,57 @@ def alignment_matrix(weights, n_frames: int | None = None, renormalize: bool = T
 
 
 # --------------------------------------------------------------------------------------------------- DTW
-def dtw_path(cost) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum-cost monotone path through ``cost`` (R, T) from (0, 0) to (R-1, T-1).
+TIES = ("diagonal", "time")
 
-    Steps: diagonal (next token, next frame), down (next token, same frame), right (same token, next frame).
-    Ties prefer diagonal, then down. The recurrence runs over anti-diagonals, each one a vectorized numpy step.
-    Returns: (text_idx, time_idx), the path's cells in order.
+
+def _dtw_steps(c: np.ndarray, ties: str) -> np.ndarray:
+    """Back-pointers of the DTW recurrence on a batch of costs ``(B, R, T)`` -> ``(B, R + 1, T + 1)`` int8.
+
+    0 diagonal, 1 down (next token), 2 right (next frame). The recurrence runs over anti-diagonals, each one a
+    vectorized step over the batch and the cells of the anti-diagonal; accumulation is in ``c``'s dtype.
+    ``ties="diagonal"``: the smallest predecessor, ties to diagonal, then down. ``ties="time"``: openai-whisper's and
+    CTranslate2's rule: diagonal only if strictly smaller than both others, down only if strictly smaller than both
+    others, else right — so any tie (even diagonal = down < right) moves along time.
     """
-    c = np.asarray(cost.detach().cpu() if isinstance(cost, torch.Tensor) else cost, dtype=np.float64)
-    if c.ndim != 2 or 0 in c.shape:
-        raise XattnError(f"dtw_path needs a non-empty (R, T) cost matrix, got shape {c.shape}")
-    n, m = c.shape
-    acc = np.full((n + 1, m + 1), np.inf)
-    acc[0, 0] = 0.0
-    step = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0 diagonal, 1 down (token), 2 right (time)
+    b, n, m = c.shape
+    acc = np.full((b, n + 1, m + 1), np.inf, dtype=c.dtype)
+    acc[:, 0, 0] = 0.0
+    step = np.zeros((b, n + 1, m + 1), dtype=np.int8)
     for d in range(2, n + m + 1):  # cells (i, j) with i + j = d, 1 <= i <= n, 1 <= j <= m
         i = np.arange(max(1, d - m), min(n, d - 1) + 1)
         j = d - i
-        cand = np.stack([acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]])
-        choice = cand.argmin(0)
-        acc[i, j] = c[i - 1, j - 1] + cand[choice, np.arange(len(i))]
-        step[i, j] = choice
-    i, j, path = n, m, []
+        c0, c1, c2 = acc[:, i - 1, j - 1], acc[:, i - 1, j], acc[:, i, j - 1]  # each (B, cells)
+        if ties == "diagonal":
+            cand = np.stack([c0, c1, c2])
+            choice = cand.argmin(0)
+            best = np.take_along_axis(cand, choice[None], 0)[0]
+        else:
+            choice = np.where((c0 < c1) & (c0 < c2), 0, np.where((c1 < c0) & (c1 < c2), 1, 2))
+            best = np.where(choice == 0, c0, np.where(choice == 1, c1, c2))
+        acc[:, i, j] = c[:, i - 1, j - 1] + best
+        step[:, i, j] = choice
+    return step
+
+
+def _dtw_input(cost, ties: str, dtype) -> np.ndarray:
+    if ties not in TIES:
+        raise XattnError(f"ties={ties!r}: use 'diagonal' (ours) or 'time' (openai-whisper / CTranslate2)")
+    return np.asarray(cost.detach().cpu() if isinstance(cost, torch.Tensor) else cost, dtype=dtype)
+
+
+def dtw_path(cost, ties: str = "diagonal", dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-cost monotone path through ``cost`` (R, T) from (0, 0) to (R-1, T-1).
+
+    Steps: diagonal (next token, next frame), down (next token, same frame), right (same token, next frame).
+    ``ties``: ``"diagonal"`` (default) prefers diagonal, then down; ``"time"`` is Whisper's rule (see
+    :func:`_dtw_steps`). ``dtype``: accumulation precision (openai-whisper accumulates in float32).
+    Returns: (text_idx, time_idx), the path's cells in order.
+    """
+    c = _dtw_input(cost, ties, dtype)
+    if c.ndim != 2 or 0 in c.shape:
+        raise XattnError(f"dtw_path needs a non-empty (R, T) cost matrix, got shape {c.shape}")
+    step = _dtw_steps(c[None], ties)[0]
+    i, j, path = c.shape[0], c.shape[1], []
     while i > 0 and j > 0:
         path.append((i - 1, j - 1))
         s = step[i, j]
@@ -129,13 +158,38 @@ def dtw_path(cost) -> tuple[np.ndarray, np.ndarray]:
     return arr[:, 0], arr[:, 1]
 
 
-def token_times(matrix, frames_per_second: float = WHISPER_FRAMES_PER_SECOND, n_tokens: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def dtw_entry_frames(costs, ties: str = "diagonal", dtype=np.float64) -> np.ndarray:
+    """For a batch of costs ``(B, R, T)``: the first frame of each row on each optimal path, ``(B, R)`` int.
+
+    The same paths as :func:`dtw_path` (equal for every batch element), traced back for the whole batch at once.
+    """
+    c = _dtw_input(costs, ties, dtype)
+    if c.ndim != 3 or 0 in c.shape:
+        raise XattnError(f"dtw_entry_frames needs a non-empty (B, R, T) cost batch, got shape {c.shape}")
+    b, n, m = c.shape
+    step = _dtw_steps(c, ties)
+    entry = np.full((b, n), m, dtype=np.int64)
+    i, j = np.full(b, n), np.full(b, m)
+    rows = np.arange(b)
+    while True:
+        live = (i > 0) & (j > 0)
+        if not live.any():
+            break
+        r, ii, jj = rows[live], i[live], j[live]
+        entry[r, ii - 1] = np.minimum(entry[r, ii - 1], jj - 1)
+        s = step[r, ii, jj]
+        i[live] = ii - (s != 2)
+        j[live] = jj - (s != 1)
+    return entry
+
+
+def token_times(matrix, frames_per_second: float = WHISPER_FRAMES_PER_SECOND, n_tokens: int | None = None,
+                ties: str = "diagonal") -> tuple[np.ndarray, np.ndarray]:
     """Token start/end times (s) from an alignment matrix ``(R, T')`` (higher = more aligned).
 
     DTW on ``-matrix``; token r starts at the first frame of the path's row r and ends at the first frame of row
     r + 1. With ``n_tokens = R - 1`` the last row is end-of-text and only closes the last token (Whisper); with
-    ``n_tokens = R`` (default) the last token ends after the path's last frame.
+    ``n_tokens = R`` (default) the last token ends after the path's last frame. ``ties``: see :func:`dtw_path`.
     Returns: (starts, ends), each (n_tokens,).
     """
     m = torch.as_tensor(matrix).detach().float().cpu().numpy()
@@ -143,9 +197,7 @@ def token_times(matrix, frames_per_second: float = WHISPER_FRAMES_PER_SECOND, n_
     n_tokens = n_rows if n_tokens is None else int(n_tokens)
     if not (n_rows - 1 <= n_tokens <= n_rows) or n_tokens < 1:
         raise XattnError(f"{n_tokens} tokens for {n_rows} alignment rows: give R rows for R or R-1 text tokens")
-    text_idx, time_idx = dtw_path(-m)
-    jumps = np.r_[True, np.diff(text_idx) > 0]
-    entry = time_idx[jumps].astype(np.float64)  # (R,) first frame of each row
+    entry = dtw_entry_frames(-m[None], ties)[0].astype(np.float64)  # (R,) first frame of each row
     bounds = np.r_[entry, n_frames] if n_tokens == n_rows else entry
     return bounds[:n_tokens] / frames_per_second, bounds[1:n_tokens + 1] / frames_per_second
 
@@ -236,7 +288,7 @@ def _n_text_tokens(tokens: Sequence[str], n_rows: int) -> int:
 
 def word_timestamps(alignment_weights, tokens: Sequence[str], n_frames: int | None = None,
                     frames_per_second: float = WHISPER_FRAMES_PER_SECOND, renormalize: bool = True,
-                    medfilt_width: int = 7, rows: slice | None = None) -> list[Word]:
+                    medfilt_width: int = 7, rows: slice | None = None, ties: str = "diagonal") -> list[Word]:
     """Whisper-style word timestamps from the alignment heads' cross-attention.
 
     Args:
@@ -247,12 +299,13 @@ def word_timestamps(alignment_weights, tokens: Sequence[str], n_frames: int | No
         n_frames: encoder frames holding audio (Whisper: input frames // 2).
         renormalize: Whisper's re-softmax over the kept frames (False: HF transformers' variant).
         rows: see :func:`alignment_matrix` (then ``tokens`` match the kept rows).
+        ties: DTW tie-breaking, ``"diagonal"`` (ours) or ``"time"`` (Whisper, CTranslate2); see :func:`dtw_path`.
     Returns: words with start/end in seconds.
     """
     matrix = alignment_matrix(alignment_weights, n_frames, renormalize=renormalize, medfilt_width=medfilt_width,
                               rows=rows)
     n_text = _n_text_tokens(tokens, matrix.shape[0])
-    starts, ends = token_times(matrix, frames_per_second, n_tokens=n_text)
+    starts, ends = token_times(matrix, frames_per_second, n_tokens=n_text, ties=ties)
     return words_from_token_times(list(tokens)[:n_text], starts, ends)
 
 
