@@ -121,7 +121,10 @@ def cmd_faithfulness(args) -> int:
     write_table(curves, Path(args.out), "faithfulness_curves", prov)
     write_table(aucs, Path(args.out), "faithfulness_auc", prov)
     print(aucs.groupby(["explanation", "mode"])["auc_wer"].mean().round(1).to_string())
-    return 0
+    failed = aucs.attrs.get("failed", {})
+    for msg in failed.values():
+        print(f"error: {msg}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _finish(report, out) -> int:

@@ -191,23 +191,35 @@ def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "ran
     from .extract import items_from
     from .saliency import scorer_for
 
+    from .errors import XattnError
+
     cfg = cfg or FaithfulnessConfig()
-    curves = []
+    curves, failed = [], {}
     items = items_from(items)
     for _, row in tqdm(items.iterrows(), total=len(items), desc="faithfulness", disable=not progress):
         uid = str(row["id"])
-        att = store.load(uid, "attention")
-        scorer = scorer_for(loaded, load_audio(row["audio_path"]), att)
-        f = scorer.features.shape[0]
-        for name in explanations:
-            imp = explanation_importance(store, uid, name, scorer.n_audio_frames, f, scorer.frames_per_encoder_frame,
-                                         cfg.seed)
-            for mode in modes:
-                c = perturbation_curve(scorer, imp, dataclasses.replace(cfg, mode=mode))
-                curves.append(c.assign(utterance=uid, explanation=name, mode=mode))
+        try:  # a bad item (not in the store, damaged, bad audio) is recorded and the rest go on
+            att = store.load(uid, "attention")
+            scorer = scorer_for(loaded, load_audio(row["audio_path"]), att)
+            f = scorer.features.shape[0]
+            done = []
+            for name in explanations:
+                imp = explanation_importance(store, uid, name, scorer.n_audio_frames, f,
+                                             scorer.frames_per_encoder_frame, cfg.seed)
+                for mode in modes:
+                    c = perturbation_curve(scorer, imp, dataclasses.replace(cfg, mode=mode))
+                    done.append(c.assign(utterance=uid, explanation=name, mode=mode))
+            curves += done
+        except XattnError as err:
+            failed[uid] = str(err) if str(err).startswith(uid) else f"{uid}: {err}"
+            store.record_error(uid, "faithfulness", failed[uid])
+    if not curves:
+        raise XattnError(f"faithfulness: no item could be scored ({len(failed)} failed); first: "
+                         f"{next(iter(failed.values()), 'no items given')}")
     curves = pd.concat(curves, ignore_index=True)
     aucs = (curves.groupby(["explanation", "mode", "utterance"])
             .apply(lambda g: pd.Series({"auc_wer": curve_auc(g, "wer"), "auc_logprob": curve_auc(g, "mean_log_prob")}),
                    include_groups=False)
             .reset_index())
+    aucs.attrs["failed"] = failed  # id -> message (also in the store's errors.json)
     return curves, aucs

@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from .errors import XattnError
+from .errors import DiskFullError, XattnError
 from .extract import KIND as ATTENTION
 from .extract import ExtractConfig, RunReport, _checked_audio, extract_cross_attention, items_from
 from .forced import Seq2SeqScorer
@@ -161,6 +161,8 @@ def compute_saliency(loaded: LoadedModel, data, out: str | Path | ResultStore, c
                     store.write(uid, kind, ds, key)
                     did = True
             (report.done if did else report.skipped).append(uid)
+        except DiskFullError:
+            raise  # the run stops; finished groups are kept
         except XattnError as err:
             msg = str(err) if str(err).startswith(uid) else f"{uid}: {err}"
             report.failed[uid] = msg
