@@ -65,9 +65,9 @@ def cmd_extract(args) -> int:
     from .extract import ExtractConfig, extract_cross_attention
     from .models import load_model
 
-    loaded = load_model(args.model, args.input_mode, args.device)
     cfg = ExtractConfig(language=args.language, task=args.task, batch_size=args.batch_size,
-                        with_hidden=args.with_hidden, num_beams=args.beams)
+                        with_hidden=args.with_hidden, num_beams=args.beams)  # bad values fail before the model loads
+    loaded = load_model(args.model, args.input_mode, args.device)
     report = extract_cross_attention(loaded, _items(args), args.out, cfg, progress=not args.quiet)
     return _finish(report, args.out)
 
@@ -110,8 +110,8 @@ def cmd_faithfulness(args) -> int:
     from .provenance import provenance
     from .store import open_store
 
+    store = open_store(args.store)  # a missing store fails before the model loads
     loaded = load_model(args.model, args.input_mode, args.device)
-    store = open_store(args.store)
     items = _items(args)
     cfg = FaithfulnessConfig(seed=args.seed)
     curves, aucs = faithfulness_store(loaded, store, items, tuple(args.explanations), tuple(args.mode), cfg,

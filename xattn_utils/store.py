@@ -176,7 +176,7 @@ class ResultStore:
                 continue
             pid = m.group("pid") or m.group("oldpid")
             try:
-                if pid is not None and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                if pid is not None and _pid_alive(int(pid)):  # a live writer (this process included)
                     continue
                 if pid is None and now - p.stat().st_mtime < min_age_s:
                     continue
