@@ -477,3 +477,106 @@ def test_concurrent_error_records_lose_nothing(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     errs = ResultStore(tmp_path).errors()
     assert len(errs) == 100 and errs["w3-24/attention"] == "w3-24: failed on purpose"
+
+
+# --------------------------------------------------------------------------------------- 6. weak answers
+
+
+def test_silence_and_tiny_clips_are_flagged_and_left_out_of_the_comparison(bundled_trimmed, speech_dir, store_copy,
+                                                                           tmp_path):
+    from xattn_utils.compare import CompareConfig, compare_store
+    from xattn_utils.saliency import SaliencyConfig, compute_saliency
+    from xattn_utils.spes import SMHConfig
+
+    sf.write(tmp_path / "silence.wav", np.zeros(16000, dtype=np.float32), 16000)
+    speech, _ = sf.read(speech_dir / "utt0.wav", dtype="float32")
+    loud = int(np.argmax(np.abs(speech)))
+    sf.write(tmp_path / "clip.wav", speech[loud: loud + 800], 16000)  # 0.05 s out of the loudest part
+    items = pd.DataFrame({"id": ["silence", "clip", "utt0"],
+                          "audio_path": [str(tmp_path / "silence.wav"), str(tmp_path / "clip.wav"),
+                                         str(speech_dir / "utt0.wav")]})
+    rep = extract_cross_attention(bundled_trimmed, items, store_copy, progress=False)
+    assert rep.skipped == ["utt0"]
+    explained = [u for u in ("silence", "clip") if u in rep.done]  # a hypothesis came out (else: failed, empty)
+    assert set(explained) | set(rep.failed) == {"silence", "clip"} and explained
+    assert set(rep.flagged) == set(explained) and "near-silent (flagged)" in rep.summary()
+    store = open_store(store_copy)
+    for uid in explained:
+        assert "(near-)silence" in rep.flagged[uid] and rep.flagged[uid].startswith(uid)
+        assert store.load(uid, KIND).attrs["near_silence"] == 1 and store.near_silence(uid)
+    assert not store.near_silence("utt0") and store.load("utt0", KIND).attrs.get("near_silence", 0) == 0
+    compute_saliency(bundled_trimmed, items[items.id.isin(explained)], store_copy,
+                     SaliencyConfig(methods=("spes-h",), smh=SMHConfig(n_masks=16, batch_size=16)), progress=False)
+    cfg = CompareConfig(per_head=False, n_boot=20)
+    table = compare_store(store_copy, tmp_path / "t", cfg, progress=False)
+    assert set(table.utterance.dropna()) - {""} <= {"utt0", "utt1"}
+    skipped = json.loads((tmp_path / "t" / "agreement.json").read_text())["data"]["skipped"]
+    assert set(skipped) == set(explained) and all("near" in v for v in skipped.values())
+    cfg.exclude_near_silence = False
+    kept = compare_store(store_copy, None, cfg, progress=False)
+    assert set(explained) <= set(kept.utterance.dropna())
+
+
+@pytest.mark.parametrize("column,value,said", [
+    ("sample_rate", 8000, "manifest says 8000 Hz but"),
+    ("sample_rate", "fast", "sample_rate 'fast' is not a number"),
+    ("duration_s", "long", "duration_s 'long' is not a number"),
+    ("duration_s", "nan", "duration_s 'nan' is not a number"),
+    ("duration_s", 9.9, "manifest says 9.900 s but"),
+])
+def test_manifest_rows_that_disagree_with_their_audio_are_refused_by_id(column, value, said, bundled_trimmed,
+                                                                        speech_dir, store_copy, tmp_path):
+    from xattn_utils.manifest import load_manifest, validate_manifest
+
+    rows = pd.DataFrame({"id": ["bad", "utt0"], "audio_path": [str(speech_dir / "utt2.wav"),
+                                                                str(speech_dir / "utt0.wav")],
+                         "transcript": ["x", "y"], "sample_rate": [16000, 16000],
+                         "duration_s": [round(sf.info(speech_dir / f"utt{i}.wav").duration, 4) for i in (2, 0)]})
+    rows[column] = rows[column].astype(object)
+    rows.loc[0, column] = value
+    rows.to_csv(tmp_path / "m.csv", index=False)
+    manifest = load_manifest(tmp_path / "m.csv")
+    assert list(validate_manifest(manifest)) == ["bad"] and said in validate_manifest(manifest)["bad"][0]
+    before = _tree_sums(store_copy)
+    rep = extract_cross_attention(bundled_trimmed, manifest, store_copy, progress=False)
+    assert list(rep.failed) == ["bad"] and rep.failed["bad"].startswith("bad: ") and said in rep.failed["bad"]
+    assert rep.skipped == ["utt0"] and _tree_sums(store_copy) == before
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["--n-masks", "1000000000"], "error: --n-masks 1000000000 is over the cap of 100000"),
+    (["--n-masks", "0"], "error: --n-masks must be at least 1"),
+    (["--n-masks", "200", "--max-masks", "100"], "error: --n-masks 200 is over the cap of 100"),
+])
+def test_saliency_mask_budget_is_checked_before_the_model_loads(argv, said, speech_dir, tmp_path, capsys):
+    from xattn_utils.cli import main
+
+    assert main(["saliency", "--out", str(tmp_path / "s"), str(speech_dir / "utt0.wav"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(said)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("config,said", [
+    ({"name": "../../escaped"}, "corpus name '../../escaped' must be a plain folder name"),
+    ({"name": "/abs"}, "corpus name '/abs' must be a plain folder name"),
+    ({"name": "ok", "languages": ["xx"]}, "languages ['xx']"),
+    ({"name": "ok", "n_test": -1}, "n_test must be a whole number >= 0"),
+    ({"name": "ok", "rate": [160, 115]}, "rate must be [low, high]"),
+    ({"name": "ok", "speed": 3}, "unknown field(s) ['speed']"),
+    ("{ not json", "not valid JSON"),
+    ([1, 2], "must be a JSON object"),
+])
+def test_bad_corpus_configs_are_one_line_errors_and_write_nothing(config, said, tmp_path, capsys):
+    from xattn_utils.corpus import main
+
+    out = tmp_path / "a" / "b"
+    out.mkdir(parents=True)
+    f = tmp_path / "corpus.json"
+    text = config if isinstance(config, str) else json.dumps({**config, "out_dir": str(out)} if isinstance(config, dict)
+                                                             else config)
+    f.write_text(text)
+    assert main(["--config", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: corpus config {f}: ") and said in err[0], err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "corpus.json"]

@@ -62,3 +62,17 @@ def load_audio(path: str | Path, target_sr: int = SAMPLE_RATE, max_seconds: floa
         raise InputError(f"{path}: audio is {duration:.1f} s, over the model's {max_seconds:.0f} s window; "
                          "split it into shorter utterances first")
     return resample(audio.mean(axis=1), sr, target_sr)
+
+
+def active_seconds(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, frame_s: float = 0.02,
+                   threshold_db: float = -45.0) -> float:
+    """Seconds of audio above a level: (N,) -> number of ``frame_s`` frames whose RMS exceeds ``threshold_db``
+    (dB relative to full scale 1.0), times ``frame_s``. A cheap energy detector: 0 for digital silence.
+    """
+    n = max(1, int(round(frame_s * sample_rate)))
+    x = np.asarray(audio, dtype=np.float64)
+    if x.size == 0:
+        return 0.0
+    frames = np.pad(x, (0, (-x.size) % n)).reshape(-1, n)
+    rms = np.sqrt((frames ** 2).mean(axis=1))
+    return float((rms > 10 ** (threshold_db / 20)).sum() * n / sample_rate)

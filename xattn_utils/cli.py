@@ -80,6 +80,12 @@ def cmd_saliency(args) -> int:
     from .saliency import SaliencyConfig, compute_saliency
     from .spes import SMHConfig, SPESConfig
 
+    for name, value in (("--n-masks", args.n_masks), ("--ig-steps", args.ig_steps)):
+        if value is not None and value < 1:
+            raise XattnError(f"{name} must be at least 1, not {value}")
+    if args.n_masks is not None and args.n_masks > args.max_masks:
+        raise XattnError(f"--n-masks {args.n_masks} is over the cap of {args.max_masks} masks per utterance (the paper "
+                         "used 20000; each mask is one forward pass): lower it, or raise the cap with --max-masks")
     loaded = load_model(args.model, args.input_mode, args.device)
     spes = SPESConfig.cpu()
     overrides = {k: v for k, v in (("n_masks", args.n_masks), ("seed", args.seed)) if v is not None}
@@ -97,6 +103,7 @@ def cmd_compare(args) -> int:
 
     cfg = CompareConfig(per_head=not args.no_per_head, special=args.special, normalize=args.normalize,
                         n_boot=args.n_boot, seed=args.seed)
+    cfg.exclude_near_silence = not args.keep_near_silence
     table = compare_store(args.store, args.out, cfg, progress=not args.quiet)
     print(paper_comparison(table).to_string(index=False))
     print(f"{Path(args.out) / 'agreement.parquet'}: {len(table)} rows")
@@ -130,6 +137,8 @@ def cmd_faithfulness(args) -> int:
 def _finish(report, out) -> int:
     for msg in report.failed.values():
         print(f"error: {msg}", file=sys.stderr)
+    for msg in getattr(report, "flagged", {}).values():
+        print(f"warning: {msg}", file=sys.stderr)
     print(f"{out}: {report.summary()}")
     if report.failed and not (report.done or report.skipped):
         return 2
@@ -163,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-masks", type=int, help="SPES masks per utterance (CPU default; the paper used 20000)")
     p.add_argument("--seed", type=int)
     p.add_argument("--ig-steps", type=int, default=32)
+    p.add_argument("--max-masks", type=int, default=100_000, help="refuse --n-masks above this (a typo guard)")
     p.set_defaults(func=cmd_saliency)
 
     p = sub.add_parser("compare", help="agreement of cross-attention with every saliency map in a store")
@@ -172,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the end-of-text row (the forced prompt is never scored)")
     p.add_argument("--normalize", choices=("minmax", "sum", "none"), default="minmax")
     p.add_argument("--no-per-head", action="store_true", help="skip the per-(layer, head) rows")
+    p.add_argument("--keep-near-silence", action="store_true",
+                   help="also compare utterances whose hypothesis was made from (near-)silence (left out by default)")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .audio import active_seconds
 from .errors import DiskFullError, InputError, XattnError
 from .forced import batches_by_length, decode, decoder_prompt, forced_pass
 from .models import LoadedModel
@@ -40,6 +41,9 @@ class ExtractConfig:
         max_compression_ratio: a hypothesis whose text gzip-compresses better than this is a decoding loop
             ("quiet, quiet, quiet, ..."): it is recorded as failed, not explained. 2.4 is Whisper's own threshold for
             falling back to sampling; None keeps every hypothesis.
+        min_active_s: audio with less than this many seconds above -45 dBFS (silence, a clip of a few
+            milliseconds) is still explained but its group is flagged ``near_silence`` (a hypothesis made from
+            silence, e.g. "you"); the comparison leaves flagged utterances out unless asked to keep them.
     """
 
     language: str | None = None
@@ -49,6 +53,7 @@ class ExtractConfig:
     batch_size: int = 8
     with_hidden: bool = False
     max_compression_ratio: float | None = 2.4
+    min_active_s: float = 0.1
 
     def __post_init__(self):
         for name in ("num_beams", "max_new_tokens", "batch_size"):
@@ -65,9 +70,11 @@ class RunReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    flagged: dict[str, str] = field(default_factory=dict)  # done, but near silence (id -> message)
 
     def summary(self) -> str:
-        return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed"
+        flagged = f", {len(self.flagged)} near-silent (flagged)" if self.flagged else ""
+        return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed{flagged}"
 
 
 def compression_ratio(text: str) -> float:
@@ -143,7 +150,7 @@ def check_unique_ids(df: pd.DataFrame) -> None:
 
 
 def items_from(data) -> pd.DataFrame:
-    """Normalize input items: a manifest DataFrame (unique ids), or a list of audio paths (ids: :func:`ids_for_paths`)."""
+    """Normalize input items: a manifest DataFrame (unique ids), or audio paths (ids: :func:`ids_for_paths`)."""
     if isinstance(data, pd.DataFrame):
         if not {"id", "audio_path"} <= set(data.columns):
             raise InputError("items need columns 'id' and 'audio_path' (load them with xattn_utils.load_manifest)")
@@ -156,6 +163,7 @@ def items_from(data) -> pd.DataFrame:
 def _checked_audio(row) -> tuple:
     """Load one item's audio, checking its checksum when the manifest gives one."""
     from .audio import load_audio, sha256_file
+    from .manifest import stated_problems
 
     path = Path(row["audio_path"])
     want = row.get("sha256") if hasattr(row, "get") else None
@@ -170,7 +178,11 @@ def _checked_audio(row) -> tuple:
     if isinstance(want, str) and want and want != digest:
         raise InputError(f"{row['id']}: checksum mismatch for {path} (manifest {want[:12]}…, file {digest[:12]}…); "
                          "the file changed since the manifest was written: rebuild it or update the manifest")
-    return load_audio(path), digest
+    audio = load_audio(path)
+    problems = stated_problems(row, path) if hasattr(row, "get") else []
+    if problems:
+        raise InputError("; ".join(problems))
+    return audio, digest
 
 
 def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultStore,
@@ -183,6 +195,7 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
     prompt = decoder_prompt(loaded, cfg.language, cfg.task)
     store.update_attrs(**provenance(model=loaded.provenance(), params={"extract": cfg}))
     report = RunReport()
+    active: dict[str, float] = {}  # id -> seconds above -45 dBFS
     pending = []  # (id, features for the forced pass, features for decoding, cache key, audio sha256)
     for _, row in tqdm(items.iterrows(), total=len(items), desc="features", disable=not progress):
         uid = str(row["id"])
@@ -195,6 +208,7 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
             feats = loaded.features(audio)
             dec = feats if loaded.decode_mode == loaded.input_mode else loaded.features(audio, loaded.decode_mode)
             pending.append((uid, feats, dec, key, digest))
+            active[uid] = active_seconds(audio)
         except XattnError as err:
             report.failed[uid] = str(err)
             store.record_error(uid, KIND, str(err))
@@ -225,8 +239,13 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
             uid, _, _, key, digest = pending[i]
             attrs = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
                                params={"extract": cfg, "decode_mode": loaded.decode_mode})
+            silent = active[uid] < cfg.min_active_s
             ds = attention_dataset(fp, loaded.frames_per_encoder_frame, loaded.hop_length,
-                                   attrs={"provenance": attrs})
+                                   attrs={"provenance": attrs, "active_s": active[uid], "near_silence": int(silent)})
+            if silent:
+                report.flagged[uid] = (f"{uid}: only {active[uid]:.2f} s of the audio is above -45 dBFS: the "
+                                       f"hypothesis {fp.text.strip()!r} was made from (near-)silence; stored, flagged "
+                                       "near_silence (the comparison leaves it out)")
             try:
                 store.write(uid, KIND, ds, key)
             except DiskFullError:

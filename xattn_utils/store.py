@@ -156,6 +156,16 @@ class ResultStore:
             return "; ".join(parts)
         return None
 
+    def near_silence(self, utterance: str) -> bool:
+        """Whether the utterance's ``attention`` group is flagged as a hypothesis made from (near-)silence."""
+        group = self._group(utterance, "attention")
+        try:
+            import zarr
+
+            return bool(zarr.open_group(str(group), mode="r").attrs.get("near_silence", 0))
+        except Exception:  # noqa: BLE001 - absent or unreadable: not flagged (load() reports damage)
+            return False
+
     def clean_orphans(self, min_age_s: float = ORPHAN_AGE_S) -> list[str]:
         """Remove temporary files and folders left by killed writers; returns their paths.
 
