@@ -580,3 +580,18 @@ def test_bad_corpus_configs_are_one_line_errors_and_write_nothing(config, said, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: corpus config {f}: ") and said in err[0], err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "corpus.json"]
+
+
+def test_transcribe_names_non_finite_audio_and_transcribes_the_rest(speech_dir, tmp_path, capsys):
+    from xattn_utils.cli import main
+
+    _, bad = _nan(tmp_path)
+    good = speech_dir / "utt0.wav"
+    assert main(["transcribe", "--input-mode", "trimmed", str(bad), str(good)]) == 1
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error")]  # (transformers logs too)
+    assert errors == [f"error: {bad}: audio holds 1 non-finite sample(s) (NaN or Inf); the model "
+                                        "would explain garbage: repair or re-export the file"]
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{good}\t") and "fox" in lines[0].lower()
+    assert "!!!" not in out

@@ -134,7 +134,7 @@ def compute_saliency(loaded: LoadedModel, data, out: str | Path | ResultStore, c
     store = out if isinstance(out, ResultStore) else ResultStore(out)
     items = items_from(data)
     pre = extract_cross_attention(loaded, items, store, extract_cfg, progress=False)
-    report = RunReport(failed=dict(pre.failed))
+    report = RunReport(failed=dict(pre.failed), flagged=dict(pre.flagged))
     for _, row in tqdm(items.iterrows(), total=len(items), desc="saliency", unit="utt", disable=not progress):
         uid = str(row["id"])
         if uid in report.failed:
