@@ -280,17 +280,22 @@ def test_missing_store_is_still_a_file_not_found_error(tmp_path):
 def test_faithfulness_item_missing_from_store_is_recorded(bundled_trimmed, speech_dir, store_copy):
     from xattn_utils.faithfulness import FaithfulnessConfig, faithfulness_store
 
-    items = pd.DataFrame({"id": ["ghost", "utt0"],
-                          "audio_path": [str(speech_dir / "utt2.wav"), str(speech_dir / "utt0.wav")]})
+    items = pd.DataFrame({"id": ["ghost", "utt0", "utt1"],
+                          "audio_path": [str(speech_dir / f"utt{i}.wav") for i in (2, 0, 1)]})
     store = open_store(store_copy)
     with pytest.raises(MissingResultError, match="no 'attention' result for utterance 'ghost'"):
         store.load("ghost", KIND)
+    _truncate(store_copy / "utt1" / "attention.zarr")
     curves, aucs = faithfulness_store(bundled_trimmed, store, items, ("random",), ("deletion",),
                                       FaithfulnessConfig(percents=(0, 50)), progress=False)
     assert set(curves.utterance) == {"utt0"} and list(aucs.utterance) == ["utt0"]
     assert curves[curves.percent == 0].wer.iloc[0] == 0  # nothing deleted: the hypothesis itself
-    assert list(aucs.attrs["failed"]) == ["ghost"] and "ghost" in aucs.attrs["failed"]["ghost"]
-    assert "ghost/faithfulness" in store.errors()
+    failed = aucs.attrs["failed"]
+    assert sorted(failed) == ["ghost", "utt1"]
+    assert failed["ghost"].startswith("ghost: no 'attention' result") and "damaged" in failed["utt1"]
+    assert {"ghost/faithfulness", "utt1/faithfulness"} <= set(store.errors())
+    with pytest.raises(XattnError, match="no item can be scored"):
+        faithfulness_store(bundled_trimmed, store, items.iloc[[0]], ("random",), progress=False)
 
 
 def _run_with_file_limit(limit: int, fn):

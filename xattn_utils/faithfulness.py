@@ -191,31 +191,20 @@ def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "ran
     from .extract import items_from
     from .saliency import scorer_for
 
-    from .errors import XattnError
-
     cfg = cfg or FaithfulnessConfig()
-    curves, failed = [], {}
-    items = items_from(items)
+    curves = []
+    items, failed = usable_items(store, items_from(items))  # bad items recorded; the rest are scored
     for _, row in tqdm(items.iterrows(), total=len(items), desc="faithfulness", disable=not progress):
         uid = str(row["id"])
-        try:  # a bad item (not in the store, damaged, bad audio) is recorded and the rest go on
-            att = store.load(uid, "attention")
-            scorer = scorer_for(loaded, load_audio(row["audio_path"]), att)
-            f = scorer.features.shape[0]
-            done = []
-            for name in explanations:
-                imp = explanation_importance(store, uid, name, scorer.n_audio_frames, f,
-                                             scorer.frames_per_encoder_frame, cfg.seed)
-                for mode in modes:
-                    c = perturbation_curve(scorer, imp, dataclasses.replace(cfg, mode=mode))
-                    done.append(c.assign(utterance=uid, explanation=name, mode=mode))
-            curves += done
-        except XattnError as err:
-            failed[uid] = str(err) if str(err).startswith(uid) else f"{uid}: {err}"
-            store.record_error(uid, "faithfulness", failed[uid])
-    if not curves:
-        raise XattnError(f"faithfulness: no item could be scored ({len(failed)} failed); first: "
-                         f"{next(iter(failed.values()), 'no items given')}")
+        att = store.load(uid, "attention")
+        scorer = scorer_for(loaded, load_audio(row["audio_path"]), att)
+        f = scorer.features.shape[0]
+        for name in explanations:
+            imp = explanation_importance(store, uid, name, scorer.n_audio_frames, f, scorer.frames_per_encoder_frame,
+                                         cfg.seed)
+            for mode in modes:
+                c = perturbation_curve(scorer, imp, dataclasses.replace(cfg, mode=mode))
+                curves.append(c.assign(utterance=uid, explanation=name, mode=mode))
     curves = pd.concat(curves, ignore_index=True)
     aucs = (curves.groupby(["explanation", "mode", "utterance"])
             .apply(lambda g: pd.Series({"auc_wer": curve_auc(g, "wer"), "auc_logprob": curve_auc(g, "mean_log_prob")}),
@@ -223,3 +212,33 @@ def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "ran
             .reset_index())
     aucs.attrs["failed"] = failed  # id -> message (also in the store's errors.json)
     return curves, aucs
+
+
+def usable_items(store, items: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The items whose ``attention`` group is stored intact and whose audio loads, and the others' messages.
+
+    Each failure is recorded in the store's ``errors.json`` (kind ``faithfulness``); :class:`XattnError` when no
+    item is usable.
+    """
+    from .audio import load_audio
+    from .errors import DamagedResultError, MissingResultError, XattnError
+
+    failed = {}
+    for _, row in items.iterrows():
+        uid = str(row["id"])
+        try:
+            bad = store.problem(uid, "attention")  # (an unsafe id raises InputError)
+            if bad == "not stored":
+                raise MissingResultError(f"{uid}: no 'attention' result in {store.path}; run `xattn extract` (or "
+                                         "notebook 01) on it first")
+            if bad is not None:
+                raise DamagedResultError(f"{uid}: stored 'attention' result is damaged ({bad}); re-run `xattn "
+                                         "extract` to recompute it")
+            load_audio(row["audio_path"])
+        except XattnError as err:
+            failed[uid] = str(err) if str(err).startswith(uid) else f"{uid}: {err}"
+            store.record_error(uid, "faithfulness", failed[uid])
+    if len(failed) == len(items):
+        raise XattnError(f"faithfulness: no item can be scored ({len(failed)} failed); first: "
+                         f"{next(iter(failed.values()), 'no items given')}")
+    return items[~items["id"].astype(str).isin(failed)].reset_index(drop=True), failed
