@@ -139,6 +139,36 @@ def _rate(fn, ref: str, hyp: str) -> float:
     return float(fn(ref, hyp if hyp.strip() else "<empty>"))
 
 
+def usable_items(store, items: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The items whose ``attention`` group is stored intact and whose audio loads, and the others' messages.
+
+    Each failure is recorded in the store's ``errors.json`` (kind ``faithfulness``); :class:`XattnError` when no
+    item is usable.
+    """
+    from .audio import load_audio
+    from .errors import DamagedResultError, MissingResultError, XattnError
+
+    failed = {}
+    for _, row in items.iterrows():
+        uid = str(row["id"])
+        try:
+            bad = store.problem(uid, "attention")  # (an unsafe id raises InputError)
+            if bad == "not stored":
+                raise MissingResultError(f"{uid}: no 'attention' result in {store.path}; run `xattn extract` (or "
+                                         "notebook 01) on it first")
+            if bad is not None:
+                raise DamagedResultError(f"{uid}: stored 'attention' result is damaged ({bad}); re-run `xattn "
+                                         "extract` to recompute it")
+            load_audio(row["audio_path"])
+        except XattnError as err:
+            failed[uid] = str(err) if str(err).startswith(uid) else f"{uid}: {err}"
+            store.record_error(uid, "faithfulness", failed[uid])
+    if len(failed) == len(items):
+        raise XattnError(f"faithfulness: no item can be scored ({len(failed)} failed); first: "
+                         f"{next(iter(failed.values()), 'no items given')}")
+    return items[~items["id"].astype(str).isin(failed)].reset_index(drop=True), failed
+
+
 def curve_auc(curve: pd.DataFrame, column: str = "wer") -> float:
     """Area under the curve normalized by the percent range: the curve's mean value (trapezoid rule)."""
     p = curve["percent"].to_numpy(float)
@@ -213,32 +243,3 @@ def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "ran
     aucs.attrs["failed"] = failed  # id -> message (also in the store's errors.json)
     return curves, aucs
 
-
-def usable_items(store, items: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The items whose ``attention`` group is stored intact and whose audio loads, and the others' messages.
-
-    Each failure is recorded in the store's ``errors.json`` (kind ``faithfulness``); :class:`XattnError` when no
-    item is usable.
-    """
-    from .audio import load_audio
-    from .errors import DamagedResultError, MissingResultError, XattnError
-
-    failed = {}
-    for _, row in items.iterrows():
-        uid = str(row["id"])
-        try:
-            bad = store.problem(uid, "attention")  # (an unsafe id raises InputError)
-            if bad == "not stored":
-                raise MissingResultError(f"{uid}: no 'attention' result in {store.path}; run `xattn extract` (or "
-                                         "notebook 01) on it first")
-            if bad is not None:
-                raise DamagedResultError(f"{uid}: stored 'attention' result is damaged ({bad}); re-run `xattn "
-                                         "extract` to recompute it")
-            load_audio(row["audio_path"])
-        except XattnError as err:
-            failed[uid] = str(err) if str(err).startswith(uid) else f"{uid}: {err}"
-            store.record_error(uid, "faithfulness", failed[uid])
-    if len(failed) == len(items):
-        raise XattnError(f"faithfulness: no item can be scored ({len(failed)} failed); first: "
-                         f"{next(iter(failed.values()), 'no items given')}")
-    return items[~items["id"].astype(str).isin(failed)].reset_index(drop=True), failed
