@@ -290,7 +290,7 @@ def test_faithfulness_item_missing_from_store_is_recorded(bundled_trimmed, speec
                                       FaithfulnessConfig(percents=(0, 50)), progress=False)
     assert set(curves.utterance) == {"utt0"} and list(aucs.utterance) == ["utt0"]
     assert curves[curves.percent == 0].wer.iloc[0] == 0  # nothing deleted: the hypothesis itself
-    failed = aucs.attrs["failed"]
+    failed = curves.attrs["failed"]
     assert sorted(failed) == ["ghost", "utt1"]
     assert failed["ghost"].startswith("ghost: no 'attention' result") and "damaged" in failed["utt1"]
     assert {"ghost/faithfulness", "utt1/faithfulness"} <= set(store.errors())

@@ -128,7 +128,7 @@ def cmd_faithfulness(args) -> int:
     write_table(curves, Path(args.out), "faithfulness_curves", prov)
     write_table(aucs, Path(args.out), "faithfulness_auc", prov)
     print(aucs.groupby(["explanation", "mode"])["auc_wer"].mean().round(1).to_string())
-    failed = aucs.attrs.get("failed", {})
+    failed = curves.attrs.get("failed", {})
     for msg in failed.values():
         print(f"error: {msg}", file=sys.stderr)
     return 1 if failed else 0

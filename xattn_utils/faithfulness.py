@@ -236,10 +236,10 @@ def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "ran
                 c = perturbation_curve(scorer, imp, dataclasses.replace(cfg, mode=mode))
                 curves.append(c.assign(utterance=uid, explanation=name, mode=mode))
     curves = pd.concat(curves, ignore_index=True)
+    curves.attrs["failed"] = failed  # id -> message (also in the store's errors.json)
     aucs = (curves.groupby(["explanation", "mode", "utterance"])
             .apply(lambda g: pd.Series({"auc_wer": curve_auc(g, "wer"), "auc_logprob": curve_auc(g, "mean_log_prob")}),
                    include_groups=False)
             .reset_index())
-    aucs.attrs["failed"] = failed  # id -> message (also in the store's errors.json)
     return curves, aucs
 
