@@ -242,4 +242,3 @@ def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "ran
                    include_groups=False)
             .reset_index())
     return curves, aucs
-
