@@ -49,7 +49,7 @@ RESERVED_IDS = ("store.json", "errors.json")  # files at the store's root: an ut
 CHECKSUMS = "xattn_checksums"  # group attribute: {relative file path: sha256}
 _ROOT_META = ("zarr.json", ".zattrs", ".zgroup", ".zmetadata")  # hold the attributes, so not in the checksums
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_ORPHAN = re.compile(r"^\.(?:.+\.(?P<pid>\d+)\..*\.tmp|.+\.old-(?P<oldpid>\d+)|.+\.tmp)$")
+_ORPHAN = re.compile(r"^\.(?:.+?\.(?P<pid>\d+)\..*\.tmp|.+\.old-(?P<oldpid>\d+)|.+\.tmp)$")
 ORPHAN_AGE_S = 3600.0  # a temporary without a live writer's pid is removed once this old
 
 
