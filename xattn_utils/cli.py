@@ -103,7 +103,6 @@ def cmd_compare(args) -> int:
 
     cfg = CompareConfig(per_head=not args.no_per_head, special=args.special, normalize=args.normalize,
                         n_boot=args.n_boot, seed=args.seed)
-    cfg.exclude_near_silence = not args.keep_near_silence
     table = compare_store(args.store, args.out, cfg, progress=not args.quiet)
     print(paper_comparison(table).to_string(index=False))
     print(f"{Path(args.out) / 'agreement.parquet'}: {len(table)} rows")
@@ -182,8 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the end-of-text row (the forced prompt is never scored)")
     p.add_argument("--normalize", choices=("minmax", "sum", "none"), default="minmax")
     p.add_argument("--no-per-head", action="store_true", help="skip the per-(layer, head) rows")
-    p.add_argument("--keep-near-silence", action="store_true",
-                   help="also compare utterances whose hypothesis was made from (near-)silence (left out by default)")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")

@@ -49,9 +49,9 @@ class CompareConfig:
     measures: tuple[str, ...] = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
     levels: tuple[str, ...] = ("token", "utterance", "dataset")
     topk: float = 0.1
+    exclude_near_silence: bool = True  # leave out hypotheses made from (near-)silence (flagged by extraction)
     n_boot: int = 1000
     seed: int = 0
-    exclude_near_silence: bool = True  # leave out hypotheses made from (near-)silence (flagged by extraction)
 
 
 def utterance_maps(store: ResultStore, uid: str, cfg: CompareConfig | None = None) -> dict:
