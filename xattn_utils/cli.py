@@ -65,9 +65,9 @@ def cmd_extract(args) -> int:
     from .extract import ExtractConfig, extract_cross_attention
     from .models import load_model
 
-    loaded = load_model(args.model, args.input_mode, args.device)
     cfg = ExtractConfig(language=args.language, task=args.task, batch_size=args.batch_size,
-                        with_hidden=args.with_hidden, num_beams=args.beams)
+                        with_hidden=args.with_hidden, num_beams=args.beams)  # bad values fail before the model loads
+    loaded = load_model(args.model, args.input_mode, args.device)
     report = extract_cross_attention(loaded, _items(args), args.out, cfg, progress=not args.quiet)
     return _finish(report, args.out)
 
@@ -80,6 +80,12 @@ def cmd_saliency(args) -> int:
     from .saliency import SaliencyConfig, compute_saliency
     from .spes import SMHConfig, SPESConfig
 
+    for name, value in (("--n-masks", args.n_masks), ("--ig-steps", args.ig_steps)):
+        if value is not None and value < 1:
+            raise XattnError(f"{name} must be at least 1, not {value}")
+    if args.n_masks is not None and args.n_masks > args.max_masks:
+        raise XattnError(f"--n-masks {args.n_masks} is over the cap of {args.max_masks} masks per utterance (the paper "
+                         "used 20000; each mask is one forward pass): lower it, or raise the cap with --max-masks")
     loaded = load_model(args.model, args.input_mode, args.device)
     spes = SPESConfig.cpu()
     overrides = {k: v for k, v in (("n_masks", args.n_masks), ("seed", args.seed)) if v is not None}
@@ -125,8 +131,8 @@ def cmd_faithfulness(args) -> int:
     from .provenance import provenance
     from .store import open_store
 
+    store = open_store(args.store)  # a missing store fails before the model loads
     loaded = load_model(args.model, args.input_mode, args.device)
-    store = open_store(args.store)
     items = _items(args)
     cfg = FaithfulnessConfig(seed=args.seed)
     curves, aucs = faithfulness_store(loaded, store, items, tuple(args.explanations), tuple(args.mode), cfg,
@@ -136,7 +142,10 @@ def cmd_faithfulness(args) -> int:
     write_table(curves, Path(args.out), "faithfulness_curves", prov)
     write_table(aucs, Path(args.out), "faithfulness_auc", prov)
     print(aucs.groupby(["explanation", "mode"])["auc_wer"].mean().round(1).to_string())
-    return 0
+    failed = curves.attrs.get("failed", {})
+    for msg in failed.values():
+        print(f"error: {msg}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_timestamps(args) -> int:
@@ -179,6 +188,8 @@ def _discovered_heads(loaded, args) -> list:
 def _finish(report, out) -> int:
     for msg in report.failed.values():
         print(f"error: {msg}", file=sys.stderr)
+    for msg in getattr(report, "flagged", {}).values():
+        print(f"warning: {msg}", file=sys.stderr)
     print(f"{out}: {report.summary()}")
     if report.failed and not (report.done or report.skipped):
         return 2
@@ -212,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-masks", type=int, help="SPES masks per utterance (CPU default; the paper used 20000)")
     p.add_argument("--seed", type=int)
     p.add_argument("--ig-steps", type=int, default=32)
+    p.add_argument("--max-masks", type=int, default=100_000, help="refuse --n-masks above this (a typo guard)")
     p.set_defaults(func=cmd_saliency)
 
     p = sub.add_parser("compare", help="agreement of cross-attention with every saliency map in a store")

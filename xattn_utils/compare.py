@@ -65,6 +65,7 @@ class CompareConfig:
     measures: tuple[str, ...] = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
     levels: tuple[str, ...] = ("token", "utterance", "dataset")
     topk: float = 0.1
+    exclude_near_silence: bool = True  # leave out hypotheses made from (near-)silence (flagged by extraction)
     n_boot: int = 1000
     seed: int = 0
     # encoder context mixing (xattn_utils.mixing): compose these methods' stored `mixing` maps with the aggregates
@@ -135,6 +136,9 @@ def compare_store(store: str | Path | ResultStore, out_dir: str | Path | None = 
         kinds = store.kinds(uid)
         if "attention" not in kinds or not ({"spes_x", "spes_h"} | set(GRADIENT_X) | set(GRADIENT_H)) & set(kinds):
             skipped[uid] = f"kinds stored: {kinds}"
+            continue
+        if cfg.exclude_near_silence and store.near_silence(uid):
+            skipped[uid] = "near silence: its hypothesis was made from (near-)silent audio"
             continue
         data[uid] = utterance_maps(store, uid, cfg)
     if not data:

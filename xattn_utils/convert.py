@@ -267,6 +267,17 @@ def _is_current(dest: Path, hashes: dict[str, str]) -> bool:
     return rec.get("converter_version") == CONVERTER_VERSION and rec.get("source_sha256") == hashes
 
 
+def _weights_intact(dest: Path) -> bool:
+    """True when the weight files of a converted folder still hash to the sha256 its ``conversion.json`` recorded."""
+    from .models import weights_sha256
+
+    try:
+        rec = json.loads((dest / "conversion.json").read_text(encoding="utf-8"))
+        return rec.get("weights_sha256") == weights_sha256(dest)
+    except (OSError, ValueError, ModelError):
+        return False
+
+
 def _publish(tmp: Path, dest: Path, hashes: dict[str, str] | None = None) -> None:
     """Rename the finished ``tmp`` onto ``dest``; an existing ``dest`` is moved aside first, then removed.
 
@@ -278,7 +289,7 @@ def _publish(tmp: Path, dest: Path, hashes: dict[str, str] | None = None) -> Non
     except OSError:
         if not dest.exists():
             raise
-    if hashes is not None and _is_current(dest, hashes):
+    if hashes is not None and _is_current(dest, hashes) and _weights_intact(dest):
         return
     old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
     try:
@@ -320,7 +331,12 @@ def ensure_bundled_whisper(cache: Path | None = None) -> Path:
     dest = Path(cache if cache is not None else cache_dir("models")) / BUNDLED_NAME
     hashes = source_hashes(src)
     if _is_current(dest, hashes):
-        return dest
+        if _weights_intact(dest):
+            return dest
+        import warnings
+
+        warnings.warn(f"{dest}: the converted weights no longer match the sha256 recorded in conversion.json "
+                      "(truncated or changed); rebuilding them from the bundled model", stacklevel=2)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:

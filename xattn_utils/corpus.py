@@ -22,7 +22,7 @@ import os
 import random
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,27 @@ class CorpusConfig:
     unseen_voices: dict = field(default_factory=lambda: dict(UNSEEN_VOICES))
     workers: int = 2
     exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        import re
+
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", self.name) \
+                or ".." in self.name:
+            raise InputError(f"corpus name {self.name!r} must be a plain folder name (letters, digits, _ . -): it "
+                             "becomes a folder under out_dir and the prefix of every id")
+        bad = [lang for lang in self.languages if lang not in VOICES]
+        if bad or not self.languages:
+            raise InputError(f"corpus {self.name}: languages {list(self.languages)!r}; choose from {sorted(VOICES)}")
+        for key in ("n_train", "n_dev", "n_test", "n_test_unseen_voice", "workers", "seed"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "workers" else 0):
+                raise InputError(f"corpus {self.name}: {key} must be a whole number "
+                                 f"{'of at least 1' if key == 'workers' else '>= 0'}, not {value!r}")
+        for key in ("rate", "pitch"):
+            r = getattr(self, key)
+            ok = isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(v, int) for v in r)
+            if not ok or r[0] > r[1]:
+                raise InputError(f"corpus {self.name}: {key} must be [low, high] whole numbers, not {r!r}")
 
 
 def default_config(out_dir: str | Path = REPO_MANIFEST.parent) -> CorpusConfig:
@@ -228,6 +249,29 @@ def study_data(manifest: str | Path | None = None, split: str | None = "test", l
     return load_manifest(path, split=split, language=language, limit=limit)
 
 
+def load_corpus_config(path: str | Path) -> CorpusConfig:
+    """A :class:`CorpusConfig` from a JSON file; :class:`InputError` naming the file and the field when it is bad."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"corpus config {path}: cannot read it ({err.strerror or err})") from None
+    except ValueError as err:
+        raise InputError(f"corpus config {path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"corpus config {path}: must be a JSON object of CorpusConfig fields")
+    known = {f.name for f in fields(CorpusConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InputError(f"corpus config {path}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
+    try:
+        return CorpusConfig(**raw)
+    except InputError as err:
+        raise InputError(f"corpus config {path}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise InputError(f"corpus config {path}: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Build synthetic speech corpora with espeak-ng.")
     ap.add_argument("--default", action="store_true", help="build (and verify) the default corpus of the study")
@@ -242,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.default:
         print(ensure_default_corpus())
     elif args.config:
-        cfg = CorpusConfig(**json.loads(Path(args.config).read_text()))
+        try:
+            cfg = load_corpus_config(args.config)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         df = build_corpus(cfg)
         print(f"{Path(cfg.out_dir) / cfg.name / 'manifest.csv'}: {len(df)} utterances")
     else:

@@ -20,3 +20,29 @@ class ModelError(XattnError):
 
 class HypothesisError(XattnError):
     """The model produced an empty hypothesis, so there is nothing to explain."""
+
+
+class StoreError(XattnError):
+    """A result store that is missing, or a stored group that is missing, damaged or cannot be written."""
+
+
+class MissingResultError(StoreError, KeyError):
+    """A store lacks the result asked for (also a ``KeyError``, as ``store.load`` always raised)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingStoreError(StoreError, FileNotFoundError):
+    """No result store at the path given (also a ``FileNotFoundError``, as ``open_store`` always raised)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DamagedResultError(StoreError):
+    """A stored group fails its checksums (a chunk deleted, truncated or changed since it was written)."""
+
+
+class DiskFullError(StoreError):
+    """No space left while writing: the run stops; everything finished before is kept."""

@@ -7,6 +7,9 @@ message and the run goes on with the rest. Items whose stored cache key matches 
 """
 from __future__ import annotations
 
+import hashlib
+import re
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +18,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InputError, XattnError
+from .audio import active_seconds
+from .errors import DiskFullError, InputError, XattnError
 from .forced import batches_by_length, decode, decoder_prompt, forced_pass
 from .models import LoadedModel
 from .provenance import provenance, stable_hash
@@ -37,6 +41,9 @@ class ExtractConfig:
         max_compression_ratio: a hypothesis whose text gzip-compresses better than this is a decoding loop
             ("quiet, quiet, quiet, ..."): it is recorded as failed, not explained. 2.4 is Whisper's own threshold for
             falling back to sampling; None keeps every hypothesis.
+        min_active_s: audio with less than this many seconds above -45 dBFS (silence, a clip of a few
+            milliseconds) is still explained but its group is flagged ``near_silence`` (a hypothesis made from
+            silence, e.g. "you"); the comparison leaves flagged utterances out unless asked to keep them.
     """
 
     language: str | None = None
@@ -46,6 +53,14 @@ class ExtractConfig:
     batch_size: int = 8
     with_hidden: bool = False
     max_compression_ratio: float | None = 2.4
+    min_active_s: float = 0.1
+
+    def __post_init__(self):
+        for name in ("num_beams", "max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a whole number of at least 1, not {value!r} "
+                                 "(num_beams 1 is greedy decoding)")
 
 
 @dataclass
@@ -55,9 +70,11 @@ class RunReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    flagged: dict[str, str] = field(default_factory=dict)  # done, but near silence (id -> message)
 
     def summary(self) -> str:
-        return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed"
+        flagged = f", {len(self.flagged)} near-silent (flagged)" if self.flagged else ""
+        return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed{flagged}"
 
 
 def compression_ratio(text: str) -> float:
@@ -66,29 +83,106 @@ def compression_ratio(text: str) -> float:
     return len(raw) / max(1, len(zlib.compress(raw))) if raw else 0.0
 
 
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.\-]+")
+_RESERVED_IDS = ("store.json", "errors.json")
+
+
+def safe_id(name: str) -> str:
+    """A store-safe id from a file name: accents folded, other characters -> ``_`` (``"Café 1"`` -> ``"Cafe_1"``).
+
+    A name with nothing usable left (e.g. only non-Latin letters) gets ``audio-`` and a hash of the name.
+    """
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = _UNSAFE_ID.sub("_", folded).strip("_.-")
+    if not slug or not slug[0].isalnum():
+        slug = f"audio-{hashlib.sha256(name.encode()).hexdigest()[:8]}" + (f"_{slug}" if slug else "")
+    return slug + "_" if slug in _RESERVED_IDS else slug
+
+
+def ids_for_paths(paths: list[Path]) -> list[str]:
+    """One unique store id per audio path: the safe file stem, with parent folders prepended where stems collide.
+
+    ``a/same.wav`` and ``b/same.wav`` -> ``a_same``, ``b_same``. The same file given twice is an error naming it.
+    """
+    resolved = [p.resolve() for p in paths]
+    seen: dict[Path, int] = {}
+    for i, r in enumerate(resolved):
+        if r in seen:
+            raise InputError(f"{paths[i]}: the same audio file is given twice (arguments {seen[r] + 1} and {i + 1}); "
+                             "give each file once")
+        seen[r] = i
+    depth = [0] * len(paths)
+
+    def make(i: int) -> str:
+        parts = [*resolved[i].parent.parts[len(resolved[i].parent.parts) - depth[i]:], resolved[i].stem]
+        return "_".join(safe_id(x) for x in parts if x not in ("/", ""))
+
+    def raw(i: int) -> tuple:
+        return (*resolved[i].parent.parts[len(resolved[i].parent.parts) - depth[i]:], resolved[i].stem)
+
+    ids = [make(i) for i in range(len(paths))]
+    for _ in range(64):
+        groups: dict[str, list[int]] = {}
+        for i, u in enumerate(ids):
+            groups.setdefault(u, []).append(i)
+        clashes = [g for g in groups.values() if len(g) > 1]
+        if not clashes:
+            return ids
+        for g in clashes:
+            folded = len({raw(i) for i in g}) > 1  # different names that fold to one id ("a b", "a_b")
+            for i in g:
+                if not folded and depth[i] < len(resolved[i].parent.parts) - 1:
+                    depth[i] += 1
+                    ids[i] = make(i)
+                else:  # a hash of the full path decides
+                    ids[i] = f"{make(i)}-{hashlib.sha256(str(resolved[i]).encode()).hexdigest()[:8]}"
+    raise InputError(f"cannot derive unique ids for {len(paths)} audio files; use a manifest with explicit ids")
+
+
+def check_unique_ids(df: pd.DataFrame) -> None:
+    """Refuse items whose ids repeat (results of one would overwrite the other's), naming the id and both paths."""
+    dup = df[df["id"].astype(str).duplicated(keep=False)]
+    if len(dup):
+        uid = str(dup["id"].iloc[0])
+        paths = [str(p) for p in dup[dup["id"].astype(str) == uid]["audio_path"]]
+        raise InputError(f"id {uid!r} is used by {len(paths)} items ({', '.join(paths[:3])}); ids must be unique "
+                         f"per store: give each row its own id ({dup['id'].astype(str).nunique()} id(s) repeat)")
+
+
 def items_from(data) -> pd.DataFrame:
-    """Normalize input items: a manifest DataFrame, or a list of audio paths (ids from file stems)."""
+    """Normalize input items: a manifest DataFrame (unique ids), or audio paths (ids: :func:`ids_for_paths`)."""
     if isinstance(data, pd.DataFrame):
         if not {"id", "audio_path"} <= set(data.columns):
             raise InputError("items need columns 'id' and 'audio_path' (load them with xattn_utils.load_manifest)")
+        check_unique_ids(data)
         return data.reset_index(drop=True)
     paths = [Path(p) for p in data]
-    return pd.DataFrame({"id": [p.stem for p in paths], "audio_path": [str(p) for p in paths]})
+    return pd.DataFrame({"id": ids_for_paths(paths), "audio_path": [str(p) for p in paths]})
 
 
 def _checked_audio(row) -> tuple:
     """Load one item's audio, checking its checksum when the manifest gives one."""
     from .audio import load_audio, sha256_file
+    from .manifest import stated_problems
 
     path = Path(row["audio_path"])
     want = row.get("sha256") if hasattr(row, "get") else None
     if not path.exists():
         raise InputError(f"{row['id']}: audio file {path} is missing; rebuild the data (make data) or fix the manifest")
-    digest = sha256_file(path)
+    if not path.is_file():
+        raise InputError(f"{row['id']}: {path} is a folder, not an audio file; give the audio files inside it")
+    try:
+        digest = sha256_file(path)
+    except OSError as err:
+        raise InputError(f"{row['id']}: cannot read {path} ({type(err).__name__}: {err.strerror or err})") from None
     if isinstance(want, str) and want and want != digest:
         raise InputError(f"{row['id']}: checksum mismatch for {path} (manifest {want[:12]}…, file {digest[:12]}…); "
                          "the file changed since the manifest was written: rebuild it or update the manifest")
-    return load_audio(path), digest
+    audio = load_audio(path)
+    problems = stated_problems(row, path) if hasattr(row, "get") else []
+    if problems:
+        raise InputError("; ".join(problems))
+    return audio, digest
 
 
 def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultStore,
@@ -97,9 +191,11 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
     cfg = cfg or ExtractConfig()
     store = out if isinstance(out, ResultStore) else ResultStore(out)
     items = items_from(data)
+    store.clean_orphans()
     prompt = decoder_prompt(loaded, cfg.language, cfg.task)
     store.update_attrs(**provenance(model=loaded.provenance(), params={"extract": cfg}))
     report = RunReport()
+    active: dict[str, float] = {}  # id -> seconds above -45 dBFS
     pending = []  # (id, features for the forced pass, features for decoding, cache key, audio sha256)
     for _, row in tqdm(items.iterrows(), total=len(items), desc="features", disable=not progress):
         uid = str(row["id"])
@@ -112,6 +208,7 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
             feats = loaded.features(audio)
             dec = feats if loaded.decode_mode == loaded.input_mode else loaded.features(audio, loaded.decode_mode)
             pending.append((uid, feats, dec, key, digest))
+            active[uid] = active_seconds(audio)
         except XattnError as err:
             report.failed[uid] = str(err)
             store.record_error(uid, KIND, str(err))
@@ -142,9 +239,21 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
             uid, _, _, key, digest = pending[i]
             attrs = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
                                params={"extract": cfg, "decode_mode": loaded.decode_mode})
+            silent = active[uid] < cfg.min_active_s
             ds = attention_dataset(fp, loaded.frames_per_encoder_frame, loaded.hop_length,
-                                   attrs={"provenance": attrs})
-            store.write(uid, KIND, ds, key)
+                                   attrs={"provenance": attrs, "active_s": active[uid], "near_silence": int(silent)})
+            if silent:
+                report.flagged[uid] = (f"{uid}: only {active[uid]:.2f} s of the audio is above -45 dBFS: the "
+                                       f"hypothesis {fp.text.strip()!r} was made from (near-)silence; stored, flagged "
+                                       "near_silence (the comparison leaves it out)")
+            try:
+                store.write(uid, KIND, ds, key)
+            except DiskFullError:
+                raise  # the run stops; finished groups are kept
+            except XattnError as err:
+                report.failed[uid] = str(err)
+                store.record_error(uid, KIND, str(err))
+                continue
             report.done.append(uid)
         bar.update(len(idx))
     bar.close()

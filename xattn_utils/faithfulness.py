@@ -139,6 +139,36 @@ def _rate(fn, ref: str, hyp: str) -> float:
     return float(fn(ref, hyp if hyp.strip() else "<empty>"))
 
 
+def usable_items(store, items: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The items whose ``attention`` group is stored intact and whose audio loads, and the others' messages.
+
+    Each failure is recorded in the store's ``errors.json`` (kind ``faithfulness``); :class:`XattnError` when no
+    item is usable.
+    """
+    from .audio import load_audio
+    from .errors import DamagedResultError, MissingResultError, XattnError
+
+    failed = {}
+    for _, row in items.iterrows():
+        uid = str(row["id"])
+        try:
+            bad = store.problem(uid, "attention")  # (an unsafe id raises InputError)
+            if bad == "not stored":
+                raise MissingResultError(f"{uid}: no 'attention' result in {store.path}; run `xattn extract` (or "
+                                         "notebook 01) on it first")
+            if bad is not None:
+                raise DamagedResultError(f"{uid}: stored 'attention' result is damaged ({bad}); re-run `xattn "
+                                         "extract` to recompute it")
+            load_audio(row["audio_path"])
+        except XattnError as err:
+            failed[uid] = str(err) if str(err).startswith(uid) else f"{uid}: {err}"
+            store.record_error(uid, "faithfulness", failed[uid])
+    if len(failed) == len(items):
+        raise XattnError(f"faithfulness: no item can be scored ({len(failed)} failed); first: "
+                         f"{next(iter(failed.values()), 'no items given')}")
+    return items[~items["id"].astype(str).isin(failed)].reset_index(drop=True), failed
+
+
 def curve_auc(curve: pd.DataFrame, column: str = "wer") -> float:
     """Area under the curve normalized by the percent range: the curve's mean value (trapezoid rule)."""
     p = curve["percent"].to_numpy(float)
@@ -206,7 +236,7 @@ def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "ran
 
     cfg = cfg or FaithfulnessConfig()
     curves = []
-    items = items_from(items)
+    items, failed = usable_items(store, items_from(items))  # bad items recorded; the rest are scored
     for _, row in tqdm(items.iterrows(), total=len(items), desc="faithfulness", disable=not progress):
         uid = str(row["id"])
         att = store.load(uid, "attention")
@@ -224,6 +254,7 @@ def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "ran
         raise ValueError(f"no utterance has any of the explanations {list(explanations)} stored; run notebook 02 "
                          "(or `xattn saliency`) on these utterances first")
     curves = pd.concat(curves, ignore_index=True)
+    curves.attrs["failed"] = failed  # id -> message (also in the store's errors.json)
     aucs = (curves.groupby(["explanation", "mode", "utterance"])
             .apply(lambda g: pd.Series({"auc_wer": curve_auc(g, "wer"), "auc_logprob": curve_auc(g, "mean_log_prob")}),
                    include_groups=False)

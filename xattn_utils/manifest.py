@@ -66,13 +66,39 @@ def row_problems(row, check_audio: bool = True) -> list[str]:
         problems.append(f"{uid}: audio file {audio} is empty")
     if info.frames / info.samplerate > MAX_SECONDS:
         problems.append(f"{uid}: audio is {info.frames / info.samplerate:.1f} s, over the {MAX_SECONDS:.0f} s window")
-    stated = row.get("sample_rate")
-    if stated not in (None, "") and int(stated) != info.samplerate:
-        problems.append(f"{uid}: manifest says {stated} Hz but {audio} is {info.samplerate} Hz; update the row")
+    problems += stated_problems(row, audio, info)
     want = row.get("sha256")
     if want and sha256_file(audio) != want:
         problems.append(f"{uid}: checksum mismatch for {audio}; rebuild the data or update the manifest")
     return problems
+
+
+def stated_problems(row, audio: str | Path, info=None, tolerance_s: float = 0.05) -> list[str]:
+    """Disagreements between a row's ``sample_rate`` / ``duration_s`` and its audio file (non-numbers included)."""
+    uid = row.get("id", "?")
+    info = info if info is not None else sf.info(str(audio))
+    out = []
+    stated = row.get("sample_rate")
+    if stated is not None and str(stated).strip() != "":
+        try:
+            rate = float(stated)
+        except (TypeError, ValueError):
+            out.append(f"{uid}: sample_rate {stated!r} is not a number; write the file's rate ({info.samplerate})")
+        else:
+            if rate != info.samplerate:
+                out.append(f"{uid}: manifest says {stated} Hz but {audio} is {info.samplerate} Hz; update the row")
+    stated = row.get("duration_s")
+    if stated is not None and str(stated).strip() != "":
+        actual = info.frames / info.samplerate
+        try:
+            dur = float(stated)
+        except (TypeError, ValueError):
+            dur = float("nan")
+        if dur != dur or abs(dur) == float("inf"):
+            out.append(f"{uid}: duration_s {stated!r} is not a number; write the file's duration ({actual:.3f})")
+        elif abs(dur - actual) > tolerance_s:
+            out.append(f"{uid}: manifest says {dur:.3f} s but {audio} lasts {actual:.3f} s; update the row")
+    return out
 
 
 def validate_manifest(df: pd.DataFrame, check_audio: bool = True) -> dict[str, list[str]]:

@@ -258,6 +258,7 @@ def load_model(name: str = "bundled:whisper-tiny.en", input_mode: str = "padded"
     """
     if input_mode not in INPUT_MODES:
         raise ModelError(f"input_mode must be one of {INPUT_MODES}, not {input_mode!r}")
+    from safetensors import SafetensorError
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
     where = resolve_model_path(name)
@@ -271,7 +272,7 @@ def load_model(name: str = "bundled:whisper-tiny.en", input_mode: str = "padded"
         processor = AutoProcessor.from_pretrained(where, local_files_only=True)
     except ModelError:
         raise
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
         hint = ("check the folder holds a save_pretrained model and processor" if offline else
                 "it is neither a local folder nor a hub id in the local cache; download it where you have network "
                 "(huggingface-cli download ID) or pass a local folder")

@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from .errors import XattnError
+from .errors import DiskFullError, XattnError
 from .extract import KIND as ATTENTION
 from .extract import ExtractConfig, RunReport, _checked_audio, extract_cross_attention, items_from
 from .forced import Seq2SeqScorer
@@ -133,7 +133,7 @@ def compute_saliency(loaded: LoadedModel, data, out: str | Path | ResultStore, c
     store = out if isinstance(out, ResultStore) else ResultStore(out)
     items = items_from(data)
     pre = extract_cross_attention(loaded, items, store, extract_cfg, progress=False)
-    report = RunReport(failed=dict(pre.failed))
+    report = RunReport(failed=dict(pre.failed), flagged=dict(pre.flagged))
     for _, row in tqdm(items.iterrows(), total=len(items), desc="saliency", unit="utt", disable=not progress):
         uid = str(row["id"])
         if uid in report.failed:
@@ -160,6 +160,8 @@ def compute_saliency(loaded: LoadedModel, data, out: str | Path | ResultStore, c
                     store.write(uid, kind, ds, key)
                     did = True
             (report.done if did else report.skipped).append(uid)
+        except DiskFullError:
+            raise  # the run stops; finished groups are kept
         except XattnError as err:
             msg = str(err) if str(err).startswith(uid) else f"{uid}: {err}"
             report.failed[uid] = msg

@@ -232,6 +232,10 @@ def parse_sweep(raw, default_name: str = "sweep") -> SweepSpec:
     if not isinstance(common, dict):
         raise SweepError("'common' must map parameter names to single values")
     for where, params in [("grid", grid), ("common", common)] + [(e.notebook, e.params) for e in notebooks]:
+        bad = [k for k in params if not _is_parameter_name(k)]
+        if bad:
+            raise SweepError(f"{where}: parameter name(s) {bad!r} are not Python identifiers; a sweep key must "
+                             "name a variable of the notebooks' parameters cell")
         clash = sorted(set(params) & set(RESERVED))
         if clash:
             raise SweepError(f"{where}: {clash} are set by the runner (each run's folder and its store); remove them")
@@ -239,6 +243,51 @@ def parse_sweep(raw, default_name: str = "sweep") -> SweepSpec:
     return SweepSpec(name=name, notebooks=notebooks, grid=grid, common=dict(common),
                      out=str(raw["out"]) if raw.get("out") else None,
                      notebook_dir=str(raw["notebook_dir"]) if raw.get("notebook_dir") else None)
+
+
+def _is_parameter_name(key) -> bool:
+    """A plain identifier, not a keyword (papermill writes parameters as source: anything else would be code)."""
+    import keyword
+
+    return isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key)
+
+
+def notebook_parameters(path: str | Path) -> set[str]:
+    """Names assigned in a notebook's cell tagged ``parameters`` (empty when it has none)."""
+    import ast
+
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = cell.get("source", "")
+            src = "".join(src) if isinstance(src, list) else src
+            try:
+                tree = ast.parse(src)
+            except SyntaxError as err:
+                raise SweepError(f"notebook {path}: its parameters cell is not valid Python ({err})") from None
+            names = set()
+            for node in tree.body:
+                targets = node.targets if isinstance(node, ast.Assign) else \
+                    [node.target] if isinstance(node, ast.AnnAssign) else []
+                names |= {t.id for t in targets if isinstance(t, ast.Name)}
+            return names
+    return set()
+
+
+def check_parameters(spec: SweepSpec, notebooks: list[RunNotebook]) -> None:
+    """Every key names a variable of a parameters cell: fixed ones of their notebook, grid/common ones of any."""
+    known = {nb.name: notebook_parameters(nb.path) for nb in notebooks}
+    for nb in notebooks:
+        unknown = sorted(set(nb.params) - known[nb.name])
+        if unknown:
+            raise SweepError(f"{nb.name}: parameter(s) {unknown} are not in its parameters cell; "
+                             f"it takes {', '.join(sorted(known[nb.name])) or 'none'}")
+    everywhere = set().union(*known.values()) if known else set()
+    for where, params in (("grid", spec.grid), ("common", spec.common)):
+        unknown = sorted(set(params) - everywhere)
+        if unknown:
+            raise SweepError(f"{where}: parameter(s) {unknown} are in no notebook's parameters cell; "
+                             f"the notebooks take {', '.join(sorted(everywhere)) or 'none'}")
 
 
 def _parse_entry(entry) -> NotebookEntry:
@@ -293,6 +342,7 @@ def expand(spec: SweepSpec | str | Path | dict, out: str | Path | None = None) -
     spec = _as_spec(spec)
     root = sweep_root(spec, out)
     notebooks = resolve_notebooks(spec)
+    check_parameters(spec, notebooks)
     keys = list(spec.grid)
     runs, seen = [], set()
     for values in itertools.product(*(spec.grid[k] for k in keys)):

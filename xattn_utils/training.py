@@ -314,7 +314,14 @@ def train(cfg: TrainConfig, examples: Examples, processor, checkpoint: Path | No
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     steps, start, losses, spent = cfg.steps, 0, [], 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location=cfg.device)
+        try:  # weights_only: a checkpoint is tensors and plain values, never code to run
+            state = torch.load(checkpoint, weights_only=True, map_location=cfg.device)
+        except Exception as err:  # noqa: BLE001 - truncated, foreign or unsafe file: train from scratch
+            import warnings
+
+            warnings.warn(f"{checkpoint}: cannot be loaded safely ({type(err).__name__}); training {cfg.name} "
+                          "from scratch", stacklevel=2)
+            state = {"key": None}
         if state["key"] == cfg.schedule_key() and state["steps"] == cfg.steps:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])

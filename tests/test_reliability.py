@@ -1,0 +1,602 @@
+"""Nothing lost, nothing silently wrong (issue 11): bad inputs, faults and hostile parameters, table by table.
+
+Every case runs on real files: a store extracted by the bundled Whisper tiny.en from espeak speech, real audio
+files, a real sweep with a papermill notebook, a real training checkpoint. Each asserts that the error names the
+item and that results finished before are intact.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from xattn_utils import ExtractConfig, extract_cross_attention, open_store
+from xattn_utils.audio import load_audio, sha256_file
+from xattn_utils.errors import (DamagedResultError, DiskFullError, InputError, MissingResultError, ModelError,
+                                StoreError, XattnError)
+from xattn_utils.store import ResultStore
+
+KIND = "attention"
+
+
+def _items(speech_dir, ids=(0, 1)):
+    return pd.DataFrame({"id": [f"utt{i}" for i in ids], "audio_path": [str(speech_dir / f"utt{i}.wav") for i in ids]})
+
+
+def _tree_sums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under a folder (to show finished results are byte-for-byte intact)."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")
+            and p.name not in ("errors.json", "store.json")}  # run-level records, rewritten by every run
+
+
+@pytest.fixture(scope="module")
+def base_store(bundled_trimmed, speech_dir, tmp_path_factory):
+    """utt0 and utt1: attention (trimmed input) and SPES on H (16 masks), extracted once for the module."""
+    from xattn_utils.saliency import SaliencyConfig, compute_saliency
+    from xattn_utils.spes import SMHConfig
+
+    path = tmp_path_factory.mktemp("reliability") / "store"
+    rep = compute_saliency(bundled_trimmed, _items(speech_dir), path,
+                           SaliencyConfig(methods=("spes-h",), smh=SMHConfig(n_masks=16, batch_size=16)),
+                           progress=False)
+    assert sorted(rep.done) == ["utt0", "utt1"] and not rep.failed
+    return path
+
+
+@pytest.fixture
+def store_copy(base_store, tmp_path):
+    dest = tmp_path / "store"
+    shutil.copytree(base_store, dest)
+    return dest
+
+
+def _first_chunk(group: Path, var: str = "cross_attention") -> Path:
+    chunks = [p for p in sorted((group / var).rglob("*")) if p.is_file() and p.name != "zarr.json"]
+    assert chunks, f"no chunk files under {group / var}"
+    return chunks[0]
+
+
+# ------------------------------------------------------------------------------------------------ 1. ids
+
+
+def test_colliding_stems_and_unsafe_names_keep_every_result(bundled_trimmed, speech_dir, tmp_path):
+    """a/same.wav and b/same.wav get distinct ids (nothing overwritten); a name with spaces/accents gets a safe id."""
+    files = [tmp_path / "a" / "same.wav", tmp_path / "b" / "same.wav", tmp_path / "c" / "Café 1.wav"]
+    for i, f in enumerate(files):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(speech_dir / f"utt{i}.wav", f)
+    rep = extract_cross_attention(bundled_trimmed, files, tmp_path / "s", progress=False)
+    assert sorted(rep.done) == ["Cafe_1", "a_same", "b_same"] and not rep.failed
+    store = open_store(tmp_path / "s")
+    words = {"a_same": "fox", "b_same": "birds", "Cafe_1": "book"}
+    for uid, f in zip(("a_same", "b_same", "Cafe_1"), files):
+        ds = store.load(uid, KIND)
+        assert ds.attrs["provenance"]["data"]["sha256"] == sha256_file(f)  # each group holds its own audio
+        assert words[uid] in ds.attrs["text"].lower()
+
+
+def test_same_file_twice_is_refused_by_name(speech_dir, tmp_path, bundled_trimmed):
+    f = speech_dir / "utt0.wav"
+    with pytest.raises(InputError, match="utt0.wav: the same audio file is given twice"):
+        extract_cross_attention(bundled_trimmed, [f, f], tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_duplicate_manifest_ids_are_refused_naming_both_paths(bundled_trimmed, speech_dir, store_copy, tmp_path):
+    from xattn_utils.manifest import load_manifest
+
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"id": ["utt0", "dup", "dup"],
+                  "audio_path": [str(speech_dir / f"utt{i}.wav") for i in range(3)]}).to_csv(manifest, index=False)
+    before = _tree_sums(store_copy)
+    with pytest.raises(InputError) as err:
+        extract_cross_attention(bundled_trimmed, load_manifest(manifest), store_copy, progress=False)
+    msg = str(err.value)
+    assert "'dup'" in msg and "utt1.wav" in msg and "utt2.wav" in msg and "unique" in msg
+    assert _tree_sums(store_copy) == before  # nothing written, nothing lost
+
+
+def test_same_id_with_other_audio_is_recomputed_not_reused(bundled_trimmed, speech_dir, store_copy):
+    items = pd.DataFrame({"id": ["utt0"], "audio_path": [str(speech_dir / "utt2.wav")]})
+    rep = extract_cross_attention(bundled_trimmed, items, store_copy, progress=False)
+    assert rep.done == ["utt0"] and not rep.skipped
+    ds = open_store(store_copy).load("utt0", KIND)
+    assert ds.attrs["provenance"]["data"]["sha256"] == sha256_file(speech_dir / "utt2.wav")
+    assert "book" in ds.attrs["text"].lower()
+
+
+# ----------------------------------------------------------------------------------- 2. store integrity
+
+
+def _delete(group):
+    _first_chunk(group).unlink()
+
+
+def _truncate(group):
+    f = _first_chunk(group)
+    f.write_bytes(f.read_bytes()[: max(1, f.stat().st_size // 2)])
+
+
+def _flip(group):
+    f = _first_chunk(group)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+def _garbage_metadata(group):
+    (group / "zarr.json").write_text("{ not json")
+
+
+DAMAGE = {"deleted chunk": (_delete, "missing"), "truncated chunk": (_truncate, "changed or truncated"),
+          "flipped byte": (_flip, "changed or truncated"), "garbage metadata": (_garbage_metadata, "metadata")}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_group_is_named_on_load_and_recomputed_on_resume(case, bundled_trimmed, speech_dir, base_store,
+                                                                  store_copy):
+    damage, what = DAMAGE[case]
+    store = ResultStore(store_copy)
+    damage(store_copy / "utt0" / "attention.zarr")
+    with pytest.raises(DamagedResultError) as err:
+        store.load("utt0", KIND)
+    msg = str(err.value)
+    assert msg.startswith("utt0: stored 'attention' result") and what in msg and "re-run" in msg
+    assert isinstance(err.value, XattnError)
+    untouched = store.load("utt1", KIND)  # the other utterance is intact
+    np.testing.assert_array_equal(untouched.cross_attention.values,
+                                  ResultStore(base_store).load("utt1", KIND).cross_attention.values)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        rep = extract_cross_attention(bundled_trimmed, _items(speech_dir), store, progress=False)
+    assert rep.done == ["utt0"] and rep.skipped == ["utt1"] and not rep.failed
+    again = store.load("utt0", KIND)
+    original = ResultStore(base_store).load("utt0", KIND)
+    assert list(again.token_id.values) == list(original.token_id.values)
+    # recomputed alone, not in the batch it was first computed in: equal within the batch tolerance (item 7)
+    np.testing.assert_allclose(again.cross_attention.values, original.cross_attention.values, atol=1e-4)
+
+
+def test_damaged_saliency_never_reaches_a_correlation(store_copy, tmp_path, capsys):
+    from xattn_utils.cli import main
+    from xattn_utils.compare import CompareConfig, compare_store
+
+    cfg = CompareConfig(per_head=False, n_boot=20)
+    good = compare_store(store_copy, None, cfg, progress=False)
+    assert good.value.notna().any()
+    _first_chunk(store_copy / "utt1" / "spes_h.zarr", "saliency").unlink()
+    with pytest.raises(DamagedResultError, match=r"^utt1: stored 'spes_h' result .* missing"):
+        compare_store(store_copy, None, cfg, progress=False)
+    assert main(["compare", "--store", str(store_copy), "--out", str(tmp_path / "t"), "--no-per-head",
+                 "--n-boot", "20", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: utt1: stored 'spes_h' result")
+    assert not (tmp_path / "t" / "agreement.parquet").exists()  # no table computed from missing data
+
+
+def test_group_checksums_cover_every_file(store_copy):
+    import zarr
+
+    group = store_copy / "utt0" / "attention.zarr"
+    sums = dict(zarr.open_group(str(group), mode="r").attrs)["xattn_checksums"]
+    files = {p.relative_to(group).as_posix() for p in group.rglob("*") if p.is_file()} - {"zarr.json"}
+    assert set(sums) == files and len(files) > 5
+    assert "xattn_checksums" not in ResultStore(store_copy).load("utt0", KIND).attrs
+
+
+# --------------------------------------------------------------------- 3. errors outside the project's types
+
+
+def _folder(tmp):
+    (tmp / "folder.wav").mkdir()
+    return "folder", tmp / "folder.wav"
+
+
+def _nan(tmp):
+    audio = np.zeros(16000, dtype=np.float32)
+    audio[100] = np.nan
+    sf.write(tmp / "nan.wav", audio, 16000, subtype="FLOAT")
+    return "nan", tmp / "nan.wav"
+
+
+def _inf(tmp):
+    audio = np.zeros(16000, dtype=np.float32)
+    audio[5] = np.inf
+    sf.write(tmp / "inf.wav", audio, 16000, subtype="FLOAT")
+    return "inf", tmp / "inf.wav"
+
+
+BAD_ITEMS = {  # case: (make (tmp, speech_dir) -> (id, path), what the error says besides the item's name)
+    "audio is a folder": (lambda t, s: _folder(t), "is a folder"),
+    "id store.json": (lambda t, s: ("store.json", s / "utt2.wav"), "reserved"),
+    "id errors.json": (lambda t, s: ("errors.json", s / "utt2.wav"), "reserved"),
+    "id climbs out": (lambda t, s: ("../evil", s / "utt2.wav"), "not a safe folder name"),
+    "missing audio": (lambda t, s: ("gone", t / "gone.wav"), "missing"),
+    "NaN sample": (lambda t, s: _nan(t), "non-finite"),
+    "Inf sample": (lambda t, s: _inf(t), "non-finite"),
+    "not audio": (lambda t, s: ("text", (t / "text.wav", (t / "text.wav").write_text("hello"))[0]), "cannot read"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ITEMS))
+def test_bad_item_is_recorded_by_name_and_the_batch_goes_on(case, bundled_trimmed, speech_dir, store_copy,
+                                                            tmp_path):
+    make, what = BAD_ITEMS[case]
+    uid, path = make(tmp_path, speech_dir)
+    before = _tree_sums(store_copy)
+    items = pd.DataFrame({"id": [uid, "utt0", "utt1"],
+                          "audio_path": [str(path), str(speech_dir / "utt0.wav"), str(speech_dir / "utt1.wav")]})
+    rep = extract_cross_attention(bundled_trimmed, items, store_copy, progress=False)
+    assert rep.skipped == ["utt0", "utt1"] and list(rep.failed) == [uid]
+    msg = rep.failed[uid]
+    assert (uid in msg or str(path) in msg) and what in msg and "\n" not in msg
+    assert _tree_sums(store_copy) == before  # finished results intact, nothing stray written
+    assert f"{uid}/attention" in open_store(store_copy).errors()
+
+
+@pytest.mark.parametrize("field,value", [("batch_size", 0), ("num_beams", 0), ("max_new_tokens", -1),
+                                         ("batch_size", 2.5)])
+def test_bad_extract_settings_fail_before_anything_runs(field, value):
+    with pytest.raises(InputError, match=f"^{field} must be a whole number of at least 1"):
+        ExtractConfig(**{field: value})
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["extract", "--out", "{out}", "--batch-size", "0", "{wav}"], "error: batch_size must be"),
+    (["extract", "--out", "{out}", "--beams", "0", "{wav}"], "error: num_beams must be"),
+    (["compare", "--store", "{missing}", "--out", "{out}"], "error: no result store at"),
+    (["faithfulness", "--store", "{missing}", "--out", "{out}", "{wav}"], "error: no result store at"),
+])
+def test_cli_bad_parameters_one_line_exit_2(argv, said, speech_dir, tmp_path, capsys):
+    from xattn_utils.cli import main
+
+    fill = {"out": str(tmp_path / "out"), "wav": str(speech_dir / "utt0.wav"), "missing": str(tmp_path / "nope")}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(said), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_store_is_still_a_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no result store at"):
+        open_store(tmp_path / "nope")
+    with pytest.raises(StoreError):
+        open_store(tmp_path / "nope")
+
+
+def test_faithfulness_item_missing_from_store_is_recorded(bundled_trimmed, speech_dir, store_copy):
+    from xattn_utils.faithfulness import FaithfulnessConfig, faithfulness_store
+
+    items = pd.DataFrame({"id": ["ghost", "utt0", "utt1"],
+                          "audio_path": [str(speech_dir / f"utt{i}.wav") for i in (2, 0, 1)]})
+    store = open_store(store_copy)
+    with pytest.raises(MissingResultError, match="no 'attention' result for utterance 'ghost'"):
+        store.load("ghost", KIND)
+    _truncate(store_copy / "utt1" / "attention.zarr")
+    curves, aucs = faithfulness_store(bundled_trimmed, store, items, ("random",), ("deletion",),
+                                      FaithfulnessConfig(percents=(0, 50)), progress=False)
+    assert set(curves.utterance) == {"utt0"} and list(aucs.utterance) == ["utt0"]
+    assert curves[curves.percent == 0].wer.iloc[0] == 0  # nothing deleted: the hypothesis itself
+    failed = curves.attrs["failed"]
+    assert sorted(failed) == ["ghost", "utt1"]
+    assert failed["ghost"].startswith("ghost: no 'attention' result") and "damaged" in failed["utt1"]
+    assert {"ghost/faithfulness", "utt1/faithfulness"} <= set(store.errors())
+    with pytest.raises(XattnError, match="no item can be scored"):
+        faithfulness_store(bundled_trimmed, store, items.iloc[[0]], ("random",), progress=False)
+
+
+def _run_with_file_limit(limit: int, fn):
+    """Run ``fn`` with writes beyond ``limit`` bytes per file failing (EFBIG: the process's disk is full)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        return fn()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+def test_full_disk_stops_cleanly_and_keeps_finished_results(bundled_trimmed, speech_dir, store_copy):
+    before = _tree_sums(store_copy)
+    items = _items(speech_dir, (0, 1, 2))  # utt0, utt1 finished; utt2 must be written
+    with pytest.raises(DiskFullError) as err:
+        _run_with_file_limit(16_384, lambda: extract_cross_attention(bundled_trimmed, items, store_copy,
+                                                                     progress=False))
+    msg = str(err.value)
+    assert msg.startswith("utt2/attention: no space left") and "finished before is kept" in msg
+    store = open_store(store_copy)
+    assert _tree_sums(store_copy) == before
+    assert store.utterances() == ["utt0", "utt1", "utt2"] and store.kinds("utt2") == []
+    assert not [p for p in (store_copy / "utt2").iterdir()]  # no temporary left behind
+    store.load("utt0", KIND), store.load("utt1", KIND)  # intact
+    rep = extract_cross_attention(bundled_trimmed, items, store_copy, progress=False)  # space again: resumes
+    assert rep.done == ["utt2"] and rep.skipped == ["utt0", "utt1"]
+
+
+def test_orphan_temporaries_of_dead_writers_are_cleaned(bundled_trimmed, speech_dir, store_copy):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = os.getpid()
+    orphans = [store_copy / "utt0" / f".attention.{dead.pid}.abcd.tmp", store_copy / "utt0" /
+               f".attention.zarr.old-{dead.pid}", store_copy / f".store.json.{dead.pid}.x.tmp"]
+    kept = [store_copy / "utt1" / f".spes_h.{live}.efgh.tmp"]
+    for p in orphans[:2] + kept:
+        (p / "g.zarr").mkdir(parents=True)
+    orphans[2].write_text("{}")
+    before = _tree_sums(store_copy)
+    rep = extract_cross_attention(bundled_trimmed, _items(speech_dir), store_copy, progress=False)
+    assert rep.skipped == ["utt0", "utt1"]
+    assert not any(p.exists() for p in orphans) and all(p.exists() for p in kept)
+    assert _tree_sums(store_copy) == before
+
+
+def test_truncated_weights_are_named_and_the_bundled_cache_rebuilt(tmp_path):
+    from xattn_utils import load_model
+    from xattn_utils.convert import ensure_bundled_whisper
+    from xattn_utils.models import weights_sha256
+
+    dest = ensure_bundled_whisper(cache=tmp_path / "cache")
+    recorded = json.loads((dest / "conversion.json").read_text())["weights_sha256"]
+    local = tmp_path / "local"
+    shutil.copytree(dest, local)
+    w = local / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: 1 << 20])
+    with pytest.raises(ModelError, match=f"cannot load model '{local}'"):
+        load_model(str(local))
+    weights = dest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: 1 << 20])  # the cached conversion is damaged
+    with pytest.warns(UserWarning, match="no longer match the sha256 recorded"):
+        again = ensure_bundled_whisper(cache=tmp_path / "cache")
+    assert again == dest and weights_sha256(dest) == recorded  # rebuilt, same bits as the first conversion
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [dest.name]
+
+
+# ---------------------------------------------------------------------------- 4. non-finite audio (direct)
+
+
+@pytest.mark.parametrize("make", [_nan, _inf])
+def test_non_finite_audio_is_rejected_by_name(make, tmp_path):
+    _, path = make(tmp_path)
+    with pytest.raises(InputError, match=rf"^{path}: audio holds 1 non-finite sample\(s\)"):
+        load_audio(path)
+
+
+# ----------------------------------------------------------------------------------- 5. injection
+
+
+INJECTION = "a = 1\nimport os; os.system('touch {marker}')\nb"
+
+
+@pytest.mark.parametrize("where,key,said", [
+    ("grid", INJECTION, "not Python identifiers"),
+    ("grid", "1a", "not Python identifiers"),
+    ("grid", "import", "not Python identifiers"),
+    ("grid", "n_mask", "in no notebook's parameters cell"),
+    ("common", INJECTION, "not Python identifiers"),
+    ("fixed", INJECTION, "not Python identifiers"),
+    ("fixed", "typo", "not in its parameters cell"),
+])
+def test_sweep_keys_cannot_inject_code(where, key, said, sweep_done, tmp_path):
+    from test_sweep import PROBE
+
+    from xattn_utils.sweep import SweepError, run_sweep
+
+    probe_dir, root, spec, status = sweep_done
+    marker = tmp_path / "INJECTED"
+    key = key.format(marker=marker)
+    bad = json.loads(json.dumps(spec))
+    if where == "grid":
+        bad["grid"][key] = [1]
+    elif where == "common":
+        bad["common"] = {key: 1}
+    else:
+        bad["notebooks"] = [{PROBE: {key: 1}}]
+    with pytest.raises(SweepError, match=said) as err:
+        run_sweep(bad, out=root, workers=1, verbose=False)
+    assert repr(key)[1:-1][:20] in str(err.value) or key in str(err.value)
+    assert not marker.exists()
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [Path(status[0]).name]  # no new run
+    assert (Path(status[0]) / "status").read_text() == status[1]  # the finished run is intact
+
+
+@pytest.fixture(scope="module")
+def sweep_done(tmp_path_factory):
+    """A real finished sweep (one papermill run of the probe notebook) to attack."""
+    from test_sweep import write_probe
+
+    from xattn_utils.sweep import run_sweep
+
+    base = tmp_path_factory.mktemp("sweep")
+    probe_dir = write_probe(base / "nb").parent
+    spec = {"name": "probe", "notebook_dir": str(probe_dir), "notebooks": ["sweep_probe.ipynb"],
+            "grid": {"a": [2]}}
+    res = run_sweep(spec, out=base / "out", workers=1, verbose=False)
+    assert res.summary() == "runs: 1 done, 0 skipped, 0 failed"
+    run_dir = res.done[0].run_dir
+    return probe_dir, base / "out", spec, (run_dir, (Path(run_dir) / "status").read_text())
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_training_checkpoints_are_loaded_without_running_code(tmp_path):
+    import torch
+
+    from xattn_utils.training import Examples, TrainConfig, train
+    from xattn_utils.vocab import encode_example, make_processor
+
+    processor = make_processor()
+    g = torch.Generator().manual_seed(0)
+    encoded = [encode_example(processor.tokenizer, t) for t in ("hello there", "two words")]
+    examples = Examples(features=torch.randn(2, 80, 200, generator=g), tokens=[e[0] for e in encoded],
+                        prompt_lengths=np.array([e[1] for e in encoded]))
+    cfg = TrainConfig(kind="en-asr", scale="s", steps=2, warmup=1, batch_size=2, checkpoint_every=1,
+                      spec_augment=(0, 0, 0, 0))
+    ckpt = tmp_path / "run.pt"
+    first = train(cfg, examples, processor, checkpoint=ckpt, progress=False, until=1)
+    assert first.steps == 1
+    resumed = train(cfg, examples, processor, checkpoint=ckpt, progress=False)  # weights_only=True loads it
+    assert resumed.resumed_from == 1 and resumed.steps == 2
+    marker = tmp_path / "PWNED"
+    torch.save({"key": _Evil(marker)}, ckpt)
+    with pytest.warns(UserWarning, match="cannot be loaded safely"):
+        fresh = train(cfg, examples, processor, checkpoint=ckpt, progress=False)
+    assert not marker.exists() and fresh.resumed_from == 0 and fresh.steps == 2
+
+
+# ---------------------------------------------------------------------------------- 6. concurrent writers
+
+
+def _record_many(path: str, worker: int, n: int) -> None:
+    store = ResultStore(path)
+    for i in range(n):
+        store.record_error(f"w{worker}-{i}", "attention", f"w{worker}-{i}: failed on purpose")
+
+
+def test_concurrent_error_records_lose_nothing(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_record_many, args=(str(tmp_path), w, 25)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    errs = ResultStore(tmp_path).errors()
+    assert len(errs) == 100 and errs["w3-24/attention"] == "w3-24: failed on purpose"
+
+
+# --------------------------------------------------------------------------------------- 6. weak answers
+
+
+def test_silence_and_tiny_clips_are_flagged_and_left_out_of_the_comparison(bundled_trimmed, speech_dir, store_copy,
+                                                                           tmp_path):
+    from xattn_utils.compare import CompareConfig, compare_store
+    from xattn_utils.saliency import SaliencyConfig, compute_saliency
+    from xattn_utils.spes import SMHConfig
+
+    sf.write(tmp_path / "silence.wav", np.zeros(16000, dtype=np.float32), 16000)
+    speech, _ = sf.read(speech_dir / "utt0.wav", dtype="float32")
+    loud = int(np.argmax(np.abs(speech)))
+    sf.write(tmp_path / "clip.wav", speech[loud: loud + 800], 16000)  # 0.05 s out of the loudest part
+    items = pd.DataFrame({"id": ["silence", "clip", "utt0"],
+                          "audio_path": [str(tmp_path / "silence.wav"), str(tmp_path / "clip.wav"),
+                                         str(speech_dir / "utt0.wav")]})
+    rep = extract_cross_attention(bundled_trimmed, items, store_copy, progress=False)
+    assert rep.skipped == ["utt0"]
+    explained = [u for u in ("silence", "clip") if u in rep.done]  # a hypothesis came out (else: failed, empty)
+    assert set(explained) | set(rep.failed) == {"silence", "clip"} and explained
+    assert set(rep.flagged) == set(explained) and "near-silent (flagged)" in rep.summary()
+    store = open_store(store_copy)
+    for uid in explained:
+        assert "(near-)silence" in rep.flagged[uid] and rep.flagged[uid].startswith(uid)
+        assert store.load(uid, KIND).attrs["near_silence"] == 1 and store.near_silence(uid)
+    assert not store.near_silence("utt0") and store.load("utt0", KIND).attrs.get("near_silence", 0) == 0
+    compute_saliency(bundled_trimmed, items[items.id.isin(explained)], store_copy,
+                     SaliencyConfig(methods=("spes-h",), smh=SMHConfig(n_masks=16, batch_size=16)), progress=False)
+    cfg = CompareConfig(per_head=False, n_boot=20)
+    table = compare_store(store_copy, tmp_path / "t", cfg, progress=False)
+    assert set(table.utterance.dropna()) - {""} <= {"utt0", "utt1"}
+    skipped = json.loads((tmp_path / "t" / "agreement.json").read_text())["data"]["skipped"]
+    assert set(skipped) == set(explained) and all("near" in v for v in skipped.values())
+    cfg.exclude_near_silence = False
+    kept = compare_store(store_copy, None, cfg, progress=False)
+    assert set(explained) <= set(kept.utterance.dropna())
+
+
+@pytest.mark.parametrize("column,value,said", [
+    ("sample_rate", 8000, "manifest says 8000 Hz but"),
+    ("sample_rate", "fast", "sample_rate 'fast' is not a number"),
+    ("duration_s", "long", "duration_s 'long' is not a number"),
+    ("duration_s", "nan", "duration_s 'nan' is not a number"),
+    ("duration_s", 9.9, "manifest says 9.900 s but"),
+])
+def test_manifest_rows_that_disagree_with_their_audio_are_refused_by_id(column, value, said, bundled_trimmed,
+                                                                        speech_dir, store_copy, tmp_path):
+    from xattn_utils.manifest import load_manifest, validate_manifest
+
+    rows = pd.DataFrame({"id": ["bad", "utt0"], "audio_path": [str(speech_dir / "utt2.wav"),
+                                                                str(speech_dir / "utt0.wav")],
+                         "transcript": ["x", "y"], "sample_rate": [16000, 16000],
+                         "duration_s": [round(sf.info(speech_dir / f"utt{i}.wav").duration, 4) for i in (2, 0)]})
+    rows[column] = rows[column].astype(object)
+    rows.loc[0, column] = value
+    rows.to_csv(tmp_path / "m.csv", index=False)
+    manifest = load_manifest(tmp_path / "m.csv")
+    assert list(validate_manifest(manifest)) == ["bad"] and said in validate_manifest(manifest)["bad"][0]
+    before = _tree_sums(store_copy)
+    rep = extract_cross_attention(bundled_trimmed, manifest, store_copy, progress=False)
+    assert list(rep.failed) == ["bad"] and rep.failed["bad"].startswith("bad: ") and said in rep.failed["bad"]
+    assert rep.skipped == ["utt0"] and _tree_sums(store_copy) == before
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["--n-masks", "1000000000"], "error: --n-masks 1000000000 is over the cap of 100000"),
+    (["--n-masks", "0"], "error: --n-masks must be at least 1"),
+    (["--n-masks", "200", "--max-masks", "100"], "error: --n-masks 200 is over the cap of 100"),
+])
+def test_saliency_mask_budget_is_checked_before_the_model_loads(argv, said, speech_dir, tmp_path, capsys):
+    from xattn_utils.cli import main
+
+    assert main(["saliency", "--out", str(tmp_path / "s"), str(speech_dir / "utt0.wav"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(said)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("config,said", [
+    ({"name": "../../escaped"}, "corpus name '../../escaped' must be a plain folder name"),
+    ({"name": "/abs"}, "corpus name '/abs' must be a plain folder name"),
+    ({"name": "ok", "languages": ["xx"]}, "languages ['xx']"),
+    ({"name": "ok", "n_test": -1}, "n_test must be a whole number >= 0"),
+    ({"name": "ok", "rate": [160, 115]}, "rate must be [low, high]"),
+    ({"name": "ok", "speed": 3}, "unknown field(s) ['speed']"),
+    ("{ not json", "not valid JSON"),
+    ([1, 2], "must be a JSON object"),
+])
+def test_bad_corpus_configs_are_one_line_errors_and_write_nothing(config, said, tmp_path, capsys):
+    from xattn_utils.corpus import main
+
+    out = tmp_path / "a" / "b"
+    out.mkdir(parents=True)
+    f = tmp_path / "corpus.json"
+    text = config if isinstance(config, str) else json.dumps({**config, "out_dir": str(out)} if isinstance(config, dict)
+                                                             else config)
+    f.write_text(text)
+    assert main(["--config", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: corpus config {f}: ") and said in err[0], err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "corpus.json"]
+
+
+def test_transcribe_names_non_finite_audio_and_transcribes_the_rest(speech_dir, tmp_path, capsys):
+    from xattn_utils.cli import main
+
+    _, bad = _nan(tmp_path)
+    good = speech_dir / "utt0.wav"
+    assert main(["transcribe", "--input-mode", "trimmed", str(bad), str(good)]) == 1
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error")]  # (transformers logs too)
+    assert errors == [f"error: {bad}: audio holds 1 non-finite sample(s) (NaN or Inf); the model "
+                                        "would explain garbage: repair or re-export the file"]
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{good}\t") and "fox" in lines[0].lower()
+    assert "!!!" not in out
