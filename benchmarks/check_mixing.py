@@ -1,8 +1,9 @@
 """Independent recomputation of notebook 06's headline: Pearson(CA[all], SMX) and Pearson(rollout∘all, SMX).
 
 Re-derives everything from the stored arrays and `transformers`' own attention modules with numpy/scipy only
-(no xattn_utils.mixing, no xattn_utils.agreement): rollout from each WhisperAttention's weights, SMX summed
-over mel and frame pairs, per-token min-max, flattened per-utterance Pearson (scipy), Fisher-z mean.
+(no xattn_utils.mixing, no xattn_utils.agreement, no xattn_utils.grids): rollout from each WhisperAttention's
+weights, SMX averaged over mel and the frames of each encoder frame that are present (a SPES cell is a mean KL),
+per-token z-score, flattened per-utterance Pearson (scipy), Fisher-z mean.
 
     python benchmarks/check_mixing.py RUN_DIR [MODEL]
 """
@@ -31,9 +32,9 @@ def toeplitz_control(m):
     return t / t.sum(1, keepdims=True)
 
 
-def minmax(m):
-    lo, hi = m.min(1, keepdims=True), m.max(1, keepdims=True)
-    return np.where(hi > lo, (m - lo) / np.where(hi > lo, hi - lo, 1), 0.0)
+def zscore(m):
+    sd = m.std(1, keepdims=True)
+    return np.where(sd > 0, (m - m.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1), 0.0)
 
 
 @torch.no_grad()
@@ -71,11 +72,12 @@ def main(run_dir: str, model: str = "bundled:whisper-tiny.en") -> None:
             m = (r / r.sum(1, keepdims=True)) @ m
         m = m[:t_a, :t_a]
         ca = att.cross_attention.values.astype(np.float64).mean((0, 1))[:-1]
-        smx = st.load(uid, "spes_x").saliency.values.astype(np.float64).sum(-1)[:-1]
-        smx = np.pad(smx, ((0, 0), (0, 2 * t_a - smx.shape[1]))).reshape(smx.shape[0], t_a, 2).sum(-1)
-        r_ca.append(pearsonr(minmax(ca).ravel(), minmax(smx).ravel())[0])
-        r_ro.append(pearsonr(minmax(ca @ m).ravel(), minmax(smx).ravel())[0])
-        r_ctrl.append(pearsonr(minmax(ca @ toeplitz_control(m)).ravel(), minmax(smx).ravel())[0])
+        smx = st.load(uid, "spes_x").saliency.values.astype(np.float64).mean(-1)[:-1]
+        smx = np.pad(smx, ((0, 0), (0, 2 * t_a - smx.shape[1])), constant_values=np.nan)
+        smx = np.nanmean(smx.reshape(smx.shape[0], t_a, 2), -1)  # a ragged last pair: its one frame
+        r_ca.append(pearsonr(zscore(ca).ravel(), zscore(smx).ravel())[0])
+        r_ro.append(pearsonr(zscore(ca @ m).ravel(), zscore(smx).ravel())[0])
+        r_ctrl.append(pearsonr(zscore(ca @ toeplitz_control(m)).ravel(), zscore(smx).ravel())[0])
     fisher = lambda r: float(np.tanh(np.mean(np.arctanh(r))))  # noqa: E731
     print(f"{len(r_ca)} utterances")
     print(f"independent: Pearson(CA[all], SMX) = {fisher(r_ca):.4f}; Pearson(rollout∘all, SMX) = {fisher(r_ro):.4f}")

@@ -247,7 +247,7 @@ def test_bundled_tiny_en_store_and_compare(bundled_trimmed, speech_dir, tmp_path
     assert {"rollout∘all", "alti∘last_layer", "rollout[2]∘all", "alti∘alignment_heads"} <= set(maps)
     ca = ca_all(att.cross_attention.values)[:-1]
     want = normalize_rows(ca @ mix.undone.sel({"method": "rollout"}).values[-1])
-    np.testing.assert_allclose(maps["rollout∘all"], want, atol=1e-6)
+    np.testing.assert_allclose(maps["rollout∘all"], want, atol=1e-5)  # z-scores: values up to ~5
     with pytest.raises(XattnError, match="not in the store"):
         utterance_maps(store, "utt1", CompareConfig(mixing=("vzero",)))
 
