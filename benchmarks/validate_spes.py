@@ -147,6 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--utterances", type=int, default=3)
     ap.add_argument("--only", nargs="*", help="variant names to compute (default: all of the plan)")
     ap.add_argument("--report", action="store_true", help="only the tables from the maps done so far")
+    ap.add_argument("--common", action="store_true",
+                    help="report every variant on the utterances the longest run has finished (a like-for-like check)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     out = Path(args.out)
@@ -160,6 +162,9 @@ def main(argv=None) -> int:
         extract_cross_attention(models["trimmed"], data, out / "store", ExtractConfig(), progress=False)
         for v in variants:
             compute(v, data, out / "store", out / "maps", models)
+    if args.common:
+        longest = max(PLAN, key=lambda v: v.n_masks).name
+        data = data[[(out / "maps" / f"{longest}__{u}.npz").exists() for u in data["id"]]]
     table = report(PLAN, data, out / "store", out / "maps")
     table.to_csv(out / "validation.csv", index=False)
     (out / "validation.json").write_text(json.dumps({"utterances": list(data["id"]),
