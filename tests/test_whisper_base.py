@@ -280,3 +280,27 @@ def test_cli_transcribe_translate_gives_english(base, speech, ct2_greedy, capsys
     assert "cane" in transcribed.lower()
     assert main(["transcribe", "--model", "bundled:whisper-tiny.en", "--task", "translate", path]) == 2
     assert "English-only" in capsys.readouterr().err
+
+
+def test_extract_records_language_and_task(base, speech, tmp_path):
+    """Language and task reach the decoder prompt, the provenance and the cache key: one item, two tasks."""
+    from xattn_utils.extract import ExtractConfig, extract_cross_attention
+    from xattn_utils.store import ResultStore
+
+    items = [str(speech["it"][0][0])]
+    store = ResultStore(tmp_path / "store")
+    uid = Path(items[0]).stem
+    r1 = extract_cross_attention(base, items, store, ExtractConfig(language="it", task="translate"), progress=False)
+    ds = store.load(uid, "attention")
+    key = ds.attrs["cache_key"]
+    assert r1.done == [uid] and ds.prompt_ids.values.tolist() == [SOT, IT, TRANSLATE, NO_TS]
+    prov = ds.attrs["provenance"]
+    assert prov["params"]["extract"]["language"] == "it" and prov["params"]["extract"]["task"] == "translate"
+    assert prov["model"]["conversion"]["source_sha256"]["model.bin"] == BUNDLED_SOURCES["whisper-base"].model_sha256
+    again = extract_cross_attention(base, items, store, ExtractConfig(language="it", task="translate"), progress=False)
+    assert again.skipped == [uid]
+    r2 = extract_cross_attention(base, items, store, ExtractConfig(language="it", task="transcribe"), progress=False)
+    ds2 = store.load(uid, "attention")
+    assert r2.done == [uid] and ds2.attrs["cache_key"] != key
+    assert ds2.prompt_ids.values.tolist() == [SOT, IT, TRANSCRIBE, NO_TS]
+    assert ds2.token_id.values.tolist() != ds.token_id.values.tolist()  # Italian words, not the translation
