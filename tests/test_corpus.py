@@ -11,7 +11,7 @@ from xattn_utils.audio import load_audio, sha256_file
 from xattn_utils.corpus import REPO_MANIFEST, CorpusConfig, build_corpus, ensure_default_corpus, plan_corpus
 from xattn_utils.errors import InputError
 from xattn_utils.espeak import Synthesizer
-from xattn_utils.grammar import sentence, vocabulary
+from xattn_utils.grammar import NUMBERS, sentence, vocabulary
 from xattn_utils.manifest import load_manifest, read_word_times, validate_manifest
 
 
@@ -76,6 +76,11 @@ def test_plan_is_deterministic_and_splits_are_disjoint():
     unseen = [r for r in a if r["split"] == "test_unseen_voice"]
     assert len(unseen) == 8 and all(r["voice"] not in cfg.voices[r["language"]] for r in unseen)
     assert all(r["translation"] for r in a if r["language"] == "en")
+    # Italian utterances carry their English sentence (Whisper translates into English): the same grammar pair
+    it_rows = [r for r in a if r["language"] == "it"]
+    english = {"the", "a", *(n[0] for n in NUMBERS)}
+    assert it_rows and all(r["tasks"] == "asr;st" and r["translation"].split()[0] in english
+                           and r["text"].split()[0] not in english for r in it_rows)
 
 
 def test_build_is_byte_identical_and_resumable(tmp_path):

@@ -250,3 +250,29 @@ def test_study_sweeps_the_bundled_model_and_every_trained_one(tmp_path, monkeypa
     runs = expand(spec, tmp_path / "out")
     assert len(runs) == 2 and len({r.key for r in runs}) == 2
     assert [nb.name for nb in runs[0].notebooks][:2] == ["01_extract_cross_attention.ipynb", "02_saliency_maps.ipynb"]
+
+
+def test_points_add_runs_after_the_grid(probe_dir, tmp_path):
+    grid_only = expand(probe_spec(probe_dir, {"a": [1, 2]}), out=tmp_path)
+    spec = {**probe_spec(probe_dir, {"a": [1, 2]}), "points": [{"a": 3, "b": "it"}, {"a": 1}, {"b": "z"}]}
+    runs = expand(spec, out=tmp_path)
+    assert [r.grid for r in runs] == [{"a": 1}, {"a": 2}, {"a": 3, "b": "it"}, {"b": "z"}]  # {"a": 1} is a duplicate
+    assert [r.key for r in runs[:2]] == [r.key for r in grid_only]  # adding points keeps the grid's run keys
+    assert parse_sweep(spec).keys == ["a", "b"]
+    only_points = expand({**probe_spec(probe_dir, {}), "points": [{"a": 5}]}, out=tmp_path)
+    assert [r.grid for r in only_points] == [{"a": 5}]
+    with pytest.raises(SweepError, match="non-empty mappings"):
+        parse_sweep({**probe_spec(probe_dir, {}), "points": [{}]})
+    with pytest.raises(SweepError, match="set by the runner"):
+        parse_sweep({**probe_spec(probe_dir, {}), "points": [{"store": "x"}]})
+
+
+def test_real_models_sweep_expands():
+    runs = expand(load_sweep(REPO / "sweeps" / "real_models.yaml"))
+    assert [r.grid for r in runs] == [
+        {"model": "bundled:whisper-tiny.en", "language": "en", "task": "transcribe"},
+        {"model": "bundled:whisper-base", "language": "en", "task": "transcribe"},
+        {"model": "bundled:whisper-base", "language": "it", "task": "transcribe"},
+        {"model": "bundled:whisper-base", "language": "it", "task": "translate"}]
+    p01 = runs[0].params_for(runs[0].notebooks[0])
+    assert Path(p01["manifest"]).is_absolute() and p01["manifest"].endswith("data/enit/manifest.csv")

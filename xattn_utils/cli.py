@@ -14,10 +14,18 @@ from .errors import XattnError
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="bundled:whisper-tiny.en",
-                   help="bundled:whisper-tiny.en, a registry name, a local save_pretrained folder, or a hub id")
+                   help="bundled:whisper-tiny.en, bundled:whisper-base, a registry name, a local save_pretrained "
+                        "folder, or a hub id")
     p.add_argument("--input-mode", choices=("padded", "trimmed"), default="padded",
                    help="padded: Whisper's 30 s input (faithful); trimmed: audio only (cheaper)")
     p.add_argument("--device", default="cpu")
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    """The decoder prompt of multilingual / multitask models (recorded in provenance and cache keys)."""
+    p.add_argument("--language", help="spoken language code, e.g. en, it (multilingual models; default en)")
+    p.add_argument("--task", choices=("transcribe", "translate"),
+                   help="transcribe (default) or translate into English (multitask models)")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -27,8 +35,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", help="data manifest CSV (data_manifest.csv schema)")
     p.add_argument("--split")
     p.add_argument("--limit", type=int)
-    p.add_argument("--language")
-    p.add_argument("--task")
+    _add_prompt_args(p)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -203,8 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transcribe", help="print one greedy hypothesis per audio file")
     _add_model_args(p)
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--language")
-    p.add_argument("--task")
+    _add_prompt_args(p)
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("extract", help="decode, force-decode and store cross-attention for a data set")

