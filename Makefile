@@ -32,8 +32,8 @@ sysdeps:
 data: env sysdeps
 	$(PY) -m xattn_utils.corpus --default
 
-# The default study: trains the model grid when none is trained, then sweeps notebooks 01-04 over the bundled
-# Whisper and every trained model (resumable: finished runs under $(STUDY) are skipped).
+# The default study: the default sweep (notebooks 01-06) over the bundled Whisper tiny.en and every trained grid
+# model present (none until `make models`); resumable: finished runs under $(STUDY) are skipped.
 study: env sysdeps
 	$(PY) -m xattn_utils.study --out $(STUDY) --workers $(WORKERS)
 

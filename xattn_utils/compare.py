@@ -195,10 +195,12 @@ def calibration_split(utterances, fraction: float = 0.5, seed: int = 0) -> tuple
     return sorted(ids[:n_cal]), sorted(ids[n_cal:])
 
 
-def _values_by_utterance(table: pd.DataFrame, attention: str, reference: str, measure: str,
+def _values_by_utterance(utt: pd.DataFrame, attention: str, reference: str, measure: str,
                          utterances: list[str]) -> list[np.ndarray]:
-    d = table[(table.level == "utterance") & (table.attention == attention) & (table.reference == reference)
-              & (table.measure == measure)].set_index("utterance")["value"]
+    """Per utterance (in ``utterances`` order) the one utterance-level value of (attention, reference, measure);
+    ``utt``: the table's utterance-level rows."""
+    d = utt[(utt.attention == attention) & (utt.reference == reference)
+            & (utt.measure == measure)].set_index("utterance")["value"]
     return [np.array([d.get(u, np.nan)], dtype=np.float64) for u in utterances]
 
 
@@ -215,7 +217,7 @@ def study_headline(table: pd.DataFrame, fixed: tuple[str, ...] = FIXED_AGGREGATE
     n_utterances, pearson, pearson_low, pearson_high, reliability, reliability_low, reliability_high, corrected,
     corrected_low, corrected_high.
     """
-    utt = table[table.level == "utterance"]
+    utt = table[(table.level == "utterance") & table.measure.isin(["pearson", "split_half"])]
     rows = []
     for ref in ("smx", "smh"):
         sub = utt[(utt.reference == ref) & (utt.measure == "pearson") & (utt.attention != "")
@@ -226,7 +228,7 @@ def study_headline(table: pd.DataFrame, fixed: tuple[str, ...] = FIXED_AGGREGATE
         cal, rep = calibration_split(everyone, calibration, seed)
 
         def mean_on(att, ids):
-            return dataset_aggregate(_values_by_utterance(table, att, ref, "pearson", ids), "pearson", n_boot=1,
+            return dataset_aggregate(_values_by_utterance(sub, att, ref, "pearson", ids), "pearson", n_boot=1,
                                      seed=seed)["value"]
 
         cands = sorted(sub.attention.unique())
@@ -237,11 +239,11 @@ def study_headline(table: pd.DataFrame, fixed: tuple[str, ...] = FIXED_AGGREGATE
         best_in = max(cands, key=lambda a: np.nan_to_num(mean_on(a, everyone), nan=-np.inf))
         picks.append((best_in, "in-sample best (biased up)", everyone))
         for att, how, ids in picks:
-            obs = _values_by_utterance(table, att, ref, "pearson", ids)
+            obs = _values_by_utterance(sub, att, ref, "pearson", ids)
             raw = dataset_aggregate(obs, "pearson", n_boot=n_boot, seed=seed, ci=ci)
             row = {"reference": ref, "aggregate": att, "selection": how, "n_utterances": raw["n_utterances"],
                    "pearson": raw["value"], "pearson_low": raw["ci_low"], "pearson_high": raw["ci_high"]}
-            halves = _values_by_utterance(table, "", ref, "split_half", ids)
+            halves = _values_by_utterance(utt, "", ref, "split_half", ids)
             if any(np.isfinite(h).any() for h in halves):
                 cor = dataset_corrected(obs, halves, n_boot=n_boot, seed=seed, ci=ci)
                 row.update(reliability=cor["reliability"]["value"], reliability_low=cor["reliability"]["ci_low"],

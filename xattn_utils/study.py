@@ -1,11 +1,12 @@
 """The default study (``make study``): the default sweep over the bundled Whisper and every trained grid model.
 
 Steps:
-1. when no model of the offline grid is trained yet, train it first (``notebooks/00_train_models.ipynb`` through
-   papermill, CPU-sized budgets; ``--no-train`` skips this);
-2. run ``sweeps/default.yaml`` (notebooks 01-04, CPU-sized) with its ``model`` grid extended by every trained
+1. with ``--train`` only, when no model of the offline grid is trained yet, train it first
+   (``notebooks/00_train_models.ipynb`` through papermill, CPU-sized budgets; ``make models`` does the same): the
+   default study needs no training;
+2. run ``sweeps/default.yaml`` (notebooks 01-06, CPU-sized) with its ``model`` grid extended by every trained
    grid model present, through :func:`xattn_utils.sweep.run_sweep` (resumable: finished runs are skipped);
-3. print where ``report.md`` is and the headline numbers beside the paper's.
+3. print where ``report.md`` is, the headline numbers beside the paper's and the wall time.
 """
 from __future__ import annotations
 
@@ -49,15 +50,17 @@ def study_sweep(models: list[str], sweep: Path = DEFAULT_SWEEP) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run the default xattn study (train the grid when absent, then sweep).")
+    ap = argparse.ArgumentParser(description="Run the default xattn study: the default sweep over the bundled model and "
+                                             "every trained grid model present.")
     ap.add_argument("--out", default="runs/study", help="output root of the sweep (runs are resumed there)")
-    ap.add_argument("--no-train", action="store_true", help="do not train the grid when no trained model exists")
+    ap.add_argument("--train", action="store_true", help="train the grid first when no trained model exists")
+    ap.add_argument("--no-train", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
     ap.add_argument("--workers", type=int, default=2,
                     help="Dask worker processes (one run at a time each, one thread each: Dask sets OMP_NUM_THREADS=1)")
     args = ap.parse_args(argv)
     t0 = time.time()
     out = Path(args.out).resolve()
-    if not trained_models() and not args.no_train:
+    if args.train and not trained_models():
         print("no trained grid model found: training the grid first (notebooks/00_train_models.ipynb)", flush=True)
         train_first(out / "train")
     from .sweep import run_sweep
