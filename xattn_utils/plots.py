@@ -193,7 +193,9 @@ def plot_headline(ax, headline: pd.DataFrame) -> None:
     """Raw and noise-corrected Pearson per reference and aggregate (:func:`xattn_utils.compare.study_headline`), with
     95% intervals; the corrected bar is the correlation with the SPES map at infinite masks."""
     h = headline.reset_index(drop=True)
-    labels = [f"{r.reference.upper()}\n{r.aggregate}\n({r.selection.split(' (')[0]})" for r in h.itertuples()]
+    short = {"fixed": "fixed", "in-sample best (biased up)": "in-sample best"}
+    labels = [f"{r.reference.upper()}\n{r.aggregate}\n({short.get(r.selection, 'calibrated best')})"
+              for r in h.itertuples()]
     x = np.arange(len(h))
     for off, col, name, color in ((-0.2, "pearson", "raw", "tab:blue"), (0.2, "corrected", "noise-corrected",
                                                                           "tab:orange")):
