@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from xattn_utils.errors import ModelError
+from xattn_utils.errors import InputError, ModelError
 from xattn_utils.forced import decoder_prompt, forced_pass
 from xattn_utils.models import load_model, resolve_model_path
 from xattn_utils.registry import load_registry, resolve
@@ -157,7 +157,7 @@ def test_multitask_model_accepts_both_task_prompts(smoke, corpus):
     ids = special_ids(loaded.tokenizer)
     asr, st = decoder_prompt(loaded, "en", "transcribe"), decoder_prompt(loaded, "en", "translate")
     assert asr[2] == ids["<|transcribe|>"] and st[2] == ids["<|translate|>"] and asr[:2] == st[:2]
-    with pytest.raises(KeyError):
+    with pytest.raises(InputError, match="no language 'fr'.*its languages: en"):
         decoder_prompt(loaded, "fr", "transcribe")
     from xattn_utils.audio import load_audio
 
