@@ -35,7 +35,7 @@ def pearson(a, b):
 
 def main(run_dir: str) -> None:
     store = Path(run_dir) / "store"
-    r_obs, r_half = [], []
+    r_obs, r_half, r_old = [], [], []
     for utt in sorted(p for p in store.iterdir() if p.is_dir()):
         if not ((utt / "attention.zarr").exists() and (utt / "spes_x.zarr").exists()):
             continue
@@ -46,12 +46,17 @@ def main(run_dir: str) -> None:
         smx = pooled_mean(sx.saliency.values[:-1], t_enc)
         ha, hb = (pooled_mean(h[:-1], t_enc) for h in sx.saliency_half.values)
         r_obs.append(pearson(zscore(ca), zscore(smx)))
+        # the grid before the fix: sums over mel and zero-padded frame pairs, then per-token min-max
+        summed = np.pad(sx.saliency.values[:-1].sum(-1), ((0, 0), (0, 2 * t_enc - sx.sizes["frame"])))
+        summed = summed[:, : 2 * t_enc].reshape(summed.shape[0], t_enc, 2).sum(-1)
+        mm = lambda m: (m - m.min(1, keepdims=True)) / (m.max(1, keepdims=True) - m.min(1, keepdims=True))  # noqa
+        r_old.append(pearson(mm(ca), mm(summed)))
         r_half.append(pearson(zscore(ha), zscore(hb)))
     fisher = lambda r: float(np.tanh(np.mean(np.arctanh(r))))  # noqa: E731
     obs, half = fisher(r_obs), fisher(r_half)
     rel = 2 * half / (1 + half)
     print(f"{len(r_obs)} utterances (numpy): Pearson(CA[all], SMX) = {obs:.4f}; split-half {half:.4f}; "
-          f"reliability {rel:.4f}; corrected {obs / np.sqrt(rel):.4f}")
+          f"reliability {rel:.4f}; corrected {obs / np.sqrt(rel):.4f}; the old sum + min-max grid {fisher(r_old):.4f}")
     h = pd.read_csv(Path(run_dir) / "tables" / "03_headline.csv")
     row = h[(h["reference"] == "smx") & (h["aggregate"] == "all") & (h["selection"] == "fixed")].iloc[0]
     print(f"notebook 03 (library): Pearson = {row.pearson:.4f}; reliability {row.reliability:.4f}; "

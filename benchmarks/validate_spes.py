@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from xattn_utils import load_model
-from xattn_utils.agreement import ca_selections, dataset_corrected, token_agreement
+from xattn_utils.agreement import ca_selections, dataset_aggregate, dataset_corrected, token_agreement
 from xattn_utils.audio import load_audio
 from xattn_utils.corpus import study_data
 from xattn_utils.extract import ExtractConfig, extract_cross_attention
@@ -129,8 +129,8 @@ def report(variants, data: pd.DataFrame, store_dir: Path, maps_dir: Path, n_boot
         for a, (obs, half) in per_agg.items():
             # a bootstrap over tokens (a handful of utterances cannot carry an interval over utterances)
             out = dataset_corrected([np.array([o]) for o in obs], [np.array([h]) for h in half], n_boot=n_boot)
-            raw = dataset_corrected([np.array([o]) for o in obs], [np.array([o]) for o in obs], n_boot=n_boot)
-            c, r, s = out["pearson_corrected"], out["reliability"], raw["split_half"]
+            s = dataset_aggregate([np.array([o]) for o in obs], "pearson", n_boot=n_boot)
+            c, r = out["pearson_corrected"], out["reliability"]
             rows.append({"variant": v.name, "masks": v.n_masks, "segments": "/".join(map(str, v.segments)),
                          "occlusion": v.occlusion, "input": v.input_mode, "seed": v.seed, "utterances": n_utt,
                          "tokens": len(obs), "aggregate": a, "pearson": s["value"], "pearson_low": s["ci_low"],

@@ -39,6 +39,7 @@ from .agreement import (
     ca_selections,
     dataset_aggregate,
     dataset_corrected,
+    fisher_mean,
     utterance_agreement,
 )
 from .errors import XattnError
@@ -228,8 +229,7 @@ def study_headline(table: pd.DataFrame, fixed: tuple[str, ...] = FIXED_AGGREGATE
         cal, rep = calibration_split(everyone, calibration, seed)
 
         def mean_on(att, ids):
-            return dataset_aggregate(_values_by_utterance(sub, att, ref, "pearson", ids), "pearson", n_boot=1,
-                                     seed=seed)["value"]
+            return fisher_mean(_values_by_utterance(sub, att, ref, "pearson", ids))
 
         cands = sorted(sub.attention.unique())
         picks = [(a, "fixed", everyone) for a in fixed if a in cands]
@@ -297,8 +297,8 @@ def grid_ablation(store: str | Path | ResultStore, variants: dict[str, CompareCo
     uids = [u for u in st.utterances() if {"attention", "spes_x"} <= set(st.kinds(u))]
     if not uids:
         raise XattnError(f"{st.path}: no utterance has cross-attention and SMX; run notebook 02 first")
-    parity = {u: "odd" if int(st.load(u, "spes_x").attrs.get("n_audio_frames", st.load(u, "spes_x").sizes["frame"]))
-              % 2 else "even" for u in uids}
+    # SMX is stored cut to the audio frames: its frame count is the utterance's
+    parity = {u: "odd" if st.load(u, "spes_x").sizes["frame"] % 2 else "even" for u in uids}
     rows = []
     for name, cfg in variants.items():
         cfg = dataclasses.replace(cfg, per_head=False)
