@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from xattn_utils.spes import (
+from xattn_utils.attribution.spes import (
     MaskBits,
     PartialSums,
     SPESConfig,
@@ -59,10 +59,10 @@ def make_scorer(kind: str, device: str, quick: bool, input_mode: str = "trimmed"
 
 def bundled_scorer(device: str, input_mode: str, index: int = 0):
     """Bundled Whisper tiny.en forced on its own hypothesis of a default-corpus utterance."""
-    from xattn_utils.audio import load_audio
-    from xattn_utils.corpus import study_data
-    from xattn_utils.forced import Seq2SeqScorer, decode, decoder_prompt
-    from xattn_utils.models import load_model
+    from xattn_utils.data.audio import load_audio
+    from xattn_utils.data.corpus import study_data
+    from xattn_utils.extraction.forced import Seq2SeqScorer, decode, decoder_prompt
+    from xattn_utils.models.loader import load_model
 
     row = study_data(limit=index + 1).iloc[index]
     audio = load_audio(row.audio_path)

@@ -1,7 +1,7 @@
 """Independent recomputation of notebook 06's headline: Pearson(CA[all], SMX) and Pearson(rollout∘all, SMX).
 
 Re-derives everything from the stored arrays and `transformers`' own attention modules with numpy/scipy only
-(no xattn_utils.mixing, no xattn_utils.agreement, no xattn_utils.grids): rollout from each WhisperAttention's
+(no xattn_utils.attribution.mixing, no xattn_utils.analysis.agreement, no xattn_utils.attribution.grids): rollout from each WhisperAttention's
 weights, SMX averaged over mel and the frames of each encoder frame that are present (a SPES cell is a mean KL),
 per-token z-score, flattened per-utterance Pearson (scipy), Fisher-z mean.
 
@@ -18,8 +18,8 @@ import torch
 from scipy.stats import pearsonr
 
 from xattn_utils import load_model, open_store
-from xattn_utils.audio import load_audio
-from xattn_utils.corpus import study_data
+from xattn_utils.data.audio import load_audio
+from xattn_utils.data.corpus import study_data
 
 
 def toeplitz_control(m):

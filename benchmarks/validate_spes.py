@@ -27,13 +27,18 @@ import pandas as pd
 import torch
 
 from xattn_utils import load_model
-from xattn_utils.agreement import ca_selections, dataset_aggregate, dataset_corrected, token_agreement
-from xattn_utils.audio import load_audio
-from xattn_utils.corpus import study_data
-from xattn_utils.extract import ExtractConfig, extract_cross_attention
-from xattn_utils.grids import encoder_grid
-from xattn_utils.saliency import scorer_for
-from xattn_utils.spes import SPESConfig, spes_smx
+from xattn_utils.analysis.agreement import (
+    ca_selections,
+    dataset_aggregate,
+    dataset_corrected,
+    token_agreement,
+)
+from xattn_utils.attribution.grids import encoder_grid
+from xattn_utils.attribution.saliency import scorer_for
+from xattn_utils.attribution.spes import SPESConfig, spes_smx
+from xattn_utils.data.audio import load_audio
+from xattn_utils.data.corpus import study_data
+from xattn_utils.extraction.extract import ExtractConfig, extract_cross_attention
 from xattn_utils.store import open_store
 
 PUBLISHED = (2000, 2500, 3000)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from xattn_utils.agreement import (
+from xattn_utils.analysis.agreement import (
     MEASURES,
     agreement_table,
     ca_aggregate,

@@ -4,8 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xattn_utils.aligner import align, alignment_pass, ctranslate2_parity, parse_heads, text_token_ids
-from xattn_utils.audio import load_audio
+from xattn_utils.analysis.aligner import (
+    align,
+    alignment_pass,
+    ctranslate2_parity,
+    parse_heads,
+    text_token_ids,
+)
+from xattn_utils.data.audio import load_audio
 from xattn_utils.errors import XattnError
 
 TINY_EN_HEADS = [(1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)]
@@ -25,7 +31,7 @@ def test_parse_heads():
 
 @pytest.fixture(scope="module")
 def corpus():
-    from xattn_utils.corpus import study_data
+    from xattn_utils.data.corpus import study_data
 
     return study_data(split="test", limit=4)
 

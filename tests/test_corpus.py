@@ -7,12 +7,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from xattn_utils.audio import load_audio, sha256_file
-from xattn_utils.corpus import REPO_MANIFEST, CorpusConfig, build_corpus, ensure_default_corpus, plan_corpus
+from xattn_utils._io import sha256_file
+from xattn_utils.data.audio import load_audio
+from xattn_utils.data.corpus import (
+    REPO_MANIFEST,
+    CorpusConfig,
+    build_corpus,
+    ensure_default_corpus,
+    plan_corpus,
+)
+from xattn_utils.data.espeak import Synthesizer
+from xattn_utils.data.grammar import NUMBERS, sentence, vocabulary
+from xattn_utils.data.manifest import load_manifest, read_word_times, validate_manifest
 from xattn_utils.errors import InputError
-from xattn_utils.espeak import Synthesizer
-from xattn_utils.grammar import NUMBERS, sentence, vocabulary
-from xattn_utils.manifest import load_manifest, read_word_times, validate_manifest
 
 
 def _rms(audio, sr, hop_s=0.005):

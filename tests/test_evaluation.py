@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from xattn_utils.analysis.evaluation import normalize_text, score_model, score_texts
 from xattn_utils.errors import InputError
-from xattn_utils.evaluation import normalize_text, score_model, score_texts
 
 
 def test_normalize_text():

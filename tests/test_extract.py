@@ -10,9 +10,21 @@ import pytest
 import soundfile as sf
 import torch
 
-from xattn_utils import ExtractConfig, ModelError, Seq2SeqScorer, extract_cross_attention, load_model, open_store
+from xattn_utils import (
+    ExtractConfig,
+    ModelError,
+    Seq2SeqScorer,
+    extract_cross_attention,
+    load_model,
+    open_store,
+)
 from xattn_utils.errors import HypothesisError
-from xattn_utils.forced import _value_norms, decoder_prompt, forced_pass, greedy_decode
+from xattn_utils.extraction.forced import (
+    _value_norms,
+    decoder_prompt,
+    forced_pass,
+    greedy_decode,
+)
 
 
 def _items(speech_dir, n=3):
@@ -171,7 +183,7 @@ def test_beam_search_hypothesis(bundled, speech_dir, tmp_path):
 
 
 def test_decoding_loops_are_recorded_not_explained(bundled, speech_dir, tmp_path):
-    from xattn_utils.extract import compression_ratio
+    from xattn_utils.extraction.extract import compression_ratio
 
     assert compression_ratio("quiet, " * 40) > 2.4 > compression_ratio("the big mountain follows a cold cake")
     strict = ExtractConfig(max_compression_ratio=0.5)  # every real sentence "loops" under this threshold

@@ -6,8 +6,13 @@ import torch
 from captum.attr import IntegratedGradients, Saliency
 from toy_models import BlockToyScorer
 
+from xattn_utils.attribution.gradients import (
+    GradientConfig,
+    attribute_gradients,
+    attribute_with,
+    canonical_method,
+)
 from xattn_utils.errors import XattnError
-from xattn_utils.gradients import GradientConfig, attribute_gradients, attribute_with, canonical_method
 
 METHODS = ["saliency", "input_x_gradient", "integrated_gradients"]
 

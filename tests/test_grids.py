@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from xattn_utils.agreement import (
+from xattn_utils.analysis.agreement import (
     agreement_table,
     dataset_corrected,
     disattenuate,
@@ -15,9 +15,13 @@ from xattn_utils.agreement import (
     token_agreement,
     utterance_agreement,
 )
-from xattn_utils.compare import CompareConfig
+from xattn_utils.analysis.compare import CompareConfig
+from xattn_utils.attribution.grids import (
+    encoder_grid,
+    normalize_rows,
+    pool_to_encoder_frames,
+)
 from xattn_utils.errors import XattnError
-from xattn_utils.grids import encoder_grid, normalize_rows, pool_to_encoder_frames
 
 K = 2
 

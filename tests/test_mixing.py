@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from xattn_utils.errors import XattnError
-from xattn_utils.mixing import (
+from xattn_utils.attribution.mixing import (
     METHODS,
     MixingConfig,
     compose_attention,
@@ -19,6 +18,7 @@ from xattn_utils.mixing import (
     row_normalize,
     trace_encoder,
 )
+from xattn_utils.errors import XattnError
 
 
 def _whisper_encoder(t_enc=12, d=16, heads=2, layers=2, mels=4, seed=0, scale=0.4):
@@ -210,14 +210,14 @@ def test_composed_maps_from_a_dataset():
 
 
 def test_bundled_tiny_en_store_and_compare(bundled_trimmed, speech_dir, tmp_path):
-    from xattn_utils.agreement import ca_all, normalize_rows
-    from xattn_utils.compare import CompareConfig, utterance_maps
-    from xattn_utils.mixing import compute_mixing, loaded_mixing
+    from xattn_utils.analysis.agreement import ca_all, normalize_rows
+    from xattn_utils.analysis.compare import CompareConfig, utterance_maps
+    from xattn_utils.attribution.mixing import compute_mixing, loaded_mixing
     from xattn_utils.store import ResultStore
 
     loaded = bundled_trimmed
     wav = speech_dir / "utt1.wav"
-    from xattn_utils.audio import load_audio
+    from xattn_utils.data.audio import load_audio
 
     feats = loaded.features(load_audio(wav)).values[None]
     tr = trace_encoder(loaded.encoder_for(feats.shape[-1]), feats)
@@ -274,7 +274,7 @@ def test_mixing_gain_is_paired():
     """A composed map that is better by the same amount on every utterance has a gain with a tight interval."""
     import pandas as pd
 
-    from xattn_utils.mixing import mixing_gain
+    from xattn_utils.attribution.mixing import mixing_gain
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.0, 0.6, 20)  # utterances differ a lot; the composition adds 0.05 in z to each
@@ -290,7 +290,7 @@ def test_mixing_gain_is_paired():
 
 
 def test_diagonal_average_control():
-    from xattn_utils.mixing import diagonal_average
+    from xattn_utils.attribution.mixing import diagonal_average
 
     np.testing.assert_allclose(diagonal_average(np.eye(5)), np.eye(5))
     band = np.eye(5) + 0.5 * np.eye(5, k=1) + 0.25 * np.eye(5, k=-1)  # constant along its diagonals already

@@ -112,8 +112,8 @@ def test_04_faithfulness(run_dir):
 def test_00_tour(run_dir):
     import re
 
-    from xattn_utils.agreement import utterance_agreement
-    from xattn_utils.compare import CompareConfig, utterance_maps
+    from xattn_utils.analysis.agreement import utterance_agreement
+    from xattn_utils.analysis.compare import CompareConfig, utterance_maps
     from xattn_utils.store import open_store
 
     nb = _run("00_tour.ipynb", run_dir, n_masks=16)
@@ -173,8 +173,8 @@ def test_06_context_mixing(run_dir):
 
     import pandas as pd
 
-    from xattn_utils.agreement import utterance_agreement
-    from xattn_utils.compare import CompareConfig, utterance_maps
+    from xattn_utils.analysis.agreement import utterance_agreement
+    from xattn_utils.analysis.compare import CompareConfig, utterance_maps
     from xattn_utils.store import open_store
 
     nb = _run("06_context_mixing.ipynb", run_dir, n_utterances=1, input_mode="trimmed", n_masks=32, n_masks_h=32,

@@ -23,9 +23,17 @@ import pytest
 import soundfile as sf
 
 from xattn_utils import ExtractConfig, extract_cross_attention, open_store
-from xattn_utils.audio import load_audio, sha256_file
-from xattn_utils.errors import (DamagedResultError, DiskFullError, InputError, MissingResultError, ModelError,
-                                StoreError, XattnError)
+from xattn_utils._io import sha256_file
+from xattn_utils.data.audio import load_audio
+from xattn_utils.errors import (
+    DamagedResultError,
+    DiskFullError,
+    InputError,
+    MissingResultError,
+    ModelError,
+    StoreError,
+    XattnError,
+)
 from xattn_utils.store import ResultStore
 
 KIND = "attention"
@@ -45,8 +53,8 @@ def _tree_sums(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def base_store(bundled_trimmed, speech_dir, tmp_path_factory):
     """utt0 and utt1: attention (trimmed input) and SPES on H (16 masks), extracted once for the module."""
-    from xattn_utils.saliency import SaliencyConfig, compute_saliency
-    from xattn_utils.spes import SMHConfig
+    from xattn_utils.attribution.saliency import SaliencyConfig, compute_saliency
+    from xattn_utils.attribution.spes import SMHConfig
 
     path = tmp_path_factory.mktemp("reliability") / "store"
     rep = compute_saliency(bundled_trimmed, _items(speech_dir), path,
@@ -96,7 +104,7 @@ def test_same_file_twice_is_refused_by_name(speech_dir, tmp_path, bundled_trimme
 
 
 def test_duplicate_manifest_ids_are_refused_naming_both_paths(bundled_trimmed, speech_dir, store_copy, tmp_path):
-    from xattn_utils.manifest import load_manifest
+    from xattn_utils.data.manifest import load_manifest
 
     manifest = tmp_path / "m.csv"
     pd.DataFrame({"id": ["utt0", "dup", "dup"],
@@ -171,8 +179,8 @@ def test_damaged_group_is_named_on_load_and_recomputed_on_resume(case, bundled_t
 
 
 def test_damaged_saliency_never_reaches_a_correlation(store_copy, tmp_path, capsys):
+    from xattn_utils.analysis.compare import CompareConfig, compare_store
     from xattn_utils.cli import main
-    from xattn_utils.compare import CompareConfig, compare_store
 
     cfg = CompareConfig(per_head=False, n_boot=20)
     good = compare_store(store_copy, None, cfg, progress=False)
@@ -278,7 +286,7 @@ def test_missing_store_is_still_a_file_not_found_error(tmp_path):
 
 
 def test_faithfulness_item_missing_from_store_is_recorded(bundled_trimmed, speech_dir, store_copy):
-    from xattn_utils.faithfulness import FaithfulnessConfig, faithfulness_store
+    from xattn_utils.analysis.faithfulness import FaithfulnessConfig, faithfulness_store
 
     items = pd.DataFrame({"id": ["ghost", "utt0", "utt1"],
                           "audio_path": [str(speech_dir / f"utt{i}.wav") for i in (2, 0, 1)]})
@@ -346,8 +354,8 @@ def test_orphan_temporaries_of_dead_writers_are_cleaned(bundled_trimmed, speech_
 
 def test_truncated_weights_are_named_and_the_bundled_cache_rebuilt(tmp_path):
     from xattn_utils import load_model
-    from xattn_utils.convert import ensure_bundled_whisper
-    from xattn_utils.models import weights_sha256
+    from xattn_utils._io import weights_sha256
+    from xattn_utils.models.conversion import ensure_bundled_whisper
 
     dest = ensure_bundled_whisper(cache=tmp_path / "cache")
     recorded = json.loads((dest / "conversion.json").read_text())["weights_sha256"]
@@ -393,7 +401,7 @@ INJECTION = "a = 1\nimport os; os.system('touch {marker}')\nb"
 def test_sweep_keys_cannot_inject_code(where, key, said, sweep_done, tmp_path):
     from test_sweep import PROBE
 
-    from xattn_utils.sweep import SweepError, run_sweep
+    from xattn_utils.runs.sweep import SweepError, run_sweep
 
     probe_dir, root, spec, status = sweep_done
     marker = tmp_path / "INJECTED"
@@ -418,7 +426,7 @@ def sweep_done(tmp_path_factory):
     """A real finished sweep (one papermill run of the probe notebook) to attack."""
     from test_sweep import write_probe
 
-    from xattn_utils.sweep import run_sweep
+    from xattn_utils.runs.sweep import run_sweep
 
     base = tmp_path_factory.mktemp("sweep")
     probe_dir = write_probe(base / "nb").parent
@@ -441,8 +449,8 @@ class _Evil:
 def test_training_checkpoints_are_loaded_without_running_code(tmp_path):
     import torch
 
-    from xattn_utils.training import Examples, TrainConfig, train
-    from xattn_utils.vocab import encode_example, make_processor
+    from xattn_utils.models.training import Examples, TrainConfig, train
+    from xattn_utils.models.vocab import encode_example, make_processor
 
     processor = make_processor()
     g = torch.Generator().manual_seed(0)
@@ -489,9 +497,9 @@ def test_concurrent_error_records_lose_nothing(tmp_path):
 
 def test_silence_and_tiny_clips_are_flagged_and_left_out_of_the_comparison(bundled_trimmed, speech_dir, store_copy,
                                                                            tmp_path):
-    from xattn_utils.compare import CompareConfig, compare_store
-    from xattn_utils.saliency import SaliencyConfig, compute_saliency
-    from xattn_utils.spes import SMHConfig
+    from xattn_utils.analysis.compare import CompareConfig, compare_store
+    from xattn_utils.attribution.saliency import SaliencyConfig, compute_saliency
+    from xattn_utils.attribution.spes import SMHConfig
 
     sf.write(tmp_path / "silence.wav", np.zeros(16000, dtype=np.float32), 16000)
     speech, _ = sf.read(speech_dir / "utt0.wav", dtype="float32")
@@ -531,7 +539,7 @@ def test_silence_and_tiny_clips_are_flagged_and_left_out_of_the_comparison(bundl
 ])
 def test_manifest_rows_that_disagree_with_their_audio_are_refused_by_id(column, value, said, bundled_trimmed,
                                                                         speech_dir, store_copy, tmp_path):
-    from xattn_utils.manifest import load_manifest, validate_manifest
+    from xattn_utils.data.manifest import load_manifest, validate_manifest
 
     rows = pd.DataFrame({"id": ["bad", "utt0"], "audio_path": [str(speech_dir / "utt2.wav"),
                                                                 str(speech_dir / "utt0.wav")],
@@ -573,7 +581,7 @@ def test_saliency_mask_budget_is_checked_before_the_model_loads(argv, said, spee
     ([1, 2], "must be a JSON object"),
 ])
 def test_bad_corpus_configs_are_one_line_errors_and_write_nothing(config, said, tmp_path, capsys):
-    from xattn_utils.corpus import main
+    from xattn_utils.data.corpus import main
 
     out = tmp_path / "a" / "b"
     out.mkdir(parents=True)

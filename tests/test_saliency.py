@@ -10,8 +10,12 @@ import soundfile as sf
 import torch
 
 from xattn_utils import open_store
-from xattn_utils.saliency import SaliencyConfig, compute_saliency, scorer_for
-from xattn_utils.spes import SMHConfig, SPESConfig
+from xattn_utils.attribution.saliency import (
+    SaliencyConfig,
+    compute_saliency,
+    scorer_for,
+)
+from xattn_utils.attribution.spes import SMHConfig, SPESConfig
 
 pytestmark = pytest.mark.slow
 
@@ -74,8 +78,8 @@ def test_integrated_gradients_completeness_on_whisper(filled_store):
 
 
 def test_sanity_check_gradients_decorrelate(bundled_trimmed, filled_store, speech_dir):
-    from xattn_utils.gradients import attribute_gradients
-    from xattn_utils.sanity import sanity_check
+    from xattn_utils.analysis.sanity import sanity_check
+    from xattn_utils.attribution.gradients import attribute_gradients
 
     audio, _ = sf.read(speech_dir / "utt1.wav", dtype="float32")
     scorer = scorer_for(bundled_trimmed, audio, open_store(filled_store).load("utt1", "attention"))
@@ -93,7 +97,7 @@ def test_sanity_check_gradients_decorrelate(bundled_trimmed, filled_store, speec
 def test_removing_encoder_frames_equals_deleting_them(bundled_trimmed, filled_store, speech_dir):
     """SMH's ``remove`` occlusion masks frames out of every cross-attention softmax: the same as cutting them out of
     the encoder output (Whisper's decoder sees encoder positions only through the states themselves)."""
-    from xattn_utils.spes import SMHConfig, spes_smh
+    from xattn_utils.attribution.spes import SMHConfig, spes_smh
 
     audio, _ = sf.read(speech_dir / "utt1.wav", dtype="float32")
     scorer = scorer_for(bundled_trimmed, audio, open_store(filled_store).load("utt1", "attention"))

@@ -2,7 +2,7 @@
 
 Two clusters for the whole module: one in-process worker (threads) and two worker processes (recipes are pickled,
 the model is rebuilt in each process). Maps are compared with torch.equal: shards follow the single run's batch grid
-(see xattn_utils.shard), so nothing but the order of exact float64 additions differs.
+(see xattn_utils.runs.shard), so nothing but the order of exact float64 additions differs.
 """
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ import pytest
 import torch
 from toy_models import ToyRecipe
 
-from xattn_utils import shard
+from xattn_utils.attribution.saliency import scorer_for
+from xattn_utils.attribution.spes import (
+    SMHConfig,
+    SPESConfig,
+    checkpoints,
+    spes_smh,
+    spes_smx,
+)
 from xattn_utils.errors import XattnError
-from xattn_utils.saliency import scorer_for
-from xattn_utils.shard import (
+from xattn_utils.runs import shard
+from xattn_utils.runs.shard import (
     ScorerRecipe,
     batch_grid,
     grid_shards,
@@ -24,7 +31,6 @@ from xattn_utils.shard import (
     score_shard,
     spes_sharded,
 )
-from xattn_utils.spes import SMHConfig, SPESConfig, checkpoints, spes_smh, spes_smx
 
 distributed = pytest.importorskip("dask.distributed")
 
@@ -105,8 +111,8 @@ def test_toy_sharded_equals_single_run(one_worker, two_workers, space, cfg):
 @pytest.fixture(scope="module")
 def stored(bundled_trimmed, tmp_path_factory):
     """One default-corpus utterance with its hypothesis extracted into a fresh store: (store, id, audio path)."""
-    from xattn_utils.corpus import study_data
-    from xattn_utils.extract import extract_cross_attention
+    from xattn_utils.data.corpus import study_data
+    from xattn_utils.extraction.extract import extract_cross_attention
     from xattn_utils.store import ResultStore
 
     items = study_data(limit=1)
@@ -123,7 +129,7 @@ def whisper_recipe(stored) -> ScorerRecipe:
 
 
 def test_recipe_rebuilds_the_stored_hypothesis_scorer(stored, whisper_recipe, bundled_trimmed):
-    from xattn_utils.audio import load_audio
+    from xattn_utils.data.audio import load_audio
 
     store, uid, path = stored
     assert whisper_recipe.audio_sha256 is not None and whisper_recipe.hypothesis_ids

@@ -9,9 +9,12 @@ import pytest
 import torch
 from toy_models import BlockToyScorer
 
-from xattn_utils.errors import XattnError
-from xattn_utils.segmentation import n_segments_for, slic_segments, time_segments
-from xattn_utils.spes import (
+from xattn_utils.attribution.segmentation import (
+    n_segments_for,
+    slic_segments,
+    time_segments,
+)
+from xattn_utils.attribution.spes import (
     CHUNK,
     MaskBits,
     PartialSums,
@@ -22,11 +25,11 @@ from xattn_utils.spes import (
     checkpoints,
     kl_scores,
     map_from_partials,
+    mask_halves,
     partial_sums,
     plan_smh,
     plan_smx,
     reference_accumulate,
-    mask_halves,
     relevance,
     relevance_halves,
     run_plan,
@@ -34,6 +37,7 @@ from xattn_utils.spes import (
     spes_smh,
     spes_smx,
 )
+from xattn_utils.errors import XattnError
 
 SMX = SPESConfig(n_masks=512, n_segments=(20, 40), reference_duration=None, batch_size=64)
 
@@ -305,7 +309,7 @@ class _RewiredToy(BlockToyScorer):
 
 
 def test_sanity_ratio_passes_spes_and_fails_an_input_only_explanation():
-    from xattn_utils.sanity import sanity_check
+    from xattn_utils.analysis.sanity import sanity_check
 
     toy = BlockToyScorer(n_tokens=5, block=6, n_features=8, seed=3)
 
@@ -319,7 +323,7 @@ def test_sanity_ratio_passes_spes_and_fails_an_input_only_explanation():
     grid_rows = slice(None)  # the toy has no end-of-text row
 
     def grid(m):
-        from xattn_utils.grids import encoder_grid
+        from xattn_utils.attribution.grids import encoder_grid
 
         return encoder_grid(m, 2, toy.n_audio_frames // 2, rows=grid_rows)
 

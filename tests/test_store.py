@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from xattn_utils.forced import ForcedPass
+from xattn_utils.extraction.extract import attention_dataset
+from xattn_utils.extraction.forced import ForcedPass
 from xattn_utils.provenance import provenance, stable_hash
-from xattn_utils.store import ResultStore, attention_dataset, open_store
+from xattn_utils.store import ResultStore, open_store
 
 
 def _fake_pass(seed=0, n_tok=5, t_enc=30):

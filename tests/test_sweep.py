@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from xattn_utils.sweep import SweepError, expand, load_sweep, parse_sweep, read_status, run_sweep
+from xattn_utils.runs.sweep import (
+    SweepError,
+    expand,
+    load_sweep,
+    parse_sweep,
+    read_status,
+    run_sweep,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = "sweep_probe.ipynb"
@@ -30,7 +37,7 @@ run_dir = Path(run_dir)
 with open(run_dir.parent / "executions.log", "a") as fh:  # the sweep root counts executions
     fh.write(run_dir.name + "\\n")
 if manifest:
-    from xattn_utils.manifest import load_manifest
+    from xattn_utils.data.manifest import load_manifest
     load_manifest(manifest)
 if fail:
     raise RuntimeError(f"probe asked to fail (a={a}, b={b})")
@@ -148,7 +155,7 @@ def test_sweep_runs_resumes_and_collects(probe_dir, client, tmp_path):
     spec_file = tmp_path / "probe.yaml"
     spec_file.write_text(yaml.safe_dump({**probe_spec(probe_dir, {"a": [1, 2], "b": ["x", "yy"]}), "out": "out"}))
     # first invocation through the command line (its own LocalCluster of 2 worker processes)
-    proc = subprocess.run([sys.executable, "-m", "xattn_utils.sweep", str(spec_file), "--workers", "2"],
+    proc = subprocess.run([sys.executable, "-m", "xattn_utils.runs.sweep", str(spec_file), "--workers", "2"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "runs: 4 done, 0 skipped, 0 failed"
@@ -237,7 +244,7 @@ def test_smoke_sweep_on_the_study_notebooks(client, tmp_path):
 
 
 def test_study_sweeps_the_bundled_model_and_every_trained_one(tmp_path, monkeypatch):
-    from xattn_utils.study import study_sweep, trained_models
+    from xattn_utils.runs.study import study_sweep, trained_models
 
     monkeypatch.setenv("XATTN_HOME", str(tmp_path))
     assert trained_models() == []

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from xattn_utils.errors import XattnError
-from xattn_utils.timestamps import (
+from xattn_utils.analysis.timestamps import (
     Word,
     alignment_matrix,
     decode_token_pieces,
@@ -21,6 +20,7 @@ from xattn_utils.timestamps import (
     word_timestamps,
     words_from_token_times,
 )
+from xattn_utils.errors import XattnError
 
 
 def _brute_force_dtw(cost: np.ndarray) -> float:

@@ -6,8 +6,14 @@ import pandas as pd
 import pytest
 from toy_models import PlantedAlignerToy
 
-from xattn_utils.timestamps import Word, alignment_matrix, timestamp_errors, token_times, words_from_token_times
-from xattn_utils.timing_eval import (
+from xattn_utils.analysis.timestamps import (
+    Word,
+    alignment_matrix,
+    timestamp_errors,
+    token_times,
+    words_from_token_times,
+)
+from xattn_utils.analysis.timing_eval import (
     accuracy_summary,
     discover_heads,
     head_grid,
@@ -75,10 +81,11 @@ def test_store_maps_through_the_same_dtw(tmp_path):
     """A store whose attention holds the planted toy and whose SMH is the planted head's map: both time the words."""
     import xarray as xr
 
-    from xattn_utils.aligner import format_words, store_word_rows
-    from xattn_utils.forced import ForcedPass
-    from xattn_utils.store import ResultStore, attention_dataset
-    from xattn_utils.timing_eval import store_errors
+    from xattn_utils.analysis.aligner import format_words, store_word_rows
+    from xattn_utils.analysis.timing_eval import store_errors
+    from xattn_utils.extraction.extract import attention_dataset
+    from xattn_utils.extraction.forced import ForcedPass
+    from xattn_utils.store import ResultStore
 
     toy = _toys()[2]
     ca = toy.attention[:, :, toy.rows].numpy()  # (L, H, I, T'): the scored rows, end-of-text last
@@ -104,8 +111,11 @@ def test_store_maps_through_the_same_dtw(tmp_path):
 
 
 def test_alignment_vs_agreement_and_calibration_split():
+    from xattn_utils.analysis.timing_eval import (
+        alignment_vs_agreement,
+        split_calibration,
+    )
     from xattn_utils.errors import XattnError
-    from xattn_utils.timing_eval import alignment_vs_agreement, split_calibration
 
     heads = [f"L{l}H{h}" for l in range(2) for h in range(3)]
     summary = pd.DataFrame({"source": heads + ["all"], "within_50ms": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9]})

@@ -9,24 +9,21 @@ import pytest
 import torch
 
 from xattn_utils.errors import InputError, ModelError
-from xattn_utils.forced import decoder_prompt, forced_pass
-from xattn_utils.models import load_model, resolve_model_path
-from xattn_utils.registry import load_registry, resolve
-from xattn_utils.training import (
+from xattn_utils.extraction.forced import decoder_prompt, forced_pass
+from xattn_utils.models.loader import load_model, resolve_model_path
+from xattn_utils.models.registry import load_registry, resolve
+from xattn_utils.models.training import (
     TrainConfig,
     batch_indices,
     build_model,
-    evaluate,
     make_examples,
-    meets_targets,
     n_parameters,
-    save_model,
     spec_augment,
     targets_for,
     train,
-    training_curves,
 )
-from xattn_utils.vocab import encode_example, make_processor, special_ids
+from xattn_utils.models.vocab import encode_example, make_processor, special_ids
+from xattn_utils.runs.grid import evaluate, meets_targets, save_model, training_curves
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +33,7 @@ def processor():
 
 @pytest.fixture(scope="module")
 def corpus():
-    from xattn_utils.corpus import study_data
+    from xattn_utils.data.corpus import study_data
 
     return study_data(split="test")  # 24 English utterances with Italian translations
 
@@ -100,7 +97,7 @@ def smoke(processor, corpus, tmp_path_factory):
 
 
 def evaluate_loaded(model, processor, manifest):
-    from xattn_utils.models import LoadedModel
+    from xattn_utils.models.loader import LoadedModel
 
     loaded = LoadedModel(model=model, processor=processor, model_id="smoke", path="-", weights_sha256="-")
     return evaluate(loaded, manifest, "en-asrst", splits=("test",))
@@ -118,7 +115,7 @@ def test_save_load_identical_logits(smoke, corpus):
     assert "steps: 60" in card and "seed 0" in card and "chrF" in card
     loaded = load_model(str(folder), input_mode="padded")
     assert loaded.hop_length == 320 and loaded.frames_per_encoder_frame == 2
-    from xattn_utils.audio import load_audio
+    from xattn_utils.data.audio import load_audio
 
     x = torch.from_numpy(np.stack([loaded.features(load_audio(p)).values.numpy()
                                    for p in corpus.audio_path[:2]]))
@@ -159,7 +156,7 @@ def test_multitask_model_accepts_both_task_prompts(smoke, corpus):
     assert asr[2] == ids["<|transcribe|>"] and st[2] == ids["<|translate|>"] and asr[:2] == st[:2]
     with pytest.raises(InputError, match="no language 'fr'.*its languages: en"):
         decoder_prompt(loaded, "fr", "transcribe")
-    from xattn_utils.audio import load_audio
+    from xattn_utils.data.audio import load_audio
 
     audio = load_audio(corpus.audio_path[0])
     text = {"transcribe": corpus.transcript[0], "translate": corpus.translation[0]}

@@ -22,11 +22,25 @@ import torch
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
-from xattn_utils.convert import BUNDLED_SOURCES, assemble_parts, bundled_source_dir
 from xattn_utils.errors import InputError, ModelError
-from xattn_utils.forced import Seq2SeqScorer, decoder_prompt, forced_pass, greedy_decode
-from xattn_utils.models import BUNDLED_MODELS, Features, load_model, resolve_model_path
-from xattn_utils.registry import load_registry
+from xattn_utils.extraction.forced import (
+    Seq2SeqScorer,
+    decoder_prompt,
+    forced_pass,
+    greedy_decode,
+)
+from xattn_utils.models.conversion import (
+    BUNDLED_SOURCES,
+    assemble_parts,
+    bundled_source_dir,
+)
+from xattn_utils.models.loader import (
+    BUNDLED_MODELS,
+    Features,
+    load_model,
+    resolve_model_path,
+)
+from xattn_utils.models.registry import load_registry
 
 NAME = "bundled:whisper-base"
 SOT, EOT, NO_TS, EN, IT, TRANSLATE, TRANSCRIBE = 50258, 50257, 50363, 50259, 50274, 50358, 50359
@@ -284,7 +298,7 @@ def test_cli_transcribe_translate_gives_english(base, speech, ct2_greedy, capsys
 
 def test_extract_records_language_and_task(base, speech, tmp_path):
     """Language and task reach the decoder prompt, the provenance and the cache key: one item, two tasks."""
-    from xattn_utils.extract import ExtractConfig, extract_cross_attention
+    from xattn_utils.extraction.extract import ExtractConfig, extract_cross_attention
     from xattn_utils.store import ResultStore
 
     items = [str(speech["it"][0][0])]

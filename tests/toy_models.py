@@ -3,7 +3,7 @@
 Encoder: H[t'] = tanh(A · mean(X[:, 2t'], X[:, 2t'+1]))  (two input frames per encoder frame, like Whisper).
 Decoder: logits_i = W2 · tanh(W1 · mean(H[block_i]) + b1) + b2, with block_i = encoder frames
 [i*block, (i+1)*block). So the true relevance of token i is exactly its block, in X and in H.
-It implements :class:`xattn_utils.scoring.ForcedScorer`.
+It implements :class:`xattn_utils.attribution.scorer.ForcedScorer`.
 """
 from __future__ import annotations
 

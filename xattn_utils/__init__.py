@@ -5,9 +5,16 @@ One import for notebooks and users::
     from xattn_utils import load_model, load_manifest, extract_cross_attention, open_store
 """
 from .errors import HypothesisError, InputError, ModelError, XattnError
-from .extract import ExtractConfig, RunReport, extract_cross_attention
-from .forced import ForcedPass, Seq2SeqScorer, decoder_prompt, forced_pass, greedy_decode, transcribe
-from .models import LoadedModel, load_model
+from .extraction.extract import ExtractConfig, RunReport, extract_cross_attention
+from .extraction.forced import (
+    ForcedPass,
+    Seq2SeqScorer,
+    decoder_prompt,
+    forced_pass,
+    greedy_decode,
+    transcribe,
+)
+from .models.loader import LoadedModel, load_model
 from .store import ResultStore, open_store
 
 __all__ = [

@@ -41,7 +41,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _items(args) -> object:
     if getattr(args, "manifest", None):
-        from .manifest import load_manifest
+        from .data.manifest import load_manifest
 
         return load_manifest(args.manifest, split=args.split, limit=args.limit)
     if not args.files:
@@ -50,9 +50,9 @@ def _items(args) -> object:
 
 
 def cmd_transcribe(args) -> int:
-    from .audio import load_audio
-    from .forced import transcribe
-    from .models import load_model
+    from .data.audio import load_audio
+    from .extraction.forced import transcribe
+    from .models.loader import load_model
 
     loaded = load_model(args.model, args.input_mode, args.device)
     status = 0
@@ -69,8 +69,8 @@ def cmd_transcribe(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .extract import ExtractConfig, extract_cross_attention
-    from .models import load_model
+    from .extraction.extract import ExtractConfig, extract_cross_attention
+    from .models.loader import load_model
 
     cfg = ExtractConfig(language=args.language, task=args.task, batch_size=args.batch_size,
                         with_hidden=args.with_hidden, num_beams=args.beams)  # bad values fail before the model loads
@@ -82,10 +82,10 @@ def cmd_extract(args) -> int:
 def cmd_saliency(args) -> int:
     import dataclasses
 
-    from .extract import ExtractConfig
-    from .models import load_model
-    from .saliency import SaliencyConfig, compute_saliency
-    from .spes import SMHConfig, SPESConfig
+    from .attribution.saliency import SaliencyConfig, compute_saliency
+    from .attribution.spes import SMHConfig, SPESConfig
+    from .extraction.extract import ExtractConfig
+    from .models.loader import load_model
 
     for name, value in (("--n-masks", args.n_masks), ("--ig-steps", args.ig_steps)):
         if value is not None and value < 1:
@@ -106,9 +106,9 @@ def cmd_saliency(args) -> int:
 
 
 def cmd_mixing(args) -> int:
-    from .extract import ExtractConfig
-    from .mixing import MixingConfig, compute_mixing
-    from .models import load_model
+    from .attribution.mixing import MixingConfig, compute_mixing
+    from .extraction.extract import ExtractConfig
+    from .models.loader import load_model
 
     loaded = load_model(args.model, args.input_mode, args.device)
     report = compute_mixing(loaded, _items(args), args.out, MixingConfig(methods=tuple(args.method)),
@@ -119,7 +119,7 @@ def cmd_mixing(args) -> int:
 def cmd_compare(args) -> int:
     import dataclasses
 
-    from .compare import CompareConfig, compare_store, paper_comparison
+    from .analysis.compare import CompareConfig, compare_store, paper_comparison
 
     cfg = CompareConfig(per_head=not args.no_per_head, special=args.special, normalize=args.normalize,
                         pool=args.pool, gradient_pool=args.gradient_pool, n_boot=args.n_boot, seed=args.seed)
@@ -132,9 +132,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_faithfulness(args) -> int:
-    from .compare import write_table
-    from .faithfulness import FaithfulnessConfig, faithfulness_store
-    from .models import load_model
+    from ._io import write_table
+    from .analysis.faithfulness import FaithfulnessConfig, faithfulness_store
+    from .models.loader import load_model
     from .provenance import provenance
     from .store import open_store
 
@@ -156,13 +156,18 @@ def cmd_faithfulness(args) -> int:
 
 
 def cmd_timestamps(args) -> int:
-    from .aligner import format_words, parse_heads, store_word_rows, timestamps_for
+    from .analysis.aligner import (
+        format_words,
+        parse_heads,
+        store_word_rows,
+        timestamps_for,
+    )
 
     if args.store:
         print(format_words(store_word_rows(args.store, None if args.heads == "alignment" else args.heads,
                                            ties=args.ties), args.format))
         return 0
-    from .models import load_model
+    from .models.loader import load_model
 
     loaded = load_model(args.model, args.input_mode, args.device)
     heads = args.heads
@@ -180,8 +185,8 @@ def cmd_timestamps(args) -> int:
 
 
 def _discovered_heads(loaded, args) -> list:
-    from .manifest import load_manifest
-    from .timing_eval import discover_heads, model_passes
+    from .analysis.timing_eval import discover_heads, model_passes
+    from .data.manifest import load_manifest
 
     if not args.calibration:
         raise XattnError("--heads discovered needs --calibration MANIFEST (rows with word times) to rank heads on")

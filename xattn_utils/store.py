@@ -24,31 +24,32 @@ by a killed writer are removed by :meth:`ResultStore.clean_orphans` at the start
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
+import zarr
 
-from .errors import (DamagedResultError, DiskFullError, InputError, MissingResultError, MissingStoreError,
-                     StoreError)
-from .forced import ForcedPass
+from ._io import atomic_write_json, replace_folder, temporary_folder_beside, write_error
+from .errors import (
+    DamagedResultError,
+    InputError,
+    MissingResultError,
+    MissingStoreError,
+)
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 RESERVED_IDS = ("store.json", "errors.json")  # files at the store's root: an utterance folder cannot take the name
 CHECKSUMS = "xattn_checksums"  # group attribute: {relative file path: sha256}
 _ROOT_META = ("zarr.json", ".zattrs", ".zgroup", ".zmetadata")  # hold the attributes, so not in the checksums
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _ORPHAN = re.compile(r"^\.(?:.+?\.(?P<pid>\d+)\..*\.tmp|.+\.old-(?P<oldpid>\d+)|.+\.tmp)$")
 ORPHAN_AGE_S = 3600.0  # a temporary without a live writer's pid is removed once this old
 
@@ -73,29 +74,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _no_space(err: OSError, what: str, where: Path) -> StoreError:
-    """The project's error for an OSError while writing ``what`` (DiskFullError when the disk or quota is full)."""
-    if err.errno in _NO_SPACE:
-        return DiskFullError(f"{what}: no space left writing to {where} ({err.strerror}); free some space and "
-                             "re-run: everything finished before is kept and is skipped")
-    return StoreError(f"{what}: cannot write to {where} ({type(err).__name__}: {err}); check the folder's "
-                      "permissions and re-run")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise _no_space(err, path.name, path.parent) from None
-
-
 class ResultStore:
     """A folder of per-utterance labeled results (see module docstring)."""
 
@@ -111,7 +89,7 @@ class ResultStore:
         return json.loads(f.read_text()) if f.exists() else {}
 
     def update_attrs(self, **attrs) -> None:
-        atomic_write_text(self.path / "store.json", json.dumps({**self.attrs, **attrs}, indent=1, default=str))
+        atomic_write_json(self.path / "store.json", {**self.attrs, **attrs})
 
     def utterances(self) -> list[str]:
         if not self.path.exists():
@@ -228,28 +206,15 @@ class ResultStore:
     def write(self, utterance: str, kind: str, ds: xr.Dataset, key: str) -> None:
         """Write a group atomically, replacing any older one."""
         target = self._group(utterance, kind)
-        tmp = None
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{kind}.{os.getpid()}.", suffix=".tmp"))
-            ds = ds.assign_attrs(cache_key=key)
-            ds.attrs.pop(CHECKSUMS, None)
-            ds.to_zarr(tmp / "g.zarr", mode="w", consolidated=False)
-            import zarr
-
-            zarr.open_group(str(tmp / "g.zarr"), mode="r+").attrs[CHECKSUMS] = _file_sums(tmp / "g.zarr")
-            old = None
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-            os.replace(tmp / "g.zarr", target)
+            with temporary_folder_beside(target, prefix=f".{kind}.{os.getpid()}.") as tmp:
+                ds = ds.assign_attrs(cache_key=key)
+                ds.attrs.pop(CHECKSUMS, None)
+                ds.to_zarr(tmp / "g.zarr", mode="w", consolidated=False)
+                zarr.open_group(str(tmp / "g.zarr"), mode="r+").attrs[CHECKSUMS] = _file_sums(tmp / "g.zarr")
+                replace_folder(tmp / "g.zarr", target)
         except OSError as err:
-            raise _no_space(err, f"{utterance}/{kind}", self.path) from None
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            raise write_error(err, f"{utterance}/{kind}", self.path) from None
         self.clear_error(utterance, kind)
 
     def load(self, utterance: str, kind: str) -> xr.Dataset:
@@ -287,7 +252,7 @@ class ResultStore:
         with self._errors_lock():
             errs = self.errors()
             errs[f"{utterance}/{kind}"] = message
-            atomic_write_text(self.path / "errors.json", json.dumps(errs, indent=1))
+            atomic_write_json(self.path / "errors.json", errs)
 
     def clear_error(self, utterance: str, kind: str) -> None:
         if f"{utterance}/{kind}" not in self.errors():
@@ -295,7 +260,7 @@ class ResultStore:
         with self._errors_lock():
             errs = self.errors()
             if errs.pop(f"{utterance}/{kind}", None) is not None:
-                atomic_write_text(self.path / "errors.json", json.dumps(errs, indent=1))
+                atomic_write_json(self.path / "errors.json", errs)
 
 
 def open_store(path: str | Path) -> ResultStore:
@@ -304,35 +269,3 @@ def open_store(path: str | Path) -> ResultStore:
     if not path.exists():
         raise MissingStoreError(f"no result store at {path}; create one with `xattn extract --out {path}`")
     return ResultStore(path)
-
-
-def encoder_frame_seconds(frames_per_encoder_frame: int, hop_length: int = 160, sample_rate: int = 16000) -> float:
-    """Duration of one encoder frame in seconds (Whisper: 2 x 10 ms = 20 ms)."""
-    return frames_per_encoder_frame * hop_length / sample_rate
-
-
-def attention_dataset(fp: ForcedPass, frames_per_encoder_frame: int, hop_length: int = 160,
-                      sample_rate: int = 16000, attrs: dict | None = None) -> xr.Dataset:
-    """A :class:`ForcedPass` as a labeled Dataset (dims layer, head, token, enc_frame, mel, frame)."""
-    enc_dt = encoder_frame_seconds(frames_per_encoder_frame, hop_length, sample_rate)
-    n_l, n_h, n_i, n_t = fp.cross_attention.shape
-    data = {
-        "cross_attention": (("layer", "head", "token", "enc_frame"), fp.cross_attention.astype(np.float32)),
-        "value_norms": (("layer", "head", "enc_frame"), fp.value_norms.astype(np.float32)),
-        "log_probs": (("token",), fp.log_probs.astype(np.float32)),
-        "features": (("mel", "frame"), fp.features.astype(np.float32)),
-        "prompt_ids": (("prompt",), fp.prompt_ids.astype(np.int64)),
-    }
-    if fp.encoder_hidden is not None:
-        data["encoder_hidden"] = (("enc_frame", "dim"), fp.encoder_hidden.astype(np.float32))
-    coords = {
-        "layer": np.arange(n_l), "head": np.arange(n_h), "token": np.arange(n_i),
-        "token_id": ("token", fp.token_ids.astype(np.int64)),
-        "token_str": ("token", np.array(fp.tokens, dtype=object)),
-        "enc_frame": np.arange(n_t), "enc_time": ("enc_frame", np.arange(n_t) * enc_dt),
-        "frame": np.arange(fp.features.shape[1]),
-        "time": ("frame", np.arange(fp.features.shape[1]) * hop_length / sample_rate),
-    }
-    base = {"n_audio_frames": int(fp.n_audio_frames), "n_encoder_frames": int(fp.n_encoder_frames),
-            "frames_per_encoder_frame": int(frames_per_encoder_frame), "text": fp.text}
-    return xr.Dataset(data, coords=coords, attrs={**base, **(attrs or {})})

@@ -1,0 +1,522 @@
+"""Putting explanation maps on one grid and measuring how well cross-attention agrees with them.
+
+Grid: every map is brought to ``(I, T')`` — scored tokens × encoder frames — the grid cross-attention lives on.
+``L`` decoder layers, ``H`` heads, ``I`` scored tokens, ``T`` input frames, ``F`` features, ``T'`` encoder frames.
+
+Measures (row-wise per token, on the flattened map per utterance; aggregated over a data set with a seeded
+percentile bootstrap over utterances):
+
+* ``pearson`` (the paper's choice: magnitudes matter), ``pearson_r2`` (ρ², the share of variance explained),
+  ``spearman`` (ranks; robust to the heavy tails of saliency), ``kendall`` (τ-b, pair concordance),
+* ``topk_overlap``: the fraction of the top-k% reference (saliency) cells that are also top-k% attention cells.
+
+A constant row or map (e.g. an all-zero saliency row) has no correlation: it gives NaN, which is kept in token and
+utterance rows, excluded from every dataset mean, and counted in the ``n_nan`` column.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from ..attribution.grids import normalize_rows, pool_to_encoder_frames  # noqa: F401  (re-exported: the grid lives in grids.py)
+from ..errors import XattnError
+
+MEASURES = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
+LEVELS = ("token", "utterance", "dataset", "dataset_token")
+_META_KEYS = ("n_frames", "tokens", "utterance", "halves")
+# Emitted for references whose maps come with two independent halves (``halves`` in an utterance's entry):
+# split_half = Pearson(half A, half B); reliability = Spearman-Brown of it (the full map's reliability);
+# pearson_corrected = pearson / sqrt(reliability) (disattenuated: the correlation with the converged map).
+RELIABILITY_MEASURES = ("split_half", "reliability", "pearson_corrected")
+
+
+# --------------------------------------------------------------------------------------------------- grids
+def smx_to_encoder_frames(smx, frames_per_encoder_frame: int, reduce: str = "sum"):
+    """Input-frame map ``(I, T, F)`` -> ``(I, T')`` by **sums** (``reduce="abs"``: sums of magnitudes).
+
+    For additive attributions only (gradient amounts). SPES cells are mean KLs, not amounts: pool them with
+    :func:`xattn_utils.attribution.grids.pool_to_encoder_frames` (``pool="mean"``), which :mod:`xattn_utils.analysis.compare` uses. Sums
+    over a ragged last group (odd ``T``) cover one input frame instead of ``k``.
+    """
+    if reduce not in ("sum", "abs"):
+        raise XattnError(f"reduce={reduce!r}: use 'sum' (relevance maps) or 'abs' (signed gradient maps)")
+    k = int(frames_per_encoder_frame)
+    if k < 1 or smx.ndim != 3:
+        raise XattnError(f"smx_to_encoder_frames expects an (I, T, F) map and k >= 1, got shape "
+                         f"{tuple(smx.shape)} and k={k}")
+    x = abs(smx) if reduce == "abs" else smx
+    x = x.sum(-1)  # (I, T)
+    n_i, t = x.shape
+    pad = (-t) % k
+    if pad:
+        x = (torch.nn.functional.pad(x, (0, pad)) if isinstance(x, torch.Tensor)
+             else np.pad(x, ((0, 0), (0, pad))))
+    return x.reshape(n_i, (t + pad) // k, k).sum(-1)
+
+
+def ca_aggregate(ca, layers: Sequence[int] | None = None, heads: Iterable | None = None):
+    """Mean cross-attention over a set of (layer, head): ``(L, H, I, T')`` -> ``(I, T')``.
+
+    Args:
+        layers: layer indices (negative allowed; None: all).
+        heads: head indices applied to every chosen layer (None: all), or an iterable of ``(layer, head)`` pairs
+            (then ``layers`` must be None), e.g. a model's alignment heads.
+    """
+    if ca.ndim != 4:
+        raise XattnError(f"cross-attention must be (L, H, I, T'), got shape {tuple(ca.shape)}")
+    n_l, n_h = ca.shape[:2]
+    heads = None if heads is None else list(heads)
+    if heads and not np.isscalar(heads[0]) and not (isinstance(heads[0], torch.Tensor) and heads[0].ndim == 0):
+        if layers is not None:
+            raise XattnError("pass either layers (+ head indices) or a set of (layer, head) pairs, not both")
+        pairs = [(int(l) % n_l, int(h) % n_h) for l, h in heads]
+        li = [p[0] for p in pairs]
+        hi = [p[1] for p in pairs]
+        return ca[li, hi].mean(0)
+    li = list(range(n_l)) if layers is None else [int(l) % n_l for l in layers]
+    hi = list(range(n_h)) if heads is None else [int(h) % n_h for h in heads]
+    if not li or not hi:
+        raise XattnError("empty selection of layers/heads: choose at least one")
+    return ca[li][:, hi].mean((0, 1)) if isinstance(ca, np.ndarray) else ca[li][:, hi].mean(dim=(0, 1))
+
+
+def ca_all(ca):
+    """``(L, H, I, T')`` -> ``(I, T')`` mean over every layer and head."""
+    return ca_aggregate(ca)
+
+
+def ca_last_layer(ca):
+    """``(L, H, I, T')`` -> ``(I, T')`` head mean of the last decoder layer."""
+    return ca_aggregate(ca, layers=[-1])
+
+
+def ca_layer_means(ca):
+    """``(L, H, I, T')`` -> ``(L, I, T')`` head mean of each layer."""
+    return ca.mean(1) if isinstance(ca, np.ndarray) else ca.mean(dim=1)
+
+
+def ca_alignment_heads(ca, alignment_heads: Iterable[tuple[int, int]]):
+    """``(L, H, I, T')`` -> ``(I, T')`` mean over the model's alignment heads (e.g. Whisper's)."""
+    return ca_aggregate(ca, heads=[tuple(p) for p in alignment_heads])
+
+
+def ca_selections(ca, per_head: bool = False, per_layer: bool = True,
+                  alignment_heads: Iterable[tuple[int, int]] | None = None,
+                  sets: Mapping[str, Iterable[tuple[int, int]]] | None = None) -> dict[str, Any]:
+    """Named ``(I, T')`` aggregates, ready to be attention entries of :func:`agreement_table`.
+
+    Names: ``all``, ``last_layer``, ``layer{l}`` (per_layer), ``L{l}H{h}`` (per_head), ``alignment_heads``, and
+    the keys of ``sets`` (user-chosen sets of (layer, head)).
+    """
+    out: dict[str, Any] = {"all": ca_all(ca), "last_layer": ca_last_layer(ca)}
+    if per_layer:
+        means = ca_layer_means(ca)
+        out.update({f"layer{l}": means[l] for l in range(ca.shape[0])})
+    if per_head:
+        out.update({f"L{l}H{h}": ca[l, h] for l in range(ca.shape[0]) for h in range(ca.shape[1])})
+    if alignment_heads is not None:
+        out["alignment_heads"] = ca_alignment_heads(ca, alignment_heads)
+    for name, pairs in (sets or {}).items():
+        out[name] = ca_aggregate(ca, heads=[tuple(p) for p in pairs])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- measures
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _constant(x: np.ndarray) -> np.ndarray:
+    """(N, n) -> (N,) rows with no variation (or holding a non-finite value)."""
+    return ~(np.isfinite(x).all(-1)) | (x.max(-1) == x.min(-1))
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip((a * b).sum(-1) / den, -1.0, 1.0)
+
+
+def _kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # τ-b via scipy's O(n log n) algorithm, one row at a time (a vectorized pair count would be O(n²) memory).
+    return np.array([stats.kendalltau(x, y).statistic for x, y in zip(a, b)], dtype=np.float64)
+
+
+def _topk_rows(att: np.ndarray, ref: np.ndarray, topk: float) -> np.ndarray:
+    n = att.shape[-1]
+    m = min(n, max(1, round(topk * n)))
+    top_ref = np.argpartition(-ref, m - 1, axis=-1)[:, :m]
+    top_att = np.argpartition(-att, m - 1, axis=-1)[:, :m]
+    in_att = np.zeros(att.shape, dtype=bool)
+    np.put_along_axis(in_att, top_att, True, axis=-1)
+    return np.take_along_axis(in_att, top_ref, axis=-1).sum(-1) / m
+
+
+def row_agreement(att, ref, measure: str, topk: float = 0.1) -> np.ndarray:
+    """Agreement of each row pair: ``(N, n)`` attention and reference -> ``(N,)``; NaN where a row is constant.
+
+    Pearson, Spearman (Pearson of average ranks) and top-k overlap are vectorized over rows; Kendall τ-b loops.
+    """
+    a, r = _np(att), _np(ref)
+    if a.shape != r.shape or a.ndim != 2:
+        raise XattnError(f"agreement needs two (N, n) arrays of one shape, got {a.shape} and {r.shape}")
+    bad = _constant(a) | _constant(r)
+    a = np.where(bad[:, None], 0.0, a)
+    r = np.where(bad[:, None], 0.0, r)
+    a[bad, 0] = r[bad, 0] = 1.0  # keep the algorithms away from constant rows; their result is discarded
+    if measure in ("pearson", "pearson_r2"):
+        out = _pearson_rows(a, r)
+        out = out * out if measure == "pearson_r2" else out
+    elif measure == "spearman":
+        out = _pearson_rows(stats.rankdata(a, axis=-1), stats.rankdata(r, axis=-1))
+    elif measure == "kendall":
+        out = _kendall_rows(a, r)
+    elif measure == "topk_overlap":
+        if not 0 < topk <= 1:
+            raise XattnError(f"topk={topk}: give the top fraction of cells, in (0, 1]")
+        out = _topk_rows(a, r, topk)
+    else:
+        raise XattnError(f"unknown measure {measure!r}: use one of {', '.join(MEASURES)}")
+    out = np.asarray(out, dtype=np.float64)
+    out[bad] = np.nan
+    return out
+
+
+def token_agreement(att, ref, measure: str, topk: float = 0.1) -> np.ndarray:
+    """Per token: ``(I, T')`` × ``(I, T')`` -> ``(I,)``."""
+    return row_agreement(att, ref, measure, topk)
+
+
+def utterance_agreement(att, ref, measure: str, topk: float = 0.1) -> float:
+    """Per utterance, on the flattened maps: ``(I, T')`` × ``(I, T')`` -> scalar (NaN if a map is constant)."""
+    return float(row_agreement(_np(att).reshape(1, -1), _np(ref).reshape(1, -1), measure, topk)[0])
+
+
+def fisher_mean(r) -> float:
+    """Mean correlation through Fisher's z: tanh(mean(arctanh r)); NaNs excluded; NaN if none is left."""
+    r = _np(r).ravel()
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return float("nan")
+    return float(np.tanh(np.arctanh(np.clip(r, -1 + 1e-12, 1 - 1e-12)).mean()))
+
+
+def dataset_aggregate(groups: Sequence, measure: str, n_boot: int = 1000, seed: int = 0,
+                      ci: float = 0.95) -> dict[str, float]:
+    """Dataset value of per-utterance (or per-token, grouped by utterance) agreement values, with a bootstrap CI.
+
+    Args:
+        groups: one array of values per utterance (one value each for utterance-level values, I values each for
+            token-level values). NaNs are excluded and counted.
+        measure: Pearson values (and ρ², given as ρ² — the aggregate squares the Fisher-mean ρ, recovered from
+            sqrt) are averaged through Fisher's z; the other measures by their plain mean.
+        n_boot, seed, ci: percentile bootstrap that resamples utterances with replacement.
+    Returns: {value, ci_low, ci_high, n (values used), n_nan (values excluded), n_utterances, boot (the
+        bootstrap replicates of the value; absent when no value is valid)}.
+    """
+    arrays = [_np(g).ravel() for g in groups]
+    n_nan = int(sum((~np.isfinite(g)).sum() for g in arrays))
+    valid = [g[np.isfinite(g)] for g in arrays]
+    valid = [g for g in valid if g.size]
+    n = int(sum(g.size for g in valid))
+    res = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": n, "n_nan": n_nan,
+               "n_utterances": len(valid)}
+    if not valid:
+        return res
+    fisher = measure in ("pearson", "pearson_r2")
+    if measure == "pearson_r2":
+        raise XattnError("aggregate pearson_r2 from the Pearson values (agreement_table does this)")
+
+    def fwd(v):
+        return np.arctanh(np.clip(v, -1 + 1e-12, 1 - 1e-12)) if fisher else v
+
+    def inv(v):
+        return np.tanh(v) if fisher else v
+
+    s = np.array([fwd(g).sum() for g in valid])
+    c = np.array([g.size for g in valid], dtype=np.float64)
+    res["value"] = float(inv(s.sum() / c.sum()))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(valid), size=(int(n_boot), len(valid)))
+    boot = inv(s[idx].sum(1) / c[idx].sum(1))
+    alpha = (1 - ci) / 2
+    res["ci_low"], res["ci_high"] = (float(q) for q in np.percentile(boot, [100 * alpha, 100 * (1 - alpha)]))
+    res["boot"] = boot
+    return res
+
+
+def _square_summary(d: dict, ci: float) -> dict:
+    """ρ-summary -> ρ²-summary (the CI of ρ² from the bootstrap ρ samples, so a CI spanning 0 starts at 0)."""
+    out = dict(d)
+    out["value"] = d["value"] ** 2
+    if "boot" in d:
+        alpha = (1 - ci) / 2
+        qs = np.percentile(d["boot"] ** 2, [100 * alpha, 100 * (1 - alpha)])
+        out["ci_low"], out["ci_high"] = float(qs[0]), float(qs[1])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- reliability
+def spearman_brown(r, factor: float = 2.0):
+    """Reliability of a map built from ``factor`` times the samples of maps whose correlation is ``r``:
+    ``factor·r / (1 + (factor − 1)·r)``. Works elementwise on arrays."""
+    r = np.asarray(r, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return factor * r / (1.0 + (factor - 1.0) * r)
+
+
+def disattenuate(r_obs, r_half):
+    """Noise-corrected correlation (Spearman 1904): ``r_obs / sqrt(spearman_brown(r_half))``.
+
+    ``r_obs``: observed correlation of a deterministic map (cross-attention) with a sampled one; ``r_half``: the
+    correlation between two independent halves of the sampled map. NaN where the reliability is not positive
+    (the halves share no signal: nothing to correct towards). Values above 1 mean the estimate is noisy.
+    """
+    rel = spearman_brown(r_half)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rel > 0, np.asarray(r_obs, dtype=np.float64) / np.sqrt(np.where(rel > 0, rel, 1.0)), np.nan)
+
+
+def _fisher_sums(groups: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: sum of Fisher z over finite values and their count."""
+    arrs = [_np(g).ravel() for g in groups]
+    z = [np.arctanh(np.clip(g[np.isfinite(g)], -1 + 1e-12, 1 - 1e-12)) for g in arrs]
+    return np.array([v.sum() for v in z]), np.array([v.size for v in z], dtype=np.float64)
+
+
+def dataset_corrected(obs_groups: Sequence, half_groups: Sequence, n_boot: int = 1000, seed: int = 0,
+                      ci: float = 0.95) -> dict[str, Any]:
+    """Dataset-level reliability and noise-corrected Pearson with a paired bootstrap over utterances.
+
+    Args:
+        obs_groups: per utterance, the observed Pearson value(s) of one attention map with the reference;
+            None to compute only the reliability.
+        half_groups: per utterance (same order), the split-half Pearson value(s) of the reference.
+    Returns: ``{"split_half": summary, "reliability": summary, "pearson_corrected": summary or None}``, each summary
+        ``{value, ci_low, ci_high, n, n_nan, n_utterances}``. Both parts are Fisher means over the utterances kept
+        (those with a finite value in both), and every bootstrap replicate recomputes both from the same resample.
+    """
+    hs, hc = _fisher_sums(half_groups)
+    keep = hc > 0
+    os_, oc = (None, None)
+    if obs_groups is not None:
+        os_, oc = _fisher_sums(obs_groups)
+        keep &= oc > 0
+    n_nan = int(sum((~np.isfinite(_np(g))).sum() for g in half_groups))
+    empty = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "n_nan": n_nan,
+             "n_utterances": 0}
+    out: dict[str, Any] = {"split_half": dict(empty), "reliability": dict(empty),
+                           "pearson_corrected": None if obs_groups is None else dict(empty)}
+    idx_all = np.flatnonzero(keep)
+    if idx_all.size == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    boot_idx = idx_all[rng.integers(0, idx_all.size, size=(int(n_boot), idx_all.size))]
+    alpha = (1 - ci) / 2
+
+    def summary(values: np.ndarray, point: float, n: int) -> dict:
+        lo, hi = np.nanpercentile(values, [100 * alpha, 100 * (1 - alpha)]) if np.isfinite(values).any() else (
+            np.nan, np.nan)
+        return {"value": float(point), "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_nan": n_nan,
+                "n_utterances": int(idx_all.size)}
+
+    half_point = np.tanh(hs[idx_all].sum() / hc[idx_all].sum())
+    half_boot = np.tanh(hs[boot_idx].sum(1) / hc[boot_idx].sum(1))
+    out["split_half"] = summary(half_boot, half_point, hc[idx_all].sum())
+    out["reliability"] = summary(spearman_brown(half_boot), float(spearman_brown(half_point)), hc[idx_all].sum())
+    if obs_groups is not None:
+        obs_point = np.tanh(os_[idx_all].sum() / oc[idx_all].sum())
+        obs_boot = np.tanh(os_[boot_idx].sum(1) / oc[boot_idx].sum(1))
+        out["pearson_corrected"] = summary(disattenuate(obs_boot, half_boot),
+                                           float(disattenuate(obs_point, half_point)), oc[idx_all].sum())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- table
+def _utterances(data) -> list[tuple[str, Mapping[str, Any]]]:
+    if isinstance(data, Mapping):
+        return [(str(k), v) for k, v in data.items()]
+    return [(str(d.get("utterance", i)), d) for i, d in enumerate(data)]
+
+
+def _prepare(uid: str, maps: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
+    missing = [n for n in names if n not in maps]
+    if missing:
+        raise XattnError(f"utterance {uid!r} has no map named {missing}; it has {sorted(maps)}")
+    out = {n: _np(maps[n]) for n in names}
+    for n, m in out.items():
+        if m.ndim != 2:
+            raise XattnError(f"utterance {uid!r}: map {n!r} must be (I, T'), got shape {m.shape}")
+    rows = {m.shape[0] for m in out.values()}
+    if len(rows) > 1:
+        raise XattnError(f"utterance {uid!r}: maps have different token counts "
+                         f"{ {n: m.shape[0] for n, m in out.items()} }; score the same hypothesis")
+    n_frames = maps.get("n_frames")
+    if n_frames is not None:
+        short = [n for n, m in out.items() if m.shape[1] < int(n_frames)]
+        if short:
+            raise XattnError(f"utterance {uid!r}: maps {short} have fewer than n_frames={n_frames} frames")
+        out = {n: m[:, : int(n_frames)] for n, m in out.items()}
+    elif len({m.shape[1] for m in out.values()}) > 1:
+        raise XattnError(f"utterance {uid!r}: maps have different frame counts "
+                         f"{ {n: m.shape[1] for n, m in out.items()} }; add 'n_frames' (real encoder frames) "
+                         "to the utterance's entry to cut them to the audio")
+    return out
+
+
+def _prepare_halves(uid: str, entry: Mapping[str, Any], references: Sequence[str],
+                    maps: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The ``halves`` of an entry's references, cut like the maps and checked against the reference's shape."""
+    out = {}
+    for r, pair in (entry.get("halves") or {}).items():
+        if r not in references:
+            continue
+        if len(pair) != 2:
+            raise XattnError(f"utterance {uid!r}: halves of {r!r} must be a pair of (I, T') maps")
+        n_t = maps[r].shape[1]
+        a, b = (_np(h)[:, :n_t] for h in pair)
+        if a.shape != maps[r].shape or b.shape != maps[r].shape:
+            raise XattnError(f"utterance {uid!r}: halves of {r!r} have shapes {a.shape}, {b.shape}; the map has "
+                             f"{maps[r].shape}")
+        out[r] = (a, b)
+    return out
+
+
+def agreement_table(data, references: Sequence[str], attention: Sequence[str] | None = None,
+                    measures: Sequence[str] = MEASURES, levels: Sequence[str] = ("token", "utterance", "dataset"),
+                    topk: float = 0.1, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+                    model: str = "") -> pd.DataFrame:
+    """Tidy agreement table between attention maps and reference (saliency) maps.
+
+    Args:
+        data: ``{utterance_id: {name: (I, T') map, ...}}`` or a list of such dicts (id: an ``"utterance"`` key or
+            the position). Optional per-utterance keys: ``"n_frames"`` (encoder frames holding audio: all maps
+            are cut to it — do pass it, padding frames would otherwise count), ``"tokens"`` (I token strings),
+            ``"halves"`` (``{reference: (half A, half B)}``: two independent halves of a sampled reference map on the
+            same grid; adds the :data:`RELIABILITY_MEASURES` rows — split_half and reliability rows have an empty
+            ``attention``).
+        references: names of the reference maps (e.g. ``["smx", "smh"]``).
+        attention: names of the attention maps (None: every other map name of the first utterance).
+        measures: any of :data:`MEASURES`.
+        levels: any of ``token`` (one row per token), ``utterance`` (flattened map), ``dataset`` (mean of the
+            utterance values; Fisher-z mean for Pearson), ``dataset_token`` (mean of all token values).
+        topk: fraction of cells for ``topk_overlap``.
+        n_boot, seed, ci: bootstrap over utterances for the dataset levels.
+        model: value of the ``model`` column.
+    Returns: DataFrame with columns model, utterance, token, token_text, level, attention, reference, measure,
+        value, ci_low, ci_high, n, n_nan. ``n``: cells (token/utterance rows) or values used (dataset rows);
+        ``n_nan``: values excluded as NaN (dataset rows).
+    """
+    bad = [m for m in measures if m not in MEASURES] + [lv for lv in levels if lv not in LEVELS]
+    if bad:
+        raise XattnError(f"unknown measures/levels {bad}: measures {MEASURES}, levels {LEVELS}")
+    utts = _utterances(data)
+    if not utts:
+        raise XattnError("agreement_table got no utterances")
+    if attention is None:
+        attention = [k for k in utts[0][1] if k not in references and k not in _META_KEYS]
+    names = list(dict.fromkeys([*attention, *references]))
+    base_measures = [m for m in measures if m != "pearson_r2"]
+    if "pearson_r2" in measures and "pearson" not in base_measures:
+        base_measures.append("pearson")
+    cols = ["model", "utterance", "token", "token_text", "level", "attention", "reference", "measure", "value",
+            "ci_low", "ci_high", "n", "n_nan"]
+    blocks: list[dict[str, Any]] = []  # each: column -> scalar or (k,) array; stacked once at the end
+
+    def emit(k: int, **values) -> None:
+        blocks.append({c: np.broadcast_to(np.asarray(values.get(c), dtype=object), (k,)) for c in cols[1:]})
+
+    tok_vals: dict[tuple, list] = {}
+    utt_vals: dict[tuple, list] = {}
+    half_tok: dict[str, list] = {r: [] for r in references}
+    half_utt: dict[str, list] = {r: [] for r in references}
+    for uid, entry in utts:
+        maps = _prepare(uid, entry, names)
+        n_i, n_t = next(iter(maps.values())).shape
+        tokens = entry.get("tokens")
+        if tokens is not None and len(tokens) != n_i:
+            raise XattnError(f"utterance {uid!r}: {len(tokens)} token strings for {n_i} map rows")
+        token_text = np.array(list(tokens), dtype=object) if tokens is not None else None
+        halves = _prepare_halves(uid, entry, references, maps)
+        for r in references:
+            if r not in halves:
+                half_tok[r].append(np.full(n_i, np.nan))
+                half_utt[r].append(np.array([np.nan]))
+                continue
+            ht = token_agreement(*halves[r], "pearson")
+            hu = utterance_agreement(*halves[r], "pearson")
+            half_tok[r].append(ht)
+            half_utt[r].append(np.array([hu]))
+            for om, t_out, u_out in (("split_half", ht, hu), ("reliability", spearman_brown(ht),
+                                                              float(spearman_brown(hu)))):
+                common = {"utterance": uid, "attention": "", "reference": r, "measure": om}
+                if "token" in levels:
+                    emit(n_i, **common, token=np.arange(n_i), token_text=token_text, level="token", value=t_out,
+                         n=n_t)
+                if "utterance" in levels:
+                    emit(1, **common, level="utterance", value=u_out, n=n_i * n_t)
+        for a in attention:
+            for r in references:
+                for m in base_measures:
+                    tv = token_agreement(maps[a], maps[r], m, topk)
+                    uv = utterance_agreement(maps[a], maps[r], m, topk)
+                    tok_vals.setdefault((a, r, m), []).append(tv)
+                    utt_vals.setdefault((a, r, m), []).append(np.array([uv]))
+                    outs = [(m, tv, uv)] if m in measures else []
+                    if m == "pearson" and "pearson_r2" in measures:
+                        outs.append(("pearson_r2", tv ** 2, uv ** 2))
+                    if m == "pearson" and r in halves:
+                        outs.append(("pearson_corrected", disattenuate(tv, half_tok[r][-1]),
+                                     float(disattenuate(uv, half_utt[r][-1][0]))))
+                    for om, t_out, u_out in outs:
+                        common = {"utterance": uid, "attention": a, "reference": r, "measure": om}
+                        if "token" in levels:
+                            emit(n_i, **common, token=np.arange(n_i), token_text=token_text, level="token",
+                                 value=t_out, n=n_t)
+                        if "utterance" in levels:
+                            emit(1, **common, level="utterance", value=u_out, n=n_i * n_t)
+    for level, source in (("dataset", utt_vals), ("dataset_token", tok_vals)):
+        if level not in levels:
+            continue
+        for (a, r, m), groups in source.items():
+            summ = dataset_aggregate(groups, m, n_boot=n_boot, seed=seed, ci=ci)
+            outs = [(m, summ)] if m in measures else []
+            if m == "pearson" and "pearson_r2" in measures:
+                outs.append(("pearson_r2", _square_summary(summ, ci)))
+            for om, sm in outs:
+                emit(1, level=level, attention=a, reference=r, measure=om, value=sm["value"], ci_low=sm["ci_low"],
+                     ci_high=sm["ci_high"], n=sm["n"], n_nan=sm["n_nan"])
+    for level, halves_by_ref, obs in (("dataset", half_utt, utt_vals), ("dataset_token", half_tok, tok_vals)):
+        if level not in levels:
+            continue
+        for r, groups in halves_by_ref.items():
+            if not any(np.isfinite(g).any() for g in groups):
+                continue
+            rel = dataset_corrected(None, groups, n_boot=n_boot, seed=seed, ci=ci)
+            for om in ("split_half", "reliability"):
+                sm = rel[om]
+                emit(1, level=level, attention="", reference=r, measure=om, value=sm["value"],
+                     ci_low=sm["ci_low"], ci_high=sm["ci_high"], n=sm["n"], n_nan=sm["n_nan"])
+            for a in attention:
+                if (a, r, "pearson") not in obs:
+                    continue
+                sm = dataset_corrected(obs[(a, r, "pearson")], groups, n_boot=n_boot, seed=seed,
+                                       ci=ci)["pearson_corrected"]
+                emit(1, level=level, attention=a, reference=r, measure="pearson_corrected", value=sm["value"],
+                     ci_low=sm["ci_low"], ci_high=sm["ci_high"], n=sm["n"], n_nan=sm["n_nan"])
+    df = pd.DataFrame({c: np.concatenate([b[c] for b in blocks]) if blocks else [] for c in cols[1:]})
+    df.insert(0, "model", model)
+    for c in ("value", "ci_low", "ci_high"):
+        df[c] = df[c].astype(float)
+    for c in ("token", "n", "n_nan"):
+        df[c] = df[c].astype("Int64")
+    return df[cols]

@@ -1,0 +1,338 @@
+"""Decoding and forced decoding: the hypothesis, its log-probs, and cross-attention under teacher forcing.
+
+Vocabulary used throughout: ``P`` forced prompt tokens (Whisper: start-of-transcript, [language, task],
+no-timestamps), ``N`` hypothesis tokens, ``I = N + 1`` scored positions (the hypothesis tokens and end-of-text),
+``L`` decoder layers, ``H`` heads, ``T`` input frames, ``T'`` encoder frames, ``D`` model width, ``V`` vocabulary.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import HypothesisError, InputError
+from ..models.loader import Features, LoadedModel
+
+TASKS = ("transcribe", "translate")
+
+
+def decoder_prompt(loaded: LoadedModel, language: str | None = None, task: str | None = None) -> list[int]:
+    """The forced prompt ids: Whisper ``<|startoftranscript|>[<|lang|><|task|>]<|notimestamps|>``; others BOS.
+
+    Models with language and task tokens default to English transcription (no language detection). A model without
+    them (English-only Whisper) accepts only ``en`` / ``transcribe``; anything else is an :class:`InputError`, so
+    that a translation run never silently transcribes.
+    """
+    gen = loaded.model.generation_config
+    cfg = loaded.model.config
+    if task is not None and task not in TASKS:
+        raise InputError(f"unknown task {task!r}: use one of {TASKS}")
+    if not loaded.is_whisper:
+        return [int(cfg.decoder_start_token_id)]
+    prompt = [int(gen.decoder_start_token_id)]
+    if getattr(gen, "is_multilingual", False):
+        lang = language or "en"
+        key = lang if lang.startswith("<|") else f"<|{lang}|>"
+        lang_ids, task_ids = dict(gen.lang_to_id or {}), dict(gen.task_to_id or {})
+        if key not in lang_ids:
+            shown = ", ".join(k.strip("<|>") for k in list(lang_ids)[:12]) + (", ..." if len(lang_ids) > 12 else "")
+            raise InputError(f"model {loaded.model_id!r} has no language {lang!r}; its languages: {shown}")
+        if (task or "transcribe") not in task_ids:
+            raise InputError(f"model {loaded.model_id!r} has no task {task!r}; its tasks: {sorted(task_ids)}")
+        prompt.append(int(lang_ids[key]))
+        prompt.append(int(task_ids[task or "transcribe"]))
+    elif (language or "en").strip("<|>") != "en" or (task or "transcribe") != "transcribe":
+        raise InputError(f"model {loaded.model_id!r} is English-only transcription (no language or task tokens), "
+                         f"so language={language!r}, task={task!r} cannot be honoured; drop them or use a "
+                         "multilingual model such as bundled:whisper-base")
+    no_ts = getattr(gen, "no_timestamps_token_id", None)
+    if no_ts is None:
+        no_ts = loaded.tokenizer.convert_tokens_to_ids("<|notimestamps|>")
+    if no_ts is not None and no_ts != loaded.tokenizer.unk_token_id:
+        prompt.append(int(no_ts))
+    return prompt
+
+
+def _suppress_ids(loaded: LoadedModel) -> tuple[list[int], list[int]]:
+    gen = loaded.model.generation_config
+    return list(getattr(gen, "suppress_tokens", None) or []), list(getattr(gen, "begin_suppress_tokens", None) or [])
+
+
+@torch.inference_mode()
+def greedy_decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int],
+                  max_new_tokens: int = 128) -> list[list[int]]:
+    """Greedy decoding of a batch (no end-of-text in the result).
+
+    Args:
+        features: (B, F, T) inputs of equal length.
+        prompt: forced prompt ids.
+    Returns: B lists of hypothesis token ids.
+    """
+    model = loaded.model
+    eos = int(model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None
+              else model.config.eos_token_id)
+    suppress, begin_suppress = _suppress_ids(loaded)
+    b = features.shape[0]
+    hidden = loaded.encode(features.to(loaded.device))
+    enc_out = (hidden,)
+    ids = torch.tensor([prompt] * b, device=loaded.device)
+    out = model(encoder_outputs=enc_out, decoder_input_ids=ids, use_cache=True)
+    past = out.past_key_values
+    logits = out.logits[:, -1].float()
+    hyps = torch.zeros(b, 0, dtype=torch.long, device=loaded.device)
+    done = torch.zeros(b, dtype=torch.bool, device=loaded.device)
+    limit = min(max_new_tokens, int(getattr(model.config, "max_target_positions", 448)) - len(prompt) - 1)
+    for step in range(limit):
+        if suppress:
+            logits[:, suppress] = -torch.inf
+        if step == 0 and begin_suppress:
+            logits[:, begin_suppress] = -torch.inf
+        nxt = logits.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+        hyps = torch.cat([hyps, nxt[:, None]], dim=1)
+        done |= nxt == eos
+        if bool(done.all()):
+            break
+        out = model(encoder_outputs=enc_out, decoder_input_ids=nxt[:, None], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[:, -1].float()
+    result = []
+    for row in hyps.tolist():
+        result.append(row[: row.index(eos)] if eos in row else row)
+    return result
+
+
+@torch.inference_mode()
+def beam_decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int], num_beams: int = 4,
+                max_new_tokens: int = 128) -> list[list[int]]:
+    """Beam search through `transformers`' generic ``generate`` on our encoder output (no end-of-text in the result).
+
+    Args:
+        features: (B, F, T) inputs of equal length.
+    """
+    from transformers import GenerationMixin
+    from transformers.modeling_outputs import BaseModelOutput
+
+    gen = loaded.model.generation_config
+    eos = _eos_id(loaded)
+    suppress, begin_suppress = _suppress_ids(loaded)
+    hidden = loaded.encode(features.to(loaded.device))
+    out = GenerationMixin.generate(
+        loaded.model, encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+        decoder_input_ids=torch.tensor([prompt] * len(hidden), device=loaded.device), num_beams=num_beams,
+        do_sample=False, max_new_tokens=max_new_tokens, max_length=None, suppress_tokens=suppress or None,
+        begin_suppress_tokens=begin_suppress or None, eos_token_id=eos, pad_token_id=gen.pad_token_id or eos)
+    result = []
+    for row in out[:, len(prompt):].tolist():
+        result.append(row[: row.index(eos)] if eos in row else row)
+    return result
+
+
+def decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int], num_beams: int = 1,
+           max_new_tokens: int = 128) -> list[list[int]]:
+    """Greedy (``num_beams=1``) or beam-search hypotheses of a batch (B, F, T)."""
+    if num_beams <= 1:
+        return greedy_decode(loaded, features, prompt, max_new_tokens)
+    return beam_decode(loaded, features, prompt, num_beams, max_new_tokens)
+
+
+def _decoder_inputs(prompt: list[int], hyps: list[list[int]], pad: int, device) -> torch.Tensor:
+    """(B, P + max N) prompt + hypothesis, right-padded (causal: padding never changes earlier positions)."""
+    n = max(len(h) for h in hyps)
+    rows = [prompt + h + [pad] * (n - len(h)) for h in hyps]
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def _eos_id(loaded: LoadedModel) -> int:
+    gen = loaded.model.generation_config
+    return int(gen.eos_token_id if gen.eos_token_id is not None else loaded.model.config.eos_token_id)
+
+
+@contextlib.contextmanager
+def _cross_attention_mask(loaded: LoadedModel, removed: torch.Tensor | None, dtype: torch.dtype):
+    """While active, every decoder layer's cross-attention adds -inf (the dtype's minimum) to the scores of the
+    ``removed`` (B, T') encoder frames (an additive mask of shape (B, 1, 1, T'), broadcast over queries)."""
+    if removed is None:
+        yield
+        return
+    mask = torch.zeros(removed.shape, dtype=dtype, device=removed.device).masked_fill(removed,
+                                                                                     torch.finfo(dtype).min)
+    mask = mask[:, None, None, :]
+
+    def hook(module, args, kwargs):
+        return args, {**kwargs, "attention_mask": mask}
+
+    handles = [layer.encoder_attn.register_forward_pre_hook(hook, with_kwargs=True)
+               for layer in loaded.model.get_decoder().layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class Seq2SeqScorer:
+    """:class:`xattn_utils.attribution.scorer.ForcedScorer` for a `transformers` encoder-decoder and one forced hypothesis.
+
+    Scored positions are the N hypothesis tokens and end-of-text (I = N + 1).
+    """
+
+    def __init__(self, loaded: LoadedModel, features: Features, prompt: list[int], hypothesis: list[int]):
+        if not hypothesis:
+            raise HypothesisError("empty hypothesis: the model produced no tokens for this input, nothing to explain")
+        self.loaded = loaded
+        self._features = features.values.to(loaded.device)
+        self.n_audio_frames = int(features.n_audio_frames)
+        self.occlusion_value = float(features.occlusion_value)
+        self.frames_per_encoder_frame = loaded.frames_per_encoder_frame
+        self.prompt = list(prompt)
+        self.hypothesis = list(hypothesis)
+        self.target_ids = torch.tensor(self.hypothesis + [_eos_id(loaded)], device=loaded.device)
+        self.n_tokens = len(self.target_ids)
+        self._decoder_ids = torch.tensor(self.prompt + self.hypothesis, device=loaded.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._features.device
+
+    @property
+    def features(self) -> torch.Tensor:
+        """(F, T) the unperturbed features."""
+        return self._features
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F, T) -> (B, T', D)."""
+        return self.loaded.encode(features)
+
+    def log_probs_from_encoder(self, hidden: torch.Tensor, removed: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T', D) -> (B, I, V) log-softmax at the scored positions.
+
+        ``removed``: (B, T') bool, encoder frames the decoder may not attend to: their cross-attention keys are
+        masked out of the softmax in every layer, which is the same as deleting those frames from ``hidden``.
+        """
+        ids = self._decoder_ids.expand(hidden.shape[0], -1)
+        with _cross_attention_mask(self.loaded, removed, hidden.dtype):
+            logits = self.loaded.model(encoder_outputs=(hidden,), decoder_input_ids=ids).logits
+        return torch.log_softmax(logits[:, len(self.prompt) - 1:].float(), dim=-1)
+
+    def log_probs(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F, T) -> (B, I, V)."""
+        return self.log_probs_from_encoder(self.encode(features))
+
+
+@dataclass
+class ForcedPass:
+    """Everything one forced pass over a hypothesis gives, cut to the frames that hold audio.
+
+    Attributes:
+        prompt_ids: (P,) forced prompt.
+        token_ids: (I,) scored tokens: hypothesis then end-of-text.
+        tokens: I token strings.
+        log_probs: (I,) log-prob of each scored token.
+        cross_attention: (L, H, I, T'_audio) softmax weights of the scored positions' queries.
+        value_norms: (L, H, T'_audio) ||W_O^h (W_V^h h_j + b_V^h)|| (Kobayashi et al. 2020); norm-based attention
+            is ``cross_attention * value_norms[:, :, None, :]``.
+        features: (F, T_audio) input features of the audio frames.
+        n_audio_frames: input frames holding audio.
+        n_encoder_frames: encoder frames holding audio (T'_audio).
+        encoder_hidden: (T'_audio, D) encoder output, when asked.
+    """
+
+    prompt_ids: np.ndarray
+    token_ids: np.ndarray
+    tokens: list[str]
+    log_probs: np.ndarray
+    cross_attention: np.ndarray
+    value_norms: np.ndarray
+    features: np.ndarray
+    n_audio_frames: int
+    n_encoder_frames: int
+    encoder_hidden: np.ndarray | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens[:-1]).strip()
+
+
+def _value_norms(loaded: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """(B, T', D) encoder output -> (B, L, H, T') norms of each head's transformed value vectors."""
+    norms = []
+    for layer in loaded.model.get_decoder().layers:
+        attn = layer.encoder_attn
+        n_heads, d_head = attn.num_heads, attn.head_dim
+        v = attn.v_proj(hidden).unflatten(-1, (n_heads, d_head))  # (B, T', H, d)
+        w_o = attn.out_proj.weight.unflatten(1, (n_heads, d_head))  # (D, H, d)
+        fx = torch.einsum("bthd,ehd->bhte", v, w_o)  # (B, H, T', D)
+        norms.append(fx.norm(dim=-1))
+    return torch.stack(norms, dim=1)
+
+
+def encoder_frames_for(n_audio_frames: int, frames_per_encoder_frame: int) -> int:
+    """Encoder frames covering ``n_audio_frames`` input frames (rounded up)."""
+    return -(-n_audio_frames // frames_per_encoder_frame)
+
+
+@torch.inference_mode()
+def forced_pass(loaded: LoadedModel, features: list[Features], prompt: list[int], hyps: list[list[int]],
+                with_hidden: bool = False) -> list[ForcedPass]:
+    """One batched forced pass over each utterance's hypothesis (features of equal length in one batch).
+
+    Right-padding of shorter hypotheses never changes the scored rows (the decoder is causal), so a batch gives
+    the same arrays as one-by-one.
+    """
+    for h in hyps:
+        if not h:
+            raise HypothesisError("empty hypothesis: the model produced no tokens for this input, nothing to explain")
+    eos = _eos_id(loaded)
+    x = torch.stack([f.values for f in features]).to(loaded.device)
+    hidden = loaded.encode(x)
+    ids = _decoder_inputs(prompt, hyps, eos, loaded.device)
+    out = loaded.model(encoder_outputs=(hidden,), decoder_input_ids=ids, output_attentions=True)
+    logp = torch.log_softmax(out.logits.float(), dim=-1)
+    ca = torch.stack(out.cross_attentions, dim=1).float()  # (B, L, H, P+N, T')
+    vnorm = _value_norms(loaded, hidden).float()
+    tok = loaded.tokenizer
+    p = len(prompt)
+    results = []
+    for b, (feat, hyp) in enumerate(zip(features, hyps)):
+        targets = hyp + [eos]
+        i = len(targets)
+        t_enc = encoder_frames_for(feat.n_audio_frames, loaded.frames_per_encoder_frame)
+        rows = slice(p - 1, p - 1 + i)
+        lp = logp[b, rows].gather(-1, torch.tensor(targets, device=logp.device)[:, None])[:, 0]
+        results.append(ForcedPass(
+            prompt_ids=np.array(prompt),
+            token_ids=np.array(targets),
+            tokens=[tok.decode([t]) for t in targets],
+            log_probs=lp.cpu().numpy(),
+            cross_attention=ca[b, :, :, rows, :t_enc].cpu().numpy(),
+            value_norms=vnorm[b, :, :, :t_enc].cpu().numpy(),
+            features=feat.values[:, : feat.n_audio_frames].cpu().numpy(),
+            n_audio_frames=feat.n_audio_frames,
+            n_encoder_frames=t_enc,
+            encoder_hidden=hidden[b, :t_enc].float().cpu().numpy() if with_hidden else None,
+        ))
+    return results
+
+
+def transcribe(loaded: LoadedModel, audios: list[np.ndarray], language: str | None = None,
+               task: str | None = None, max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
+    """Greedy transcripts of 16 kHz mono audios (batched by equal feature length)."""
+    prompt = decoder_prompt(loaded, language, task)
+    feats = [loaded.features(a, loaded.decode_mode) for a in audios]
+    texts: list[str] = [""] * len(audios)
+    for idx in batches_by_length(feats, batch_size):
+        x = torch.stack([feats[i].values for i in idx])
+        for i, hyp in zip(idx, greedy_decode(loaded, x, prompt, max_new_tokens)):
+            texts[i] = loaded.tokenizer.decode(hyp, skip_special_tokens=True).strip()
+    return texts
+
+
+def batches_by_length(features: list[Features], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of equal feature length (order kept within a length)."""
+    groups: dict[int, list[int]] = {}
+    for i, f in enumerate(features):
+        groups.setdefault(int(f.values.shape[-1]), []).append(i)
+    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
