@@ -25,21 +25,34 @@ Multilingual vocabularies (51 865 ids) get ``lang_to_id`` / ``task_to_id`` in th
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+import torch
+from tokenizers import AddedToken
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizer,
+)
 
 from .._io import sha256_file, temporary_folder_beside, weights_sha256
-from .ct2_reader import CT2Model, read_ct2_model
 from ..errors import ModelError
 from ..paths import cache_dir
+from .ct2_reader import CT2Model, read_ct2_model
 
 CONVERTER_VERSION = "1"  # bump on any change to the output, so cached conversions are rebuilt
 BUNDLED_NAME = "whisper-tiny.en"
@@ -97,8 +110,6 @@ def bundled_source_dir(name: str = BUNDLED_NAME, cache: Path | None = None) -> P
 
 def _package_data(module: str, dist: str) -> Path:
     """The ``data`` folder of an installed model package, or a :class:`ModelError` saying what to install."""
-    import importlib
-
     try:
         mod = importlib.import_module(module)
     except ImportError:
@@ -124,8 +135,6 @@ def assemble_parts(parts: list[Path], sidecars: list[Path], dest: Path, size: in
     conversion is); an existing ``dest`` whose ``assembled.json`` records the same parts and checksum is reused.
     Returns ``dest``. Raises :class:`ModelError` naming the parts when a part is missing or the result differs.
     """
-    import hashlib
-
     parts, dest = [Path(p) for p in parts], Path(dest)
     missing = [str(p) for p in [*parts, *sidecars] if not Path(p).is_file()]
     if missing:
@@ -249,8 +258,6 @@ def _vocabulary(src_dir: Path) -> list[str]:
 
 
 def _model_config(ct2: CT2Model, vocab: list[str]):
-    from transformers import WhisperConfig
-
     emb = ct2.get("decoder/embeddings/weight")
     if emb.shape[0] != len(vocab):
         raise ModelError(f"vocabulary.txt has {len(vocab)} tokens but the embeddings have {emb.shape[0]} rows")
@@ -271,8 +278,6 @@ def _model_config(ct2: CT2Model, vocab: list[str]):
 
 
 def _generation_config(ct2_config: dict, vocab: list[str], max_length: int):
-    from transformers import GenerationConfig
-
     ids = {t: i for i, t in enumerate(vocab)}
     multilingual = len(vocab) >= 51865
     kw = {
@@ -293,8 +298,6 @@ def _generation_config(ct2_config: dict, vocab: list[str], max_length: int):
 
 def _tokenizer(src_dir: Path, vocab: list[str]):
     """WhisperTokenizer with every special token registered (in id order) and the timestamp tokens added."""
-    from tokenizers import AddedToken
-    from transformers import WhisperTokenizer
 
     spec = json.loads((src_dir / "tokenizer.json").read_text(encoding="utf-8"))
     bpe_vocab: dict[str, int] = spec["model"]["vocab"]
@@ -333,12 +336,6 @@ def _build(src_dir: Path, out: Path, extra: dict | None = None) -> dict:
 
     ``extra`` (e.g. the bundled packages and the assembled file's checksums) is added to conversion.json.
     """
-    import torch
-    from transformers import (
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-    )
 
 
     hashes = source_hashes(src_dir)
@@ -423,8 +420,6 @@ def convert_ct2_whisper(src_dir: Path, dest_dir: Path) -> Path:
 
 def bundled_record(name: str, src_dir: Path) -> dict:
     """What conversion.json records about a bundled source: its packages' versions and, when assembled, the parts."""
-    from importlib.metadata import PackageNotFoundError, version
-
     def _version(dist: str) -> str | None:
         try:
             return version(dist)
@@ -454,7 +449,6 @@ def ensure_bundled_whisper(cache: Path | None = None, name: str = BUNDLED_NAME) 
     if _is_current(dest, hashes):
         if _weights_intact(dest):
             return dest
-        import warnings
 
         warnings.warn(f"{dest}: the converted weights no longer match the sha256 recorded in conversion.json "
                       "(truncated or changed); rebuilding them from the bundled model", stacklevel=2)

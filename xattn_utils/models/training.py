@@ -23,11 +23,9 @@ audio, then falls to ~0.05; do not judge a run on that plateau.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,11 +34,17 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
 
 from .._io import atomic_write
+from ..data.audio import load_audio
 from ..errors import InputError
-from ..provenance import stable_hash, versions
-from .vocab import LANGUAGES, encode_example, make_processor, special_ids
+from ..provenance import stable_hash
+from .vocab import encode_example, special_ids
 
 
 @dataclass(frozen=True)
@@ -134,8 +138,6 @@ class TrainConfig:
 
 def build_model(cfg: TrainConfig, processor) -> torch.nn.Module:
     """A freshly initialised WhisperForConditionalGeneration for ``cfg`` (seeded), with its generation config."""
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
-
     sc = SCALES[cfg.scale]
     ids = special_ids(processor.tokenizer)
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
@@ -206,8 +208,6 @@ def targets_for(kind: str, row: dict) -> list[tuple[str | None, str | None, str]
 
 def make_examples(manifest: pd.DataFrame, kind: str, processor, progress: bool = True) -> Examples:
     """Features and token targets for every (row, target) of ``manifest`` that ``kind`` trains on."""
-    from ..data.audio import load_audio
-
     fe, tok = processor.feature_extractor, processor.tokenizer
     feats, tokens, plen, skipped = [], [], [], []
     for row in tqdm(manifest.to_dict("records"), desc=f"features {kind}", disable=not progress, unit="utt"):
@@ -314,7 +314,6 @@ def train(cfg: TrainConfig, examples: Examples, processor, checkpoint: Path | No
         try:  # weights_only: a checkpoint is tensors and plain values, never code to run
             state = torch.load(checkpoint, weights_only=True, map_location=cfg.device)
         except Exception as err:  # noqa: BLE001 - truncated, foreign or unsafe file: train from scratch
-            import warnings
 
             warnings.warn(f"{checkpoint}: cannot be loaded safely ({type(err).__name__}); training {cfg.name} "
                           "from scratch", stacklevel=2)
