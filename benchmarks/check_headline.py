@@ -1,5 +1,6 @@
 """Independent recomputation of the study's headline from a run's stored maps (numpy + zarr only, no xattn_utils
-analysis code): Pearson(CA[all], SMX), SMX's split-half reliability and the noise-corrected value.
+analysis code): Pearson(CA[all], SMX) and (CA[all], SMH), their split-half reliability and noise-corrected values,
+and notebook 03's grid ablation (old sum + min-max grid, mean + z-score, 2-D max + z-score) by frame-count parity.
 
 Grid: CA head-and-layer mean; SMX averaged over mel and over the input frames of each encoder frame that are present;
 both cut to the encoder frames holding audio, end-of-text row dropped, rows z-scored; Pearson of the flattened maps
@@ -29,38 +30,79 @@ def pooled_mean(smx, t_enc, k=2):
     return np.nanmean(padded.reshape(x.shape[0], t_enc, k), -1)
 
 
+def pooled_max(smx, t_enc, k=2):
+    """(I, T, F) -> (I, t_enc): the max over the (frame, mel) cells present in each encoder frame (2-D max pool)."""
+    x = smx.max(-1)
+    padded = np.full((x.shape[0], t_enc * k), -np.inf)
+    padded[:, : x.shape[1]] = x[:, : t_enc * k]
+    return padded.reshape(x.shape[0], t_enc, k).max(-1)
+
+
 def pearson(a, b):
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
+def fisher(r) -> float:
+    return float(np.tanh(np.mean(np.arctanh(np.asarray(r)))))
+
+
 def main(run_dir: str) -> None:
     store = Path(run_dir) / "store"
-    r_obs, r_half, r_old = [], [], []
+    rows = []
     for utt in sorted(p for p in store.iterdir() if p.is_dir()):
         if not ((utt / "attention.zarr").exists() and (utt / "spes_x.zarr").exists()):
             continue
         att = xr.open_zarr(utt / "attention.zarr", consolidated=False)
+        if att.attrs.get("near_silence"):
+            continue
         sx = xr.open_zarr(utt / "spes_x.zarr", consolidated=False)
-        t_enc = att.sizes["enc_frame"]
+        n_audio = int(att.attrs["n_audio_frames"])
+        t_enc = -(-n_audio // 2)  # encoder frames holding audio
         ca = att.cross_attention.values.mean((0, 1))[:-1, :t_enc]
-        smx = pooled_mean(sx.saliency.values[:-1], t_enc)
-        ha, hb = (pooled_mean(h[:-1], t_enc) for h in sx.saliency_half.values)
-        r_obs.append(pearson(zscore(ca), zscore(smx)))
+        x = sx.saliency.values[:-1, :n_audio]
+        smx = pooled_mean(x, t_enc)
+        ha, hb = (pooled_mean(h[:-1, :n_audio], t_enc) for h in sx.saliency_half.values)
         # the grid before the fix: sums over mel and zero-padded frame pairs, then per-token min-max
-        summed = np.pad(sx.saliency.values[:-1].sum(-1), ((0, 0), (0, 2 * t_enc - sx.sizes["frame"])))
-        summed = summed[:, : 2 * t_enc].reshape(summed.shape[0], t_enc, 2).sum(-1)
+        summed = np.pad(x.sum(-1), ((0, 0), (0, 2 * t_enc - n_audio))).reshape(x.shape[0], t_enc, 2).sum(-1)
         mm = lambda m: (m - m.min(1, keepdims=True)) / (m.max(1, keepdims=True) - m.min(1, keepdims=True))  # noqa
-        r_old.append(pearson(mm(ca), mm(summed)))
-        r_half.append(pearson(zscore(ha), zscore(hb)))
-    fisher = lambda r: float(np.tanh(np.mean(np.arctanh(r))))  # noqa: E731
-    obs, half = fisher(r_obs), fisher(r_half)
-    rel = 2 * half / (1 + half)
-    print(f"{len(r_obs)} utterances (numpy): Pearson(CA[all], SMX) = {obs:.4f}; split-half {half:.4f}; "
-          f"reliability {rel:.4f}; corrected {obs / np.sqrt(rel):.4f}; the old sum + min-max grid {fisher(r_old):.4f}")
+        row = {"utterance": utt.name, "parity": "odd" if n_audio % 2 else "even",
+               "mean+zscore": pearson(zscore(ca), zscore(smx)), "sum+minmax": pearson(mm(ca), mm(summed)),
+               "max+zscore": pearson(zscore(ca), zscore(pooled_max(x, t_enc))),
+               "smx_half": pearson(zscore(ha), zscore(hb))}
+        if (utt / "spes_h.zarr").exists():
+            sh = xr.open_zarr(utt / "spes_h.zarr", consolidated=False)
+            h = sh.saliency.values[:-1, :t_enc]
+            hha, hhb = (m[:-1, :t_enc] for m in sh.saliency_half.values)
+            row.update(smh=pearson(zscore(ca), zscore(h)), smh_half=pearson(zscore(hha), zscore(hhb)))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    print(f"{len(df)} utterances, numpy on the stored maps:")
+    for ref, obs_col, half_col in (("smx", "mean+zscore", "smx_half"), ("smh", "smh", "smh_half")):
+        if obs_col not in df:
+            continue
+        obs, half = fisher(df[obs_col]), fisher(df[half_col])
+        rel = 2 * half / (1 + half)
+        print(f"  Pearson(CA[all], {ref.upper()}) = {obs:.4f}; split-half {half:.4f}; reliability {rel:.4f}; "
+              f"corrected {obs / np.sqrt(rel):.4f}")
     h = pd.read_csv(Path(run_dir) / "tables" / "03_headline.csv")
-    row = h[(h["reference"] == "smx") & (h["aggregate"] == "all") & (h["selection"] == "fixed")].iloc[0]
-    print(f"notebook 03 (library): Pearson = {row.pearson:.4f}; reliability {row.reliability:.4f}; "
-          f"corrected {row.corrected:.4f}")
+    for ref in ("smx", "smh"):
+        sel = h[(h["reference"] == ref) & (h["aggregate"] == "all") & (h["selection"] == "fixed")]
+        if len(sel):
+            row = sel.iloc[0]
+            print(f"  notebook 03 (library) {ref.upper()}: Pearson = {row.pearson:.4f}; reliability "
+                  f"{row.reliability:.4f}; corrected {row.corrected:.4f}")
+    ablation = Path(run_dir) / "tables" / "03_grid_ablation.csv"
+    lib = pd.read_csv(ablation) if ablation.exists() else None
+    print("grid ablation, CA[all] vs SMX (Fisher mean over utterances): numpy | notebook 03")
+    for variant in ("sum+minmax", "mean+zscore", "max+zscore"):
+        for parity in ("odd", "even", "all"):
+            part = df if parity == "all" else df[df["parity"] == parity]
+            ours = fisher(part[variant]) if len(part) else float("nan")
+            theirs = float("nan")
+            if lib is not None:
+                m = lib[(lib["variant"] == variant) & (lib["attention"] == "all") & (lib["frames"] == parity)]
+                theirs = float(m["value"].iloc[0]) if len(m) else float("nan")
+            print(f"  {variant:12s} {parity:5s} n={len(part):2d}  {ours:.4f} | {theirs:.4f}")
 
 
 if __name__ == "__main__":
