@@ -10,14 +10,29 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import jiwer
 import pandas as pd
+import sacrebleu
 
 from .._io import replace_folder, temporary_folder_beside
-from ..models.training import (KINDS, Examples, TrainConfig, TrainResult, make_examples, n_parameters, targets_for,
-                               train)
+from ..data.audio import load_audio
+from ..data.corpus import REPO_MANIFEST, CorpusConfig, build_corpus
+from ..extraction.forced import transcribe
+from ..models.loader import LoadedModel
+from ..models.registry import grid_dir
+from ..models.training import (
+    KINDS,
+    Examples,
+    TrainConfig,
+    TrainResult,
+    make_examples,
+    n_parameters,
+    targets_for,
+    train,
+)
 from ..models.vocab import LANGUAGES, make_processor
+from ..paths import cache_dir
 from ..provenance import stable_hash, versions
-
 
 # ---------------------------------------------------------------- evaluation
 
@@ -28,11 +43,7 @@ def evaluate(loaded, manifest: pd.DataFrame, kind: str, splits=("test", "test_un
 
     Utterances longer than the model's window are left out and counted (``n_too_long``).
     """
-    import jiwer
-    import sacrebleu
 
-    from ..data.audio import load_audio
-    from ..extraction.forced import transcribe
 
     window = loaded.window_samples or float("inf")
     rows = []
@@ -162,8 +173,6 @@ def grid_corpus(cfg: GridConfig, progress: bool = True) -> pd.DataFrame:
     Sentences of the default study corpus (``data_manifest.csv``) are excluded from it, so the study's data are
     never training data.
     """
-    from ..data.corpus import REPO_MANIFEST, CorpusConfig, build_corpus
-    from ..paths import cache_dir
 
     exclude = tuple(pd.read_csv(REPO_MANIFEST, dtype=str)["transcript"]) if REPO_MANIFEST.exists() else ()
     ccfg = CorpusConfig(name=corpus_name(cfg), out_dir=str(cache_dir("data")),
@@ -174,8 +183,6 @@ def grid_corpus(cfg: GridConfig, progress: bool = True) -> pd.DataFrame:
 
 def training_curves(root: str | Path | None = None) -> pd.DataFrame:
     """Loss curves of the trained models under ``root`` (default: the registry's grid folder): model, step, loss."""
-    from ..models.registry import grid_dir
-
     frames = []
     for info_path in sorted(Path(root or grid_dir()).glob("*/training.json")):
         info = json.loads(info_path.read_text())
@@ -186,8 +193,6 @@ def training_curves(root: str | Path | None = None) -> pd.DataFrame:
 
 def train_grid(cfg: GridConfig, progress: bool = True) -> pd.DataFrame:
     """Train, evaluate and save every model of the grid that is not there yet; returns one row per score."""
-    from ..models.loader import LoadedModel
-    from ..models.registry import grid_dir
 
     root = Path(cfg.out) if cfg.out else grid_dir()
     root.mkdir(parents=True, exist_ok=True)
