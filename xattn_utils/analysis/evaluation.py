@@ -18,10 +18,14 @@ import re
 import sys
 import unicodedata
 
+import jiwer
 import pandas as pd
+import sacrebleu
 
+from ..data.audio import load_audio
 from ..data.manifest import load_manifest
 from ..errors import InputError, XattnError
+from ..extraction.forced import transcribe
 from ..models.loader import load_model
 
 _DIGITS = {"en": {"2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven", "8": "eight",
@@ -45,9 +49,6 @@ def normalize_text(text: str, language: str = "en") -> str:
 def score_texts(refs: list[str], hyps: list[str], task: str = "transcribe") -> dict:
     """Corpus scores of hypotheses against references (already normalized): ``wer`` (%), and for ``translate``
     also ``bleu`` and ``chrf`` (sacrebleu)."""
-    import jiwer
-    import sacrebleu
-
     if len(refs) != len(hyps) or not refs:
         raise InputError(f"need as many hypotheses as references, at least one (got {len(hyps)} and {len(refs)})")
     out = {"n": len(refs), "wer": 100 * jiwer.wer(refs, [h if h else "<empty>" for h in hyps])}
@@ -70,9 +71,6 @@ def score_model(loaded, manifest: pd.DataFrame, settings: list[tuple[str, str]],
         (scores: one row per setting with model, language, task, split, n, wer[, bleu, chrf];
          hypotheses: one row per utterance and setting with id, reference, hypothesis (raw and normalized)).
     """
-    from ..data.audio import load_audio
-    from ..extraction.forced import transcribe
-
     rows, hyp_rows = [], []
     for language, task in settings:
         part = manifest if split is None else manifest[manifest["split"] == split]
