@@ -1,6 +1,7 @@
 """The ``xattn`` command line (also ``python -m xattn_utils``).
 
-    xattn [--log-level LEVEL] transcribe|extract|saliency|mixing|compare|faithfulness|timestamps|evaluate|sweep|study|corpus ...
+    xattn [--log-level LEVEL] COMMAND ...   # transcribe extract saliency mixing compare faithfulness timestamps
+                                            # evaluate sweep study corpus
     xattn --version
 
 Every command exits 0 on success; on bad input it prints one line naming the item and the problem and exits
