@@ -30,12 +30,12 @@ sysdeps:
 	  else echo "espeak-ng is missing: run 'sudo apt-get install -y espeak-ng' (or 'conda install -c conda-forge espeak-ng')" >&2; exit 1; fi; fi
 
 data: env sysdeps
-	$(PY) -m xattn_utils.data.corpus --default
+	$(PY) -m xattn_utils corpus --default
 
 # The default study: the default sweep (notebooks 01-06) over the bundled Whisper tiny.en and every trained grid
 # model present (none until `make models`); resumable: finished runs under $(STUDY) are skipped.
 study: env sysdeps
-	$(PY) -m xattn_utils.runs.study --out $(STUDY) --workers $(WORKERS)
+	$(PY) -m xattn_utils study --out $(STUDY) --workers $(WORKERS)
 
 # The offline model grid (notebooks/00_train_models.ipynb, CPU-sized budgets) into $$XATTN_HOME/models/grid.
 models: env sysdeps
@@ -44,7 +44,7 @@ models: env sysdeps
 
 # Any sweep file: make sweep SWEEP=sweeps/default.yaml WORKERS=2
 sweep: env sysdeps
-	$(PY) -m xattn_utils.runs.sweep $(SWEEP) --workers $(WORKERS)
+	$(PY) -m xattn_utils sweep $(SWEEP) --workers $(WORKERS)
 
 test: env sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)

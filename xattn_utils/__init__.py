@@ -2,8 +2,31 @@
 
 One import for notebooks and users::
 
-    from xattn_utils import load_model, load_manifest, extract_cross_attention, open_store
+    from xattn_utils import (compare_store, compute_saliency, extract_cross_attention, load_model, open_store,
+                             paper_comparison, study_data)
+
+    model = load_model("bundled:whisper-tiny.en", input_mode="trimmed")
+    data = study_data(split="test", limit=2)              # the default corpus (built on first use)
+    extract_cross_attention(model, data, "runs/demo/store")
+    compute_saliency(model, data, "runs/demo/store")       # SPES maps (X and H) beside the cross-attention
+    table = compare_store("runs/demo/store", "runs/demo/tables")
+    print(paper_comparison(table))
+    ds = open_store("runs/demo/store").load(data.id[0], "attention")   # xarray (layer, head, token, enc_frame)
+
+Your own data: ``load_manifest("my_manifest.csv")`` (the ``data_manifest.csv`` schema) in place of ``study_data``.
+Many runs: ``run_sweep("sweeps/smoke.yaml", workers=2)`` (or ``xattn sweep``). Progress goes to ``logging``
+(``logging.basicConfig(level="INFO")`` shows it); the ``xattn`` command line shows it by default.
+
+Importing the package loads torch and the pipeline's modules, not papermill or dask (a sweep imports them when it
+runs).
 """
+from importlib.metadata import PackageNotFoundError, version
+
+from .analysis.compare import CompareConfig, compare_store, paper_comparison
+from .analysis.faithfulness import FaithfulnessConfig, faithfulness_store
+from .attribution.saliency import SaliencyConfig, compute_saliency
+from .data.corpus import study_data
+from .data.manifest import load_manifest
 from .errors import HypothesisError, InputError, ModelError, XattnError
 from .extraction.extract import ExtractConfig, RunReport, extract_cross_attention
 from .extraction.forced import (
@@ -15,10 +38,18 @@ from .extraction.forced import (
     transcribe,
 )
 from .models.loader import LoadedModel, load_model
+from .runs.sweep import run_sweep
 from .store import ResultStore, open_store
 
+try:
+    __version__ = version("xattn_utils")
+except PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
+    __version__ = "0+unknown"
+
 __all__ = [
+    "CompareConfig",
     "ExtractConfig",
+    "FaithfulnessConfig",
     "ForcedPass",
     "HypothesisError",
     "InputError",
@@ -26,13 +57,22 @@ __all__ = [
     "ModelError",
     "ResultStore",
     "RunReport",
+    "SaliencyConfig",
     "Seq2SeqScorer",
     "XattnError",
+    "__version__",
+    "compare_store",
+    "compute_saliency",
     "decoder_prompt",
     "extract_cross_attention",
+    "faithfulness_store",
     "forced_pass",
     "greedy_decode",
+    "load_manifest",
     "load_model",
     "open_store",
+    "paper_comparison",
+    "run_sweep",
+    "study_data",
     "transcribe",
 ]

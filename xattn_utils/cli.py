@@ -1,15 +1,86 @@
 """The ``xattn`` command line (also ``python -m xattn_utils``).
 
+    xattn [--log-level LEVEL] COMMAND ...   # transcribe extract saliency mixing compare faithfulness timestamps
+                                            # evaluate sweep study corpus
+    xattn --version
+
 Every command exits 0 on success; on bad input it prints one line naming the item and the problem and exits
-non-zero (1: some items failed, the rest were done; 2: nothing could be done).
+non-zero (1: some items failed, the rest were done; 2: nothing could be done). Results (tables, JSON, the ``runs:``
+line of a sweep) go to stdout; progress and status are log records on stderr, shown from ``--log-level`` up (default
+INFO; WARNING keeps only warnings and errors). ``--log-level`` may be given before or after the command.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import sys
 from pathlib import Path
 
+from . import __version__
+from ._io import write_table
+from .analysis import evaluation
+from .analysis.aligner import format_words, parse_heads, store_word_rows, timestamps_for
+from .analysis.compare import CompareConfig, compare_store, paper_comparison
+from .analysis.faithfulness import FaithfulnessConfig, faithfulness_store
+from .analysis.timing_eval import discover_heads, model_passes
+from .attribution.mixing import MixingConfig, compute_mixing
+from .attribution.saliency import SaliencyConfig, compute_saliency
+from .attribution.spes import SMHConfig, SPESConfig
+from .data import corpus
+from .data.audio import load_audio
+from .data.manifest import load_manifest
 from .errors import XattnError
+from .extraction.extract import ExtractConfig, extract_cross_attention
+from .extraction.forced import transcribe
+from .models.loader import load_model
+from .provenance import provenance
+from .runs import study, sweep
+from .store import open_store
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+logger = logging.getLogger(__name__)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to the ``sys.stderr`` of the moment (so redirections and captures see it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler sets it once; the property always answers sys.stderr
+        pass
+
+
+class _Formatter(logging.Formatter):
+    """Progress (INFO, DEBUG) as the bare message; warnings and errors prefixed like the command's own lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Show ``xattn_utils`` log records from ``level`` up, other libraries' from WARNING (or ``level``) up, on stderr.
+
+    One handler on the root logger (added once; handlers others installed, e.g. pytest's, are left alone).
+    """
+    number = logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise XattnError(f"--log-level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(max(number, logging.WARNING))
+    logging.getLogger(__package__).setLevel(number)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -41,8 +112,6 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _items(args) -> object:
     if getattr(args, "manifest", None):
-        from .data.manifest import load_manifest
-
         return load_manifest(args.manifest, split=args.split, limit=args.limit)
     if not args.files:
         raise XattnError("give audio FILEs or --manifest CSV")
@@ -50,10 +119,6 @@ def _items(args) -> object:
 
 
 def cmd_transcribe(args) -> int:
-    from .data.audio import load_audio
-    from .extraction.forced import transcribe
-    from .models.loader import load_model
-
     loaded = load_model(args.model, args.input_mode, args.device)
     status = 0
     for f in args.files:
@@ -69,9 +134,6 @@ def cmd_transcribe(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .extraction.extract import ExtractConfig, extract_cross_attention
-    from .models.loader import load_model
-
     cfg = ExtractConfig(language=args.language, task=args.task, batch_size=args.batch_size,
                         with_hidden=args.with_hidden, num_beams=args.beams)  # bad values fail before the model loads
     loaded = load_model(args.model, args.input_mode, args.device)
@@ -80,13 +142,6 @@ def cmd_extract(args) -> int:
 
 
 def cmd_saliency(args) -> int:
-    import dataclasses
-
-    from .attribution.saliency import SaliencyConfig, compute_saliency
-    from .attribution.spes import SMHConfig, SPESConfig
-    from .extraction.extract import ExtractConfig
-    from .models.loader import load_model
-
     for name, value in (("--n-masks", args.n_masks), ("--ig-steps", args.ig_steps)):
         if value is not None and value < 1:
             raise XattnError(f"{name} must be at least 1, not {value}")
@@ -106,10 +161,6 @@ def cmd_saliency(args) -> int:
 
 
 def cmd_mixing(args) -> int:
-    from .attribution.mixing import MixingConfig, compute_mixing
-    from .extraction.extract import ExtractConfig
-    from .models.loader import load_model
-
     loaded = load_model(args.model, args.input_mode, args.device)
     report = compute_mixing(loaded, _items(args), args.out, MixingConfig(methods=tuple(args.method)),
                             ExtractConfig(language=args.language, task=args.task), progress=not args.quiet)
@@ -117,10 +168,6 @@ def cmd_mixing(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    import dataclasses
-
-    from .analysis.compare import CompareConfig, compare_store, paper_comparison
-
     cfg = CompareConfig(per_head=not args.no_per_head, special=args.special, normalize=args.normalize,
                         pool=args.pool, gradient_pool=args.gradient_pool, n_boot=args.n_boot, seed=args.seed)
     if args.mixing:  # encoder context mixing composed with CA: extra attention entries such as rollout∘all
@@ -132,12 +179,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_faithfulness(args) -> int:
-    from ._io import write_table
-    from .analysis.faithfulness import FaithfulnessConfig, faithfulness_store
-    from .models.loader import load_model
-    from .provenance import provenance
-    from .store import open_store
-
     store = open_store(args.store)  # a missing store fails before the model loads
     loaded = load_model(args.model, args.input_mode, args.device)
     items = _items(args)
@@ -156,18 +197,10 @@ def cmd_faithfulness(args) -> int:
 
 
 def cmd_timestamps(args) -> int:
-    from .analysis.aligner import (
-        format_words,
-        parse_heads,
-        store_word_rows,
-        timestamps_for,
-    )
-
     if args.store:
         print(format_words(store_word_rows(args.store, None if args.heads == "alignment" else args.heads,
                                            ties=args.ties), args.format))
         return 0
-    from .models.loader import load_model
 
     loaded = load_model(args.model, args.input_mode, args.device)
     heads = args.heads
@@ -185,15 +218,12 @@ def cmd_timestamps(args) -> int:
 
 
 def _discovered_heads(loaded, args) -> list:
-    from .analysis.timing_eval import discover_heads, model_passes
-    from .data.manifest import load_manifest
-
     if not args.calibration:
         raise XattnError("--heads discovered needs --calibration MANIFEST (rows with word times) to rank heads on")
     cal = load_manifest(args.calibration, split=args.calibration_split, limit=args.calibration_limit)
     found = discover_heads(model_passes(loaded, cal), k_max=args.k_max)
     names = ",".join(f"L{l}H{h}" for l, h in found["heads"])
-    print(f"discovered heads (k={found['k']}, {len(cal)} calibration utterances): {names}", file=sys.stderr)
+    logger.info("discovered heads (k=%d, %d calibration utterances): %s", found["k"], len(cal), names)
     return found["heads"]
 
 
@@ -209,8 +239,18 @@ def _finish(report, out) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``xattn`` parser: one subcommand per step; ``sweep``, ``study``, ``corpus`` and ``evaluate`` take their
+    options from the modules that run them (the same as their ``python -m`` entry points)."""
     parser = argparse.ArgumentParser(prog="xattn", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO",
+                        help="show progress and status records from this level up on stderr (default INFO; "
+                             "WARNING: only warnings and errors)")
+    # the same option after the command; SUPPRESS: when absent there, the value given before the command stands
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                        help="as before the command")
+    sub = _Subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
 
     p = sub.add_parser("transcribe", help="print one greedy hypothesis per audio file")
     _add_model_args(p)
@@ -290,11 +330,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-limit", type=int)
     p.add_argument("--k-max", type=int, default=12, help="largest number of discovered heads to try")
     p.set_defaults(func=cmd_timestamps)
+
+    for name, module, help_ in (
+            ("evaluate", evaluation, "WER / BLEU / chrF of a model on a manifest per language and task"),
+            ("sweep", sweep, "run a sweep file: notebooks x parameters, resumable, through Dask (see sweeps/*.yaml)"),
+            ("study", study, "the default study: the default sweep over the bundled model and every trained one"),
+            ("corpus", corpus, "build the default synthetic corpus (--default) or another one (--config)")):
+        p = sub.add_parser(name, help=help_, description=module.DESCRIPTION)
+        module.add_arguments(p)
+        p.set_defaults(func=module.command)
     return parser
+
+
+class _Subcommands:
+    """``add_subparsers``' action, adding ``--log-level`` to every subcommand."""
+
+    def __init__(self, action, common: argparse.ArgumentParser) -> None:
+        self.action, self.common = action, common
+
+    def add_parser(self, name: str, **kw) -> argparse.ArgumentParser:
+        return self.action.add_parser(name, parents=[self.common], **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
     try:
         return int(args.func(args) or 0)
     except XattnError as err:

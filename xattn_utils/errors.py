@@ -46,3 +46,7 @@ class DamagedResultError(StoreError):
 
 class DiskFullError(StoreError):
     """No space left while writing: the run stops; everything finished before is kept."""
+
+
+class SweepError(XattnError, ValueError):
+    """A sweep file that cannot be expanded into runs (also a ``ValueError``, as it always was)."""

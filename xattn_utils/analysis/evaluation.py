@@ -8,18 +8,25 @@ without punctuation, so both sides go through :func:`normalize_text` first (lowe
 grammar's numbers spelled out); WER is jiwer's corpus WER, BLEU and chrF are sacrebleu's corpus scores on the
 normalized text.
 
-    python -m xattn_utils.analysis.evaluation --model bundled:whisper-base --manifest M.csv --setting it:translate
+    xattn evaluate --model bundled:whisper-base --manifest M.csv --setting it:translate
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 import unicodedata
 
+import jiwer
 import pandas as pd
+import sacrebleu
 
-from ..errors import InputError
+from ..data.audio import load_audio
+from ..data.manifest import load_manifest
+from ..errors import InputError, XattnError
+from ..extraction.forced import transcribe
+from ..models.loader import load_model
 
 _DIGITS = {"en": {"2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven", "8": "eight",
                   "10": "ten"},
@@ -42,9 +49,6 @@ def normalize_text(text: str, language: str = "en") -> str:
 def score_texts(refs: list[str], hyps: list[str], task: str = "transcribe") -> dict:
     """Corpus scores of hypotheses against references (already normalized): ``wer`` (%), and for ``translate``
     also ``bleu`` and ``chrf`` (sacrebleu)."""
-    import jiwer
-    import sacrebleu
-
     if len(refs) != len(hyps) or not refs:
         raise InputError(f"need as many hypotheses as references, at least one (got {len(hyps)} and {len(refs)})")
     out = {"n": len(refs), "wer": 100 * jiwer.wer(refs, [h if h else "<empty>" for h in hyps])}
@@ -67,9 +71,6 @@ def score_model(loaded, manifest: pd.DataFrame, settings: list[tuple[str, str]],
         (scores: one row per setting with model, language, task, split, n, wer[, bleu, chrf];
          hypotheses: one row per utterance and setting with id, reference, hypothesis (raw and normalized)).
     """
-    from ..data.audio import load_audio
-    from ..extraction.forced import transcribe
-
     rows, hyp_rows = [], []
     for language, task in settings:
         part = manifest if split is None else manifest[manifest["split"] == split]
@@ -92,19 +93,21 @@ def score_model(loaded, manifest: pd.DataFrame, settings: list[tuple[str, str]],
     return pd.DataFrame(rows), pd.DataFrame(hyp_rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..data.manifest import load_manifest
-    from ..errors import XattnError
-    from ..models.loader import load_model
+DESCRIPTION = "WER / BLEU / chrF of a model on a manifest per language and task."
 
-    ap = argparse.ArgumentParser(description="WER / BLEU / chrF of a model on a manifest per language and task.")
-    ap.add_argument("--model", default="bundled:whisper-tiny.en")
-    ap.add_argument("--manifest", required=True)
-    ap.add_argument("--setting", nargs="+", default=["en:transcribe"], help="LANGUAGE:TASK, e.g. it:translate")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--limit", type=int)
-    ap.add_argument("--out", help="write scores and hypotheses as <out>.scores.csv / <out>.hypotheses.csv")
-    args = ap.parse_args(argv)
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``xattn evaluate``."""
+    parser.add_argument("--model", default="bundled:whisper-tiny.en")
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--setting", nargs="+", default=["en:transcribe"], help="LANGUAGE:TASK, e.g. it:translate")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--out", help="write scores and hypotheses as <out>.scores.csv / <out>.hypotheses.csv")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``xattn evaluate``: print the scores per setting (and write them with ``--out``); 2 on bad input."""
     try:
         settings = [tuple(s.split(":", 1)) for s in args.setting]
         if any(len(s) != 2 for s in settings):
@@ -119,6 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         scores.to_csv(f"{args.out}.scores.csv", index=False)
         hyps.to_csv(f"{args.out}.hypotheses.csv", index=False)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xattn_utils.analysis.evaluation``: the same as ``xattn evaluate`` (kept for old scripts)."""
+    parser = argparse.ArgumentParser(prog="python -m xattn_utils.analysis.evaluation", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return command(args)
 
 
 if __name__ == "__main__":

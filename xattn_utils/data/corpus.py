@@ -12,17 +12,20 @@ version -> byte-identical files. The default corpus (English test split, 24 utte
 ``data_manifest.csv``, whose sha256s it must reproduce; a mismatch names the row (the usual cause: another espeak-ng
 version).
 
-    python -m xattn_utils.data.corpus --default        # build the default corpus beside data_manifest.csv
+    xattn corpus --default                  # build the default corpus beside data_manifest.csv
+    xattn corpus --config my_corpus.json    # another corpus (CorpusConfig fields as JSON)
+
+(also ``python -m xattn_utils corpus ...``; the old ``python -m xattn_utils.data.corpus ...`` still works)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing as mp
 import os
 import random
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -31,8 +34,8 @@ import pandas as pd
 import soundfile as sf
 
 from .._io import atomic_write, atomic_write_json, sha256_file
-from .audio import SAMPLE_RATE, resample
 from ..errors import InputError
+from .audio import SAMPLE_RATE, resample
 from .grammar import sentence
 from .manifest import COLUMNS, load_manifest
 
@@ -232,7 +235,7 @@ def ensure_default_corpus(manifest: str | Path = REPO_MANIFEST, progress: bool =
         raise InputError(f"the rebuilt default corpus does not match data_manifest.csv for {len(bad)} row(s), e.g. "
                          f"{bad[0]}: checksum mismatch. Your espeak-ng differs from the one the manifest was made with "
                          f"({committed['source'].iloc[0]}); install that version or regenerate the manifest with "
-                         "`python -m xattn_utils.data.corpus --default --write-manifest`")
+                         "`xattn corpus --default --write-manifest`")
     return manifest
 
 
@@ -266,13 +269,19 @@ def load_corpus_config(path: str | Path) -> CorpusConfig:
         raise InputError(f"corpus config {path}: {err}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Build synthetic speech corpora with espeak-ng.")
-    ap.add_argument("--default", action="store_true", help="build (and verify) the default corpus of the study")
-    ap.add_argument("--write-manifest", action="store_true",
-                    help="with --default: (re)write data_manifest.csv from a fresh build (maintainers)")
-    ap.add_argument("--config", help="JSON file with CorpusConfig fields, for other corpora")
-    args = ap.parse_args(argv)
+DESCRIPTION = "Build synthetic speech corpora with espeak-ng."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``xattn corpus``."""
+    parser.add_argument("--default", action="store_true", help="build (and verify) the default corpus of the study")
+    parser.add_argument("--write-manifest", action="store_true",
+                        help="with --default: (re)write data_manifest.csv from a fresh build (maintainers)")
+    parser.add_argument("--config", help="JSON file with CorpusConfig fields, for other corpora")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``xattn corpus``: build the default corpus (printing its manifest's path) or one from ``--config``."""
     if args.default and args.write_manifest:
         df = build_corpus(default_config(), expected={})
         _write_csv(df, REPO_MANIFEST)
@@ -288,9 +297,19 @@ def main(argv: list[str] | None = None) -> int:
         df = build_corpus(cfg)
         print(f"{Path(cfg.out_dir) / cfg.name / 'manifest.csv'}: {len(df)} utterances")
     else:
-        ap.print_help()
+        print("error: give --default (the study's corpus) or --config FILE (another corpus); see --help",
+              file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xattn_utils.data.corpus``: the same options and output as ``xattn corpus`` (kept for old scripts)."""
+    parser = argparse.ArgumentParser(prog="python -m xattn_utils.data.corpus", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return command(args)
 
 
 if __name__ == "__main__":

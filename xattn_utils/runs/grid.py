@@ -44,7 +44,6 @@ def evaluate(loaded, manifest: pd.DataFrame, kind: str, splits=("test", "test_un
     Utterances longer than the model's window are left out and counted (``n_too_long``).
     """
 
-
     window = loaded.window_samples or float("inf")
     rows = []
     for split in splits:

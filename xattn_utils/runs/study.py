@@ -5,21 +5,33 @@ Steps:
    (``notebooks/00_train_models.ipynb`` through papermill, CPU-sized budgets; ``make models`` does the same): the
    default study needs no training;
 2. run ``sweeps/default.yaml`` (notebooks 01-06, CPU-sized) with its ``model`` grid extended by every trained
-   grid model present, through :func:`xattn_utils.sweep.run_sweep` (resumable: finished runs are skipped);
+   grid model present, through :func:`xattn_utils.runs.sweep.run_sweep` (resumable: finished runs are skipped);
 3. print where ``report.md`` is, the headline numbers beside the paper's and the wall time.
+
+    xattn study --out runs/study --workers 2 [--train]      # also python -m xattn_utils study / ...runs.study
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+import yaml
+
+from ..analysis.compare import paper_comparison
 from ..models.registry import grid_dir, load_registry
+from .sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SWEEP = REPO / "sweeps" / "default.yaml"
 TRAIN_NOTEBOOK = REPO / "notebooks" / "00_train_models.ipynb"
+DESCRIPTION = ("Run the default xattn study: the default sweep over the bundled model and every trained grid model "
+               "present.")
+
+logger = logging.getLogger(__name__)
 
 
 def trained_models(root: Path | None = None) -> list[str]:
@@ -40,8 +52,6 @@ def train_first(out: Path) -> None:
 
 def study_sweep(models: list[str], sweep: Path = DEFAULT_SWEEP) -> dict:
     """The default sweep's spec with its model grid extended by ``models``."""
-    import yaml
-
     spec = yaml.safe_load(sweep.read_text())
     grid = spec.setdefault("grid", {})
     grid["model"] = list(dict.fromkeys([*grid.get("model", []), *models]))
@@ -49,33 +59,40 @@ def study_sweep(models: list[str], sweep: Path = DEFAULT_SWEEP) -> dict:
     return spec
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run the default xattn study: the default sweep over the bundled model and "
-                                             "every trained grid model present.")
-    ap.add_argument("--out", default="runs/study", help="output root of the sweep (runs are resumed there)")
-    ap.add_argument("--train", action="store_true", help="train the grid first when no trained model exists")
-    ap.add_argument("--no-train", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
-    ap.add_argument("--workers", type=int, default=2,
-                    help="Dask worker processes (one run at a time each, one thread each: Dask sets OMP_NUM_THREADS=1)")
-    args = ap.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``xattn study``."""
+    parser.add_argument("--out", default="runs/study", help="output root of the sweep (runs are resumed there)")
+    parser.add_argument("--train", action="store_true", help="train the grid first when no trained model exists")
+    parser.add_argument("--no-train", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
+    parser.add_argument("--workers", type=int, default=2,
+                        help="Dask worker processes (one run at a time each, one thread each: Dask sets "
+                             "OMP_NUM_THREADS=1)")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``xattn study``: train if asked and needed, run the sweep, print the headline per model; 1 when a run failed."""
     t0 = time.time()
     out = Path(args.out).resolve()
     if args.train and not trained_models():
-        print("no trained grid model found: training the grid first (notebooks/00_train_models.ipynb)", flush=True)
+        logger.info("no trained grid model found: training the grid first (notebooks/00_train_models.ipynb)")
         train_first(out / "train")
-    from .sweep import run_sweep
-
     result = run_sweep(study_sweep(trained_models()), out=out, workers=args.workers)
+    print(result.summary(), flush=True)
     if result.collected is not None:
-        import pandas as pd
-
-        from ..analysis.compare import paper_comparison
-
         table = pd.read_parquet(result.collected)
         for model, part in table.groupby("model", sort=False):
             print(f"\n{model}\n" + paper_comparison(part).to_string(index=False))
     print(f"\nreport: {result.report}\nstudy wall time: {(time.time() - t0) / 60:.1f} min")
     return 1 if result.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xattn_utils.runs.study``: the same options and output as ``xattn study`` (kept for old scripts)."""
+    parser = argparse.ArgumentParser(prog="python -m xattn_utils.runs.study", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return command(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""What a sweep leaves beside its runs: the collected table of every done run and ``report.md``.
+
+``ROOT/collected.parquet, .csv, .json`` hold every row of each done run's ``tables/agreement.parquet``, plus the
+columns ``run`` (folder name) and one per grid key (a table column of the same name is kept as ``<key>_table``);
+``ROOT/report.md`` is one page: runs and status, the headline per run beside the paper, key figures and notebooks.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .._io import atomic_write_text, write_table
+from ..analysis.compare import PAPER, paper_comparison
+from ..provenance import provenance, to_jsonable
+from .spec import RunSpec, SweepSpec
+from .worker import RunResult, is_done, read_status, utc_now
+
+KEY_FIGURES = ("03_layer_head_grid", "03_layer_curves", "03_utterance_distribution", "03_token_scatter",
+               "04_faithfulness", "02_side_by_side", "02_smx_tokens", "01_attention_mean")
+
+
+@dataclass
+class SweepResult:
+    """The outcome of a sweep (what :func:`~xattn_utils.runs.sweep.run_sweep` returns and the report sums up)."""
+
+    name: str
+    root: Path
+    done: list[RunResult] = field(default_factory=list)
+    skipped: list[RunResult] = field(default_factory=list)
+    failed: list[RunResult] = field(default_factory=list)
+    collected: Path | None = None
+    report: Path | None = None
+
+    def summary(self) -> str:
+        return f"runs: {len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed"
+
+
+def collect(runs: list[RunSpec]):
+    """Every row of each done run's ``tables/agreement.parquet``, with ``run`` and the grid values as columns."""
+    frames = []
+    for run in runs:
+        table = Path(run.run_dir) / "tables" / "agreement.parquet"
+        if not (is_done(run) and table.exists()):
+            continue
+        df = pd.read_parquet(table)
+        df = df.rename(columns={k: f"{k}_table" for k in run.grid if k in df.columns})
+        extra = {"run": run.name, **{k: _cell(v) for k, v in run.grid.items()}}
+        for i, (k, v) in enumerate(extra.items()):
+            df.insert(i, k, [v] * len(df))
+        frames.append(df)
+    if not frames:
+        return None
+    df = pd.concat(frames, ignore_index=True)
+    for k in dict.fromkeys(k for run in runs for k in run.grid):  # mixed types (1 and "x") cannot go to parquet
+        if k in df.columns and len({type(v) for v in df[k] if v is not None}) > 1:
+            df[k] = df[k].map(lambda v: None if v is None else str(v))
+    return df
+
+
+def _cell(value):
+    return json.dumps(to_jsonable(value)) if isinstance(value, (list, tuple, dict)) else value
+
+
+def write_collected(runs: list[RunSpec], root: Path, name: str) -> Path | None:
+    """``collected.parquet`` / ``.csv`` / ``.json`` under the root (stale ones removed when nothing is done)."""
+    df = collect(runs)
+    if df is None:
+        for suffix in (".parquet", ".csv", ".json"):
+            (root / f"collected{suffix}").unlink(missing_ok=True)
+        return None
+    prov = provenance(params={"sweep": name, "runs": {r.name: r.key for r in runs if is_done(r)}})
+    write_table(df, root, "collected", prov)
+    return root / "collected.parquet"
+
+
+def _md_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "_none_\n"
+    columns = columns or list(rows[0])
+
+    def cell(v):
+        return str("" if v is None else v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def key_figures(run_dir: Path, limit: int = 8) -> list[Path]:
+    """The run's most telling figures (PNG), the study's key ones first."""
+    pngs = sorted((run_dir / "figures").glob("*.png"))
+    ranked = sorted(pngs, key=lambda p: next((i for i, k in enumerate(KEY_FIGURES) if p.stem.startswith(k)),
+                                             len(KEY_FIGURES)))
+    return ranked[:limit]
+
+
+def run_headline(run_dir: Path) -> list[dict]:
+    """``compare.paper_comparison`` of a run's agreement table as records (empty when there is none)."""
+    table = run_dir / "tables" / "agreement.parquet"
+    if not table.exists():
+        return []
+    try:
+        return paper_comparison(pd.read_parquet(table)).to_dict("records")
+    except Exception:  # noqa: BLE001 - a table without the expected columns has no headline
+        return []
+
+
+def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: SweepResult) -> Path:
+    """``report.md``: the runs and their status, the headline per run beside the paper, figures and notebooks."""
+    this_time = {r.name: r for r in result.done + result.failed}
+    lo, hi = PAPER["pearson_ca_smh_range"]
+    out = [f"# Sweep `{spec.name}`\n",
+           f"{len(runs)} runs under `{root}` ({utc_now()}); {result.summary()}.\n",
+           (f"Notebooks: {', '.join(nb.notebook for nb in spec.notebooks)}. "
+            f"Grid: {', '.join(f'{k} ∈ {v}' for k, v in spec.grid.items()) or 'none'}"
+            + (f"; plus {len(spec.points)} listed point(s)" if spec.points else "") + ".\n"),
+           "## Runs\n"]
+    rows = []
+    for run in runs:
+        st = read_status(run.run_dir)
+        rows.append({"run": run.name, "status": st["state"] + (" (this time)" if run.name in this_time else ""),
+                     "seconds": st.get("seconds", ""), "error": st["error"],
+                     **{k: _cell(v) for k, v in run.grid.items()}})
+    out.append(_md_table(rows, ["run", "status", *spec.keys, "seconds", "error"]))
+    out.append("## Headline per run, beside the paper\n")
+    out.append(f"Papi et al. (2025): best Pearson(CA, SMX) ≈ {PAPER['pearson_ca_smx_best']:.2f}; "
+               f"Pearson(CA, SMH) {lo:.2f}–{hi:.2f}. Ours (`compare.paper_comparison`): dataset-level Pearson with "
+               "its 95% interval for fixed aggregates and for the best aggregate chosen on a calibration half of the "
+               "utterances (reported on the other half); the SPES map's split-half reliability; the noise-corrected "
+               "Pearson (raw / sqrt(reliability)).\n")
+    heads = []
+    for run in runs:
+        if not is_done(run):
+            continue
+        for rec in run_headline(Path(run.run_dir)):
+            heads.append({"run": run.name, **rec})
+    out.append(_md_table(heads, ["run", "comparison", "aggregate", "selection", "n", "ours", "95% CI", "reliability",
+                                "corrected", "paper"]) if heads
+               else "_no done run has tables/agreement.parquet_\n")
+    out.append("## Figures and executed notebooks\n")
+    for run in runs:
+        folder = Path(run.run_dir)
+        figs = key_figures(folder)
+        pages = sorted(folder.glob("*.html")) or sorted(folder.glob("*.ipynb"))
+        if not figs and not pages:
+            continue
+        out.append(f"**{run.name}** — " + " · ".join(f"[{p.name}]({run.name}/{p.name})" for p in pages) + "\n"
+                   + "".join(f"- [{p.stem}]({run.name}/figures/{p.name})\n" for p in figs))
+    out.append("Collected table: `collected.parquet` / `collected.csv` (one row per run × agreement row).\n")
+    path = root / "report.md"
+    atomic_write_text(path, "\n".join(s.strip("\n") + "\n" for s in out))
+    return path
