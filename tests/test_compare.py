@@ -14,8 +14,9 @@ from xattn_utils.analysis.compare import (
     utterance_maps,
 )
 from xattn_utils.analysis.faithfulness import curve_auc, importance_cells, ranking
+from xattn_utils.extraction.extract import attention_dataset
 from xattn_utils.extraction.forced import ForcedPass
-from xattn_utils.store import ResultStore, attention_dataset
+from xattn_utils.store import ResultStore
 
 L, H, T_ENC = 2, 3, 40
 
