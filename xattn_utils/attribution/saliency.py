@@ -14,6 +14,8 @@ method         store kinds                 map variable(s)
 ``ig``         ``ig_x``, ``ig_h``          ``signed``, ``absolute``
 =============  ==========================  ===========================================
 
+Methods, store kinds and the names the analysis gives the maps are paired once, in :mod:`xattn_utils.map_kinds`.
+
 Input-space maps cover the frames holding audio only (padding is never occluded and carries no relevance).
 Each group's cache key hashes the model, the audio, the hypothesis and the method's parameters; a re-run skips
 finished groups. A failing utterance is recorded in the store's ``errors.json`` and the run goes on.
@@ -38,14 +40,12 @@ from ..extraction.extract import (
     items_from,
 )
 from ..extraction.forced import Seq2SeqScorer
+from ..map_kinds import METHODS, by_method
 from ..models.loader import LoadedModel
 from ..provenance import provenance, stable_hash
 from ..store import ResultStore
 from .gradients import attribute_gradients, canonical_method
 from .spes import SMHConfig, SPESConfig, spes_smh, spes_smx
-
-METHODS = ("spes-x", "spes-h", "saliency", "ixg", "ig")
-_GRAD_SHORT = {"saliency": "saliency", "input_x_gradient": "ixg", "integrated_gradients": "ig"}
 
 
 @dataclass
@@ -75,13 +75,8 @@ class SaliencyConfig:
 
 
 def kinds_for(method: str, spaces=("x", "h")) -> list[str]:
-    """Store kinds a method writes."""
-    if method == "spes-x":
-        return ["spes_x"]
-    if method == "spes-h":
-        return ["spes_h"]
-    short = _GRAD_SHORT[canonical_method(method)]
-    return [f"{short}_{s}" for s in spaces]
+    """Store kinds a method writes (see :mod:`xattn_utils.map_kinds`)."""
+    return [m.kind for m in by_method(method, spaces)]
 
 
 def scorer_for(loaded: LoadedModel, audio: np.ndarray, attention: xr.Dataset) -> Seq2SeqScorer:
