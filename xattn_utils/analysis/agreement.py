@@ -210,6 +210,31 @@ def fisher_mean(r) -> float:
     return float(np.tanh(np.arctanh(np.clip(r, -1 + 1e-12, 1 - 1e-12)).mean()))
 
 
+def _value_sums(groups: Sequence, fisher: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: the sum of its finite values (of their Fisher z when ``fisher``) and their count, shapes (n,)."""
+    arrs = [_np(g).ravel() for g in groups]
+    finite = [g[np.isfinite(g)] for g in arrs]
+    z = [np.arctanh(np.clip(g, -1 + 1e-12, 1 - 1e-12)) if fisher else g for g in finite]
+    return np.array([v.sum() for v in z]), np.array([v.size for v in z], dtype=np.float64)
+
+
+def _bootstrap_means(series: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int, seed: int,
+                     fisher: bool = True) -> list[tuple[float, np.ndarray]]:
+    """Pooled means of per-utterance values and their bootstrap replicates, utterances resampled with replacement.
+
+    Args:
+        series: per series, ``(sums, counts)`` over the same n utterances (shapes (n,), n >= 1; see
+            :func:`_value_sums`). Every series is resampled with the same draws (a paired bootstrap).
+        n_boot, seed: number of resamples and the seed of their draws.
+        fisher: sums are of Fisher z; means go back through tanh.
+    Returns: per series ``(value, boot)``: the mean over all utterances and the ``(n_boot,)`` resampled means.
+    """
+    n = len(series[0][0])
+    idx = np.random.default_rng(seed).integers(0, n, size=(int(n_boot), n))
+    inv = np.tanh if fisher else (lambda v: v)
+    return [(inv(s.sum() / c.sum()), inv(s[idx].sum(1) / c[idx].sum(1))) for s, c in series]
+
+
 def dataset_aggregate(groups: Sequence, measure: str, n_boot: int = 1000, seed: int = 0,
                       ci: float = 0.95) -> dict[str, float]:
     """Dataset value of per-utterance (or per-token, grouped by utterance) agreement values, with a bootstrap CI.
@@ -223,32 +248,19 @@ def dataset_aggregate(groups: Sequence, measure: str, n_boot: int = 1000, seed: 
     Returns: {value, ci_low, ci_high, n (values used), n_nan (values excluded), n_utterances, boot (the
         bootstrap replicates of the value; absent when no value is valid)}.
     """
-    arrays = [_np(g).ravel() for g in groups]
-    n_nan = int(sum((~np.isfinite(g)).sum() for g in arrays))
-    valid = [g[np.isfinite(g)] for g in arrays]
-    valid = [g for g in valid if g.size]
-    n = int(sum(g.size for g in valid))
-    res = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": n, "n_nan": n_nan,
-               "n_utterances": len(valid)}
-    if not valid:
-        return res
-    fisher = measure in ("pearson", "pearson_r2")
     if measure == "pearson_r2":
         raise XattnError("aggregate pearson_r2 from the Pearson values (agreement_table does this)")
-
-    def fwd(v):
-        return np.arctanh(np.clip(v, -1 + 1e-12, 1 - 1e-12)) if fisher else v
-
-    def inv(v):
-        return np.tanh(v) if fisher else v
-
-    s = np.array([fwd(g).sum() for g in valid])
-    c = np.array([g.size for g in valid], dtype=np.float64)
-    res["value"] = float(inv(s.sum() / c.sum()))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(valid), size=(int(n_boot), len(valid)))
-    boot = inv(s[idx].sum(1) / c[idx].sum(1))
+    fisher = measure == "pearson"
+    n_nan = int(sum((~np.isfinite(_np(g))).sum() for g in groups))
+    sums, counts = _value_sums(groups, fisher)
+    keep = counts > 0
+    res = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": int(counts.sum()),
+           "n_nan": n_nan, "n_utterances": int(keep.sum())}
+    if not keep.any():
+        return res
+    [(value, boot)] = _bootstrap_means([(sums[keep], counts[keep])], n_boot, seed, fisher)
     alpha = (1 - ci) / 2
+    res["value"] = float(value)
     res["ci_low"], res["ci_high"] = (float(q) for q in np.percentile(boot, [100 * alpha, 100 * (1 - alpha)]))
     res["boot"] = boot
     return res
@@ -286,13 +298,6 @@ def disattenuate(r_obs, r_half):
         return np.where(rel > 0, np.asarray(r_obs, dtype=np.float64) / np.sqrt(np.where(rel > 0, rel, 1.0)), np.nan)
 
 
-def _fisher_sums(groups: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    """Per group: sum of Fisher z over finite values and their count."""
-    arrs = [_np(g).ravel() for g in groups]
-    z = [np.arctanh(np.clip(g[np.isfinite(g)], -1 + 1e-12, 1 - 1e-12)) for g in arrs]
-    return np.array([v.sum() for v in z]), np.array([v.size for v in z], dtype=np.float64)
-
-
 def dataset_corrected(obs_groups: Sequence, half_groups: Sequence, n_boot: int = 1000, seed: int = 0,
                       ci: float = 0.95) -> dict[str, Any]:
     """Dataset-level reliability and noise-corrected Pearson with a paired bootstrap over utterances.
@@ -305,39 +310,35 @@ def dataset_corrected(obs_groups: Sequence, half_groups: Sequence, n_boot: int =
         ``{value, ci_low, ci_high, n, n_nan, n_utterances}``. Both parts are Fisher means over the utterances kept
         (those with a finite value in both), and every bootstrap replicate recomputes both from the same resample.
     """
-    hs, hc = _fisher_sums(half_groups)
+    hs, hc = _value_sums(half_groups, fisher=True)
     keep = hc > 0
-    os_, oc = (None, None)
     if obs_groups is not None:
-        os_, oc = _fisher_sums(obs_groups)
+        os_, oc = _value_sums(obs_groups, fisher=True)
         keep &= oc > 0
     n_nan = int(sum((~np.isfinite(_np(g))).sum() for g in half_groups))
+    n_utt = int(keep.sum())
     empty = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "n_nan": n_nan,
              "n_utterances": 0}
     out: dict[str, Any] = {"split_half": dict(empty), "reliability": dict(empty),
                            "pearson_corrected": None if obs_groups is None else dict(empty)}
-    idx_all = np.flatnonzero(keep)
-    if idx_all.size == 0:
+    if n_utt == 0:
         return out
-    rng = np.random.default_rng(seed)
-    boot_idx = idx_all[rng.integers(0, idx_all.size, size=(int(n_boot), idx_all.size))]
     alpha = (1 - ci) / 2
 
     def summary(values: np.ndarray, point: float, n: int) -> dict:
         lo, hi = np.nanpercentile(values, [100 * alpha, 100 * (1 - alpha)]) if np.isfinite(values).any() else (
             np.nan, np.nan)
         return {"value": float(point), "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_nan": n_nan,
-                "n_utterances": int(idx_all.size)}
+                "n_utterances": n_utt}
 
-    half_point = np.tanh(hs[idx_all].sum() / hc[idx_all].sum())
-    half_boot = np.tanh(hs[boot_idx].sum(1) / hc[boot_idx].sum(1))
-    out["split_half"] = summary(half_boot, half_point, hc[idx_all].sum())
-    out["reliability"] = summary(spearman_brown(half_boot), float(spearman_brown(half_point)), hc[idx_all].sum())
-    if obs_groups is not None:
-        obs_point = np.tanh(os_[idx_all].sum() / oc[idx_all].sum())
-        obs_boot = np.tanh(os_[boot_idx].sum(1) / oc[boot_idx].sum(1))
+    series = [(hs[keep], hc[keep])] + ([(os_[keep], oc[keep])] if obs_groups is not None else [])
+    (half_point, half_boot), *obs = _bootstrap_means(series, n_boot, seed)
+    out["split_half"] = summary(half_boot, half_point, hc[keep].sum())
+    out["reliability"] = summary(spearman_brown(half_boot), float(spearman_brown(half_point)), hc[keep].sum())
+    if obs:
+        (obs_point, obs_boot), = obs
         out["pearson_corrected"] = summary(disattenuate(obs_boot, half_boot),
-                                           float(disattenuate(obs_point, half_point)), oc[idx_all].sum())
+                                           float(disattenuate(obs_point, half_point)), oc[keep].sum())
     return out
 
 
