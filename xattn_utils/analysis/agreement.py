@@ -15,7 +15,10 @@ utterance rows, excluded from every dataset mean, and counted in the ``n_nan`` c
 """
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,9 @@ import torch
 from scipy import stats
 
 from ..attribution.grids import normalize_rows, pool_to_encoder_frames  # noqa: F401  (re-exported: the grid lives in grids.py)
+from ..attribution.mixing import parse_composed
 from ..errors import XattnError
+from ..map_kinds import NAMES as MAP_NAMES
 
 MEASURES = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
 LEVELS = ("token", "utterance", "dataset", "dataset_token")
@@ -342,11 +347,105 @@ def dataset_corrected(obs_groups: Sequence, half_groups: Sequence, n_boot: int =
     return out
 
 
+# --------------------------------------------------------------------------------------------------- attention names
+NORM_PREFIX = "norm:"  # norm-based weighting of an aggregate (compare: ``norm:all``, ``norm:L3H2``, ...)
+ATTENTION_COLUMNS = ("aggregate", "layer", "head", "weighting", "mixing")
+_HEAD_NAME = re.compile(r"L(\d+)H(\d+)")
+_LAYER_NAME = re.compile(r"layer(\d+)")
+
+
+def attention_columns(name: str, references: Iterable[str] = ()) -> dict[str, Any]:
+    """What an attention entry's name says, as the agreement table's columns :data:`ATTENTION_COLUMNS`.
+
+    ``L3H2`` -> aggregate ``head``, layer 3, head 2, weighting ``attention``; ``norm:layer1`` -> ``layer``, 1, None,
+    ``norm``; ``all``, ``last_layer``, ``alignment_heads`` and user-named sets -> themselves (layer and head None);
+    ``rollout[2]∘norm:all`` (CA carried back through encoder mixing, see
+    :func:`xattn_utils.attribution.mixing.composed_name`) -> the aggregate's columns and mixing ``rollout[2]``.
+    Reliability rows (``""``) and a saliency map compared as attention (``smh`` vs ``smx``: a name of
+    :mod:`xattn_utils.map_kinds` or of ``references``) -> None but for mixing.
+    """
+    aggregate, method, depth = parse_composed(name)
+    mixing = None if method is None else (method if depth is None else f"{method}[{depth}]")
+    if not aggregate or aggregate in MAP_NAMES or aggregate in set(references):
+        return {**dict.fromkeys(ATTENTION_COLUMNS), "mixing": mixing}
+    weighting = "norm" if aggregate.startswith(NORM_PREFIX) else "attention"
+    aggregate = aggregate.removeprefix(NORM_PREFIX)
+    layer = head = None
+    if m := _HEAD_NAME.fullmatch(aggregate):
+        aggregate, layer, head = "head", int(m[1]), int(m[2])
+    elif m := _LAYER_NAME.fullmatch(aggregate):
+        aggregate, layer = "layer", int(m[1])
+    return {"aggregate": aggregate, "layer": layer, "head": head, "weighting": weighting, "mixing": mixing}
+
+
+def with_attention_columns(table: pd.DataFrame, references: Iterable[str] | None = None) -> pd.DataFrame:
+    """``table`` with the :data:`ATTENTION_COLUMNS` parsed from its ``attention`` names (:func:`attention_columns`;
+    ``references``: default the table's), placed after ``attention``. A table that has them is returned as it is:
+    this adds them to tables written before they existed."""
+    if all(c in table.columns for c in ATTENTION_COLUMNS):
+        return table
+    refs = set(table.reference) if references is None else set(references)
+    codes, names = pd.factorize(table.attention)
+    parsed = pd.DataFrame([attention_columns(str(a), refs) for a in names], columns=list(ATTENTION_COLUMNS))
+    out = table.drop(columns=[c for c in ATTENTION_COLUMNS if c in table.columns])
+    at = out.columns.get_loc("attention") + 1
+    for i, c in enumerate(ATTENTION_COLUMNS):
+        values = parsed[c].astype("Int64" if c in ("layer", "head") else object).take(codes).to_numpy()
+        out.insert(at + i, c, pd.array(values, dtype="Int64") if c in ("layer", "head") else values)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- table
+_ROW_COLUMNS = ("utterance", "token", "token_text", "level", "attention", "reference", "measure", "value", "ci_low",
+                "ci_high", "n", "n_nan")
+TABLE_COLUMNS = ("model", *_ROW_COLUMNS[:5], *ATTENTION_COLUMNS, *_ROW_COLUMNS[5:])
+
+
+@dataclass
+class _Entry:
+    """One utterance's checked maps: ``maps`` name -> (I, T'), ``token_text`` (I,) or None, ``halves`` reference ->
+    two (I, T') half maps."""
+
+    uid: str
+    maps: dict[str, np.ndarray]
+    token_text: np.ndarray | None
+    halves: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return next(iter(self.maps.values())).shape
+
+
+@dataclass
+class _Scores:
+    """Per-utterance values the dataset levels aggregate, keyed in the order first computed: ``token`` and
+    ``utterance``: (attention, reference, measure) -> one (I,) / (1,) array per utterance; ``half_token`` and
+    ``half_utterance``: reference -> the split-half Pearson per utterance (NaN where it has no halves)."""
+
+    token: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
+    utterance: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
+    half_token: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    half_utterance: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+
 def _utterances(data) -> list[tuple[str, Mapping[str, Any]]]:
     if isinstance(data, Mapping):
         return [(str(k), v) for k, v in data.items()]
     return [(str(d.get("utterance", i)), d) for i, d in enumerate(data)]
+
+
+def _checked_choices(measures: Sequence[str], levels: Sequence[str]) -> None:
+    bad = [m for m in measures if m not in MEASURES] + [lv for lv in levels if lv not in LEVELS]
+    if bad:
+        raise XattnError(f"unknown measures/levels {bad}: measures {MEASURES}, levels {LEVELS}")
+
+
+def _computed_measures(measures: Sequence[str]) -> list[str]:
+    """The measures computed from the maps (``pearson_r2`` is derived from ``pearson``)."""
+    base = [m for m in measures if m != "pearson_r2"]
+    if "pearson_r2" in measures and "pearson" not in base:
+        base.append("pearson")
+    return base
 
 
 def _prepare(uid: str, maps: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -392,6 +491,137 @@ def _prepare_halves(uid: str, entry: Mapping[str, Any], references: Sequence[str
     return out
 
 
+def _entry(uid: str, entry: Mapping[str, Any], names: Sequence[str], references: Sequence[str]) -> _Entry:
+    """An utterance's entry of :func:`agreement_table`'s ``data``, checked and cut to its audio frames."""
+    maps = _prepare(uid, entry, names)
+    n_i = next(iter(maps.values())).shape[0]
+    tokens = entry.get("tokens")
+    if tokens is not None and len(tokens) != n_i:
+        raise XattnError(f"utterance {uid!r}: {len(tokens)} token strings for {n_i} map rows")
+    token_text = np.array(list(tokens), dtype=object) if tokens is not None else None
+    return _Entry(uid, maps, token_text, _prepare_halves(uid, entry, references, maps))
+
+
+def _block(k: int, **values) -> dict[str, np.ndarray]:
+    """k table rows: every row column -> a (k,) object array (scalars repeated; absent columns None)."""
+    return {c: np.broadcast_to(np.asarray(values.get(c), dtype=object), (k,)) for c in _ROW_COLUMNS}
+
+
+def _level_rows(e: _Entry, levels: Sequence[str], attention: str, reference: str, measure: str, token_values,
+                utterance_value) -> list[dict]:
+    """The token rows (one per token) and the utterance row of one measure of one utterance."""
+    n_i, n_t = e.shape
+    common = {"utterance": e.uid, "attention": attention, "reference": reference, "measure": measure}
+    out = []
+    if "token" in levels:
+        out.append(_block(n_i, **common, token=np.arange(n_i), token_text=e.token_text, level="token",
+                          value=token_values, n=n_t))
+    if "utterance" in levels:
+        out.append(_block(1, **common, level="utterance", value=utterance_value, n=n_i * n_t))
+    return out
+
+
+def _reliability_rows(e: _Entry, references: Sequence[str], levels: Sequence[str], scores: _Scores) -> list[dict]:
+    """Split-half and reliability rows of the references that have halves; records split-half values (NaN for the
+    references without) in ``scores``."""
+    out = []
+    for r in references:
+        if r not in e.halves:
+            scores.half_token.setdefault(r, []).append(np.full(e.shape[0], np.nan))
+            scores.half_utterance.setdefault(r, []).append(np.array([np.nan]))
+            continue
+        ht = token_agreement(*e.halves[r], "pearson")
+        hu = utterance_agreement(*e.halves[r], "pearson")
+        scores.half_token.setdefault(r, []).append(ht)
+        scores.half_utterance.setdefault(r, []).append(np.array([hu]))
+        out += _level_rows(e, levels, "", r, "split_half", ht, hu)
+        out += _level_rows(e, levels, "", r, "reliability", spearman_brown(ht), float(spearman_brown(hu)))
+    return out
+
+
+def _reported(measure: str, tv: np.ndarray, uv: float, measures: Sequence[str], half: tuple | None) -> list[tuple]:
+    """``(measure, token values, utterance value)`` reported for one computed measure: itself (when asked for),
+    ``pearson_r2`` and, with the reference's split-half values ``half``, ``pearson_corrected`` from ``pearson``."""
+    out = [(measure, tv, uv)] if measure in measures else []
+    if measure == "pearson" and "pearson_r2" in measures:
+        out.append(("pearson_r2", tv ** 2, uv ** 2))
+    if measure == "pearson" and half is not None:
+        out.append(("pearson_corrected", disattenuate(tv, half[0]), float(disattenuate(uv, half[1]))))
+    return out
+
+
+def _agreement_rows(e: _Entry, attention: Sequence[str], references: Sequence[str], computed: Sequence[str],
+                    measures: Sequence[str], levels: Sequence[str], topk: float, scores: _Scores) -> list[dict]:
+    """Token and utterance rows of every (attention, reference, measure) of one utterance; records the values in
+    ``scores`` (after :func:`_reliability_rows` recorded this utterance's split-half values)."""
+    out = []
+    for a, r, m in itertools.product(attention, references, computed):
+        tv = token_agreement(e.maps[a], e.maps[r], m, topk)
+        uv = utterance_agreement(e.maps[a], e.maps[r], m, topk)
+        scores.token.setdefault((a, r, m), []).append(tv)
+        scores.utterance.setdefault((a, r, m), []).append(np.array([uv]))
+        half = (scores.half_token[r][-1], scores.half_utterance[r][-1][0]) if r in e.halves else None
+        for om, t_out, u_out in _reported(m, tv, uv, measures, half):
+            out += _level_rows(e, levels, a, r, om, t_out, u_out)
+    return out
+
+
+def _summary_row(level: str, attention: str, reference: str, measure: str, summary: dict) -> dict:
+    return _block(1, level=level, attention=attention, reference=reference, measure=measure,
+                  value=summary["value"], ci_low=summary["ci_low"], ci_high=summary["ci_high"], n=summary["n"],
+                  n_nan=summary["n_nan"])
+
+
+def _dataset_levels(scores: _Scores, levels: Sequence[str]) -> list[tuple[str, dict, dict]]:
+    """(level, values by (attention, reference, measure), split-half values by reference) of each dataset level
+    asked for: ``dataset`` aggregates utterance values, ``dataset_token`` token values."""
+    both = (("dataset", scores.utterance, scores.half_utterance), ("dataset_token", scores.token, scores.half_token))
+    return [lv for lv in both if lv[0] in levels]
+
+
+def _dataset_rows(scores: _Scores, levels: Sequence[str], measures: Sequence[str], n_boot: int, seed: int,
+                  ci: float) -> list[dict]:
+    """Dataset rows of every (attention, reference, measure): bootstrap over utterances."""
+    out = []
+    for level, values, _ in _dataset_levels(scores, levels):
+        for (a, r, m), groups in values.items():
+            summ = dataset_aggregate(groups, m, n_boot=n_boot, seed=seed, ci=ci)
+            if m in measures:
+                out.append(_summary_row(level, a, r, m, summ))
+            if m == "pearson" and "pearson_r2" in measures:
+                out.append(_summary_row(level, a, r, "pearson_r2", _square_summary(summ, ci)))
+    return out
+
+
+def _corrected_rows(scores: _Scores, attention: Sequence[str], levels: Sequence[str], n_boot: int, seed: int,
+                    ci: float) -> list[dict]:
+    """Dataset split-half and reliability rows of every reference with halves, and each attention's noise-corrected
+    Pearson against it."""
+    out = []
+    for level, values, halves in _dataset_levels(scores, levels):
+        for r, groups in halves.items():
+            if not any(np.isfinite(g).any() for g in groups):
+                continue
+            rel = dataset_corrected(None, groups, n_boot=n_boot, seed=seed, ci=ci)
+            out += [_summary_row(level, "", r, om, rel[om]) for om in ("split_half", "reliability")]
+            for a in attention:
+                if (a, r, "pearson") in values:
+                    cor = dataset_corrected(values[(a, r, "pearson")], groups, n_boot=n_boot, seed=seed, ci=ci)
+                    out.append(_summary_row(level, a, r, "pearson_corrected", cor["pearson_corrected"]))
+    return out
+
+
+def _frame(blocks: list[dict], model: str, references: Sequence[str]) -> pd.DataFrame:
+    """The rows as the table: typed columns, the attention name parsed into :data:`ATTENTION_COLUMNS`."""
+    df = pd.DataFrame({c: np.concatenate([b[c] for b in blocks]) if blocks else [] for c in _ROW_COLUMNS})
+    df.insert(0, "model", model)
+    for c in ("value", "ci_low", "ci_high"):
+        df[c] = df[c].astype(float)
+    for c in ("token", "n", "n_nan"):
+        df[c] = df[c].astype("Int64")
+    return with_attention_columns(df, references)[list(TABLE_COLUMNS)]
+
+
 def agreement_table(data, references: Sequence[str], attention: Sequence[str] | None = None,
                     measures: Sequence[str] = MEASURES, levels: Sequence[str] = ("token", "utterance", "dataset"),
                     topk: float = 0.1, n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
@@ -413,111 +643,25 @@ def agreement_table(data, references: Sequence[str], attention: Sequence[str] | 
         topk: fraction of cells for ``topk_overlap``.
         n_boot, seed, ci: bootstrap over utterances for the dataset levels.
         model: value of the ``model`` column.
-    Returns: DataFrame with columns model, utterance, token, token_text, level, attention, reference, measure,
-        value, ci_low, ci_high, n, n_nan. ``n``: cells (token/utterance rows) or values used (dataset rows);
-        ``n_nan``: values excluded as NaN (dataset rows).
+    Returns: DataFrame with the columns :data:`TABLE_COLUMNS`: model, utterance, token, token_text, level,
+        attention, aggregate, layer, head, weighting, mixing (the attention name parsed by
+        :func:`attention_columns`), reference, measure, value, ci_low, ci_high, n, n_nan. ``n``: cells
+        (token/utterance rows) or values used (dataset rows); ``n_nan``: values excluded as NaN (dataset rows).
     """
-    bad = [m for m in measures if m not in MEASURES] + [lv for lv in levels if lv not in LEVELS]
-    if bad:
-        raise XattnError(f"unknown measures/levels {bad}: measures {MEASURES}, levels {LEVELS}")
+    _checked_choices(measures, levels)
     utts = _utterances(data)
     if not utts:
         raise XattnError("agreement_table got no utterances")
     if attention is None:
         attention = [k for k in utts[0][1] if k not in references and k not in _META_KEYS]
     names = list(dict.fromkeys([*attention, *references]))
-    base_measures = [m for m in measures if m != "pearson_r2"]
-    if "pearson_r2" in measures and "pearson" not in base_measures:
-        base_measures.append("pearson")
-    cols = ["model", "utterance", "token", "token_text", "level", "attention", "reference", "measure", "value",
-            "ci_low", "ci_high", "n", "n_nan"]
-    blocks: list[dict[str, Any]] = []  # each: column -> scalar or (k,) array; stacked once at the end
-
-    def emit(k: int, **values) -> None:
-        blocks.append({c: np.broadcast_to(np.asarray(values.get(c), dtype=object), (k,)) for c in cols[1:]})
-
-    tok_vals: dict[tuple, list] = {}
-    utt_vals: dict[tuple, list] = {}
-    half_tok: dict[str, list] = {r: [] for r in references}
-    half_utt: dict[str, list] = {r: [] for r in references}
+    computed = _computed_measures(measures)
+    scores = _Scores()
+    blocks: list[dict] = []  # each: column -> (k,) array; stacked once at the end
     for uid, entry in utts:
-        maps = _prepare(uid, entry, names)
-        n_i, n_t = next(iter(maps.values())).shape
-        tokens = entry.get("tokens")
-        if tokens is not None and len(tokens) != n_i:
-            raise XattnError(f"utterance {uid!r}: {len(tokens)} token strings for {n_i} map rows")
-        token_text = np.array(list(tokens), dtype=object) if tokens is not None else None
-        halves = _prepare_halves(uid, entry, references, maps)
-        for r in references:
-            if r not in halves:
-                half_tok[r].append(np.full(n_i, np.nan))
-                half_utt[r].append(np.array([np.nan]))
-                continue
-            ht = token_agreement(*halves[r], "pearson")
-            hu = utterance_agreement(*halves[r], "pearson")
-            half_tok[r].append(ht)
-            half_utt[r].append(np.array([hu]))
-            for om, t_out, u_out in (("split_half", ht, hu), ("reliability", spearman_brown(ht),
-                                                              float(spearman_brown(hu)))):
-                common = {"utterance": uid, "attention": "", "reference": r, "measure": om}
-                if "token" in levels:
-                    emit(n_i, **common, token=np.arange(n_i), token_text=token_text, level="token", value=t_out,
-                         n=n_t)
-                if "utterance" in levels:
-                    emit(1, **common, level="utterance", value=u_out, n=n_i * n_t)
-        for a in attention:
-            for r in references:
-                for m in base_measures:
-                    tv = token_agreement(maps[a], maps[r], m, topk)
-                    uv = utterance_agreement(maps[a], maps[r], m, topk)
-                    tok_vals.setdefault((a, r, m), []).append(tv)
-                    utt_vals.setdefault((a, r, m), []).append(np.array([uv]))
-                    outs = [(m, tv, uv)] if m in measures else []
-                    if m == "pearson" and "pearson_r2" in measures:
-                        outs.append(("pearson_r2", tv ** 2, uv ** 2))
-                    if m == "pearson" and r in halves:
-                        outs.append(("pearson_corrected", disattenuate(tv, half_tok[r][-1]),
-                                     float(disattenuate(uv, half_utt[r][-1][0]))))
-                    for om, t_out, u_out in outs:
-                        common = {"utterance": uid, "attention": a, "reference": r, "measure": om}
-                        if "token" in levels:
-                            emit(n_i, **common, token=np.arange(n_i), token_text=token_text, level="token",
-                                 value=t_out, n=n_t)
-                        if "utterance" in levels:
-                            emit(1, **common, level="utterance", value=u_out, n=n_i * n_t)
-    for level, source in (("dataset", utt_vals), ("dataset_token", tok_vals)):
-        if level not in levels:
-            continue
-        for (a, r, m), groups in source.items():
-            summ = dataset_aggregate(groups, m, n_boot=n_boot, seed=seed, ci=ci)
-            outs = [(m, summ)] if m in measures else []
-            if m == "pearson" and "pearson_r2" in measures:
-                outs.append(("pearson_r2", _square_summary(summ, ci)))
-            for om, sm in outs:
-                emit(1, level=level, attention=a, reference=r, measure=om, value=sm["value"], ci_low=sm["ci_low"],
-                     ci_high=sm["ci_high"], n=sm["n"], n_nan=sm["n_nan"])
-    for level, halves_by_ref, obs in (("dataset", half_utt, utt_vals), ("dataset_token", half_tok, tok_vals)):
-        if level not in levels:
-            continue
-        for r, groups in halves_by_ref.items():
-            if not any(np.isfinite(g).any() for g in groups):
-                continue
-            rel = dataset_corrected(None, groups, n_boot=n_boot, seed=seed, ci=ci)
-            for om in ("split_half", "reliability"):
-                sm = rel[om]
-                emit(1, level=level, attention="", reference=r, measure=om, value=sm["value"],
-                     ci_low=sm["ci_low"], ci_high=sm["ci_high"], n=sm["n"], n_nan=sm["n_nan"])
-            for a in attention:
-                if (a, r, "pearson") not in obs:
-                    continue
-                sm = dataset_corrected(obs[(a, r, "pearson")], groups, n_boot=n_boot, seed=seed,
-                                       ci=ci)["pearson_corrected"]
-                emit(1, level=level, attention=a, reference=r, measure="pearson_corrected", value=sm["value"],
-                     ci_low=sm["ci_low"], ci_high=sm["ci_high"], n=sm["n"], n_nan=sm["n_nan"])
-    df = pd.DataFrame({c: np.concatenate([b[c] for b in blocks]) if blocks else [] for c in cols[1:]})
-    df.insert(0, "model", model)
-    for c in ("value", "ci_low", "ci_high"):
-        df[c] = df[c].astype(float)
-    for c in ("token", "n", "n_nan"):
-        df[c] = df[c].astype("Int64")
-    return df[cols]
+        e = _entry(uid, entry, names, references)
+        blocks += _reliability_rows(e, references, levels, scores)
+        blocks += _agreement_rows(e, attention, references, computed, measures, levels, topk, scores)
+    blocks += _dataset_rows(scores, levels, measures, n_boot, seed, ci)
+    blocks += _corrected_rows(scores, attention, levels, n_boot, seed, ci)
+    return _frame(blocks, model, references)
