@@ -1,13 +1,15 @@
 """The study's answer over a result store: how well does cross-attention agree with saliency?
 
-``compare_store(store)`` reads, per utterance, the ``attention`` group and every saliency group present, puts all
+``compare_store(store)`` reads, per utterance, the ``attention`` group and every saliency group present
+(:class:`xattn_utils.analysis.maps.UtteranceMaps`; map names from :mod:`xattn_utils.map_kinds`), puts all
 maps on the encoder-frame grid ``(I, T')`` and returns the tidy agreement table of
 :func:`xattn_utils.analysis.agreement.agreement_table` (token, utterance and dataset levels, bootstrap intervals).
 
 Conventions (all parameters, recorded in ``agreement.json``):
 - attention aggregates: every layer's head mean (``layer{l}``), ``last_layer``, ``all``, Whisper's
   ``alignment_heads`` when the model has them, and optionally every head (``L{l}H{h}``); each also norm-based
-  (``norm:`` prefix; Kobayashi et al. 2020: weight x ||W_O^h (W_V^h h_j + b)||);
+  (``norm:`` prefix; Kobayashi et al. 2020: weight x ||W_O^h (W_V^h h_j + b)||); the table's ``aggregate``,
+  ``layer``, ``head``, ``weighting`` and ``mixing`` columns say which (:func:`~xattn_utils.analysis.agreement.attention_columns`);
 - references: ``smx`` (SPES on X pooled to encoder frames with the model's own downsampling: ``pool="mean"`` over
   the cells present — a SPES cell is a mean KL, not an amount — or ``"max"``, 2-D max pooling), ``smh`` (SPES on
   H), and gradient maps (``saliency_x``, ``ixg_x``, ``ig_x``: |attribution| pooled by ``gradient_pool``, a sum by
@@ -23,7 +25,6 @@ Conventions (all parameters, recorded in ``agreement.json``):
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,96 +32,48 @@ import numpy as np
 import pandas as pd
 
 from .._io import write_table
-from ..attribution.grids import encoder_grid
 from ..errors import XattnError
+from ..map_kinds import KINDS, NAMES, by_name
 from ..provenance import provenance, stable_hash
 from ..store import ResultStore, open_store
 from .agreement import (
     RELIABILITY_MEASURES,
     agreement_table,
-    ca_selections,
     dataset_aggregate,
     dataset_corrected,
     fisher_mean,
     utterance_agreement,
 )
+from .maps import ATTENTION, MapsConfig, UtteranceMaps
 
-GRADIENT_X = ("saliency_x", "ixg_x", "ig_x")
-GRADIENT_H = ("saliency_h", "ixg_h", "ig_h")
 PAPER = {"pearson_ca_smx_best": 0.58, "pearson_ca_smh_range": (0.52, 0.75), "deletion_ca": 41.2,
          "deletion_smx": 52.9}
 
 
 @dataclass
-class CompareConfig:
-    """What to compare and how (recorded in provenance)."""
+class CompareConfig(MapsConfig):
+    """What to compare and how (recorded in provenance): the maps and their grid (:class:`MapsConfig`: per_head,
+    norm_based, special, normalize, pool, gradient_pool, mixing...) and the measures."""
 
-    per_head: bool = True
-    norm_based: bool = True
-    special: str = "exclude"  # or "include": the end-of-text row
-    normalize: str = "zscore"  # per token row: zscore | minmax | sum | none
-    pool: str = "mean"  # SPES SMX -> encoder frames: mean over present cells | max (2-D) | sum
-    gradient_pool: str = "sum"  # |gradient| X maps -> encoder frames: sum (amounts) | mean | max
     measures: tuple[str, ...] = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
     levels: tuple[str, ...] = ("token", "utterance", "dataset")
     topk: float = 0.1
     exclude_near_silence: bool = True  # leave out hypotheses made from (near-)silence (flagged by extraction)
     n_boot: int = 1000
     seed: int = 0
-    # encoder context mixing (xattn_utils.attribution.mixing): compose these methods' stored `mixing` maps with the aggregates
-    # below into extra attention entries ``method∘aggregate`` (``method[k]∘aggregate``: top k layers, with depths)
-    mixing: tuple[str, ...] = ()
-    mixing_aggregates: tuple[str, ...] = ("all", "last_layer", "alignment_heads", "norm:all", "smh")
-    mixing_depths: bool = False
-    mixing_control: bool = False  # also ``method-blur∘aggregate``: M's smoothing without its input dependence
 
 
-def utterance_maps(store: ResultStore, uid: str, cfg: CompareConfig | None = None) -> dict:
-    """One utterance's named ``(I, T')`` maps on the comparison grid (attention aggregates and references), plus
-    ``n_frames``, ``tokens`` and ``halves`` (``{reference: (half A, half B)}`` for SPES maps stored with halves)."""
+def compared_maps(store: ResultStore, uid: str, cfg: MapsConfig | None = None) -> UtteranceMaps:
+    """One utterance's maps as the comparison sees them: on the encoder grid, rows normalized as ``cfg`` says."""
     cfg = cfg or CompareConfig()
-    att = store.load(uid, "attention")
-    kinds = set(store.kinds(uid))
-    k = int(att.attrs["frames_per_encoder_frame"])
-    rows = slice(0, att.sizes["token"] - 1) if cfg.special == "exclude" else slice(None)
-    t_enc = int(att.sizes["enc_frame"])
-    ca = att.cross_attention.values
-    heads = att.attrs.get("provenance", {}).get("model", {}).get("alignment_heads")
-    maps = dict(ca_selections(ca, per_head=cfg.per_head, alignment_heads=heads))
-    if cfg.norm_based:
-        weighted = ca * att.value_norms.values[:, :, None, :]
-        maps.update({f"norm:{n}": m for n, m in ca_selections(weighted, per_head=cfg.per_head,
-                                                               alignment_heads=heads).items()})
-    if cfg.mixing:  # CA∘M (and SMH∘M): raw maps carried back through the encoder's mixing, then normalized
-        from ..attribution.mixing import store_composed
-
-        raw = {n: np.asarray(m)[:, :t_enc] for n, m in maps.items()}
-        if "spes_h" in kinds:
-            raw["smh"] = store.load(uid, "spes_h").saliency.values[:, :t_enc]
-        maps.update(store_composed(store, uid, raw, cfg.mixing, cfg.mixing_aggregates, cfg.mixing_depths,
-                                   cfg.mixing_control))
-    out = {n: encoder_grid(np.asarray(m), k, t_enc, normalize=cfg.normalize, rows=rows) for n, m in maps.items()}
-    halves = {}
-    for name, kind in (("smx", "spes_x"), ("smh", "spes_h")):
-        if kind in kinds:
-            ds = store.load(uid, kind)
-            grid = functools.partial(encoder_grid, k=k, n_frames=t_enc, pool=cfg.pool, normalize=cfg.normalize,
-                                     rows=rows)
-            out[name] = grid(ds.saliency.values)
-            if "saliency_half" in ds:
-                halves[name] = tuple(grid(h) for h in ds.saliency_half.values)
-    for kind in (*GRADIENT_X, *GRADIENT_H):
-        if kind in kinds:
-            out[kind] = encoder_grid(store.load(uid, kind).absolute.values, k, t_enc, pool=cfg.gradient_pool,
-                                     normalize=cfg.normalize, rows=rows)
-    out["n_frames"] = t_enc
-    out["tokens"] = [str(t) for t in att.token_str.values[rows]]
-    out["halves"] = halves
-    return out
+    return UtteranceMaps.from_store(store, uid, cfg).on_encoder_grid().normalized(cfg.normalize)
 
 
-def references_in(maps: dict) -> list[str]:
-    return [r for r in ("smx", "smh", *GRADIENT_X, *GRADIENT_H) if r in maps]
+def utterance_maps(store: ResultStore, uid: str, cfg: MapsConfig | None = None) -> dict:
+    """One utterance's named ``(I, T')`` maps on the comparison grid (attention aggregates and references), plus
+    ``n_frames``, ``tokens`` and ``halves`` (``{reference: (half A, half B)}`` for SPES maps stored with halves):
+    :func:`compared_maps` as a dict."""
+    return compared_maps(store, uid, cfg).as_dict()
 
 
 def compare_store(store: str | Path | ResultStore, out_dir: str | Path | None = None,
@@ -130,24 +83,22 @@ def compare_store(store: str | Path | ResultStore, out_dir: str | Path | None = 
 
     cfg = cfg or CompareConfig()
     store = store if isinstance(store, ResultStore) else open_store(store)
-    data, skipped = {}, {}
+    maps, skipped = {}, {}
     for uid in tqdm(store.utterances(), desc="maps", disable=not progress):
         kinds = store.kinds(uid)
-        if "attention" not in kinds or not ({"spes_x", "spes_h"} | set(GRADIENT_X) | set(GRADIENT_H)) & set(kinds):
+        if ATTENTION not in kinds or not set(KINDS) & set(kinds):
             skipped[uid] = f"kinds stored: {kinds}"
             continue
         if cfg.exclude_near_silence and store.near_silence(uid):
             skipped[uid] = "near silence: its hypothesis was made from (near-)silent audio"
             continue
-        data[uid] = utterance_maps(store, uid, cfg)
-    if not data:
+        maps[uid] = compared_maps(store, uid, cfg)
+    if not maps:
         raise XattnError(f"{store.path}: no utterance has both cross-attention and a saliency map; "
                          "run `xattn saliency` (or notebook 02) first")
-    refs = sorted(set.intersection(*(set(references_in(m)) for m in data.values())),
-                  key=lambda r: ("smx", "smh", *GRADIENT_X, *GRADIENT_H).index(r))
-    first = next(iter(data.values()))
-    attention = [n for n in first if n not in refs and n not in ("n_frames", "tokens", "halves", "smx", "smh")
-                 and n not in GRADIENT_X + GRADIENT_H]
+    refs = [r for r in NAMES if all(r in m.references for m in maps.values())]  # the registry's order
+    attention = list(next(iter(maps.values())).attention)
+    data = {uid: m.as_dict() for uid, m in maps.items()}
     prov = store.attrs.get("model", {})
     model = prov.get("model_id", "")
     kw = dict(measures=cfg.measures, levels=cfg.levels, topk=cfg.topk, n_boot=cfg.n_boot, seed=cfg.seed, model=model)
@@ -280,11 +231,12 @@ def grid_ablation(store: str | Path | ResultStore, variants: dict[str, CompareCo
                             "mean+zscore": CompareConfig(),
                             "max+zscore": CompareConfig(pool="max")}
     st = store if isinstance(store, ResultStore) else open_store(store)
-    uids = [u for u in st.utterances() if {"attention", "spes_x"} <= set(st.kinds(u))]
+    smx = by_name("smx").kind
+    uids = [u for u in st.utterances() if {ATTENTION, smx} <= set(st.kinds(u))]
     if not uids:
         raise XattnError(f"{st.path}: no utterance has cross-attention and SMX; run notebook 02 first")
     # SMX is stored cut to the audio frames: its frame count is the utterance's
-    parity = {u: "odd" if st.load(u, "spes_x").sizes["frame"] % 2 else "even" for u in uids}
+    parity = {u: "odd" if st.load(u, smx).sizes["frame"] % 2 else "even" for u in uids}
     rows = []
     for name, cfg in variants.items():
         cfg = dataclasses.replace(cfg, per_head=False)

@@ -24,9 +24,13 @@ import pandas as pd
 import torch
 
 from ..extraction.forced import Seq2SeqScorer, greedy_decode
+from ..map_kinds import by_name
+from .agreement import ca_selections
+from .maps import ATTENTION, alignment_heads
 
 DELETION_STEPS = tuple(range(0, 55, 5))
 INSERTION_STEPS = tuple(range(0, 105, 5))
+CA_PREFIX = "ca:"  # explanation names of cross-attention aggregates: ca:all, ca:last_layer, ca:L3H2, ...
 
 
 @dataclass
@@ -181,39 +185,31 @@ def explanation_importance(store, uid: str, name: str, n_audio_frames: int, n_fe
     """Importance ``(T_audio, F)`` of a named explanation stored for ``uid``.
 
     Names: ``ca:<aggregate>`` (e.g. ``ca:all``, ``ca:last_layer``, ``ca:alignment_heads``; see
-    :func:`xattn_utils.analysis.agreement.ca_selections`), ``smx``, ``smh``, a gradient kind (``ig_x``, ``saliency_x``, ...),
-    or ``random`` (the floor). The end-of-text row is left out, as in the agreement tables.
+    :func:`xattn_utils.analysis.agreement.ca_selections`), a saliency map's name (``smx``, ``smh``, ``ig_x``,
+    ``saliency_x``, ...; see :mod:`xattn_utils.map_kinds`), or ``random`` (the floor). The end-of-text row is left
+    out, as in the agreement tables.
     """
-    from .agreement import ca_selections
-
     if name == "random":
         return random_importance(n_audio_frames, n_features, seed)
-    if name.startswith("ca:"):
-        att = store.load(uid, "attention")
-        heads = att.attrs.get("provenance", {}).get("model", {}).get("alignment_heads")
-        sel = ca_selections(att.cross_attention.values, per_head=True, alignment_heads=heads)
-        key = name[3:]
+    if name.startswith(CA_PREFIX):
+        att = store.load(uid, ATTENTION)
+        sel = ca_selections(att.cross_attention.values, per_head=True, alignment_heads=alignment_heads(att))
+        key = name.removeprefix(CA_PREFIX)
         if key not in sel:
             raise ValueError(f"unknown attention aggregate {key!r}; choose from {sorted(sel)}")
         m = np.asarray(sel[key])[:-1]
-    elif name == "smx":
-        m = store.load(uid, "spes_x").saliency.values[:-1]
-    elif name == "smh":
-        m = store.load(uid, "spes_h").saliency.values[:-1]
     else:
-        m = store.load(uid, name).absolute.values[:-1]
+        mk = by_name(name)
+        m = store.load(uid, mk.kind)[mk.variable].values[:-1]
     return importance_cells(m, n_audio_frames, n_features, frames_per_encoder_frame)
-
-
-_STORED_KIND = {"smx": "spes_x", "smh": "spes_h"}
 
 
 def explanation_available(store, uid: str, name: str) -> bool:
     """Whether ``uid`` has what explanation ``name`` needs in ``store`` (attention for ``ca:*`` and ``random``)."""
     kinds = set(store.kinds(uid))
-    if name == "random" or name.startswith("ca:"):
-        return "attention" in kinds
-    return _STORED_KIND.get(name, name) in kinds
+    if name == "random" or name.startswith(CA_PREFIX):
+        return ATTENTION in kinds
+    return by_name(name).kind in kinds
 
 
 def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "random"), modes=("deletion",),

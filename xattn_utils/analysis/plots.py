@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .agreement import with_attention_columns
+
 
 def save_figure(fig, folder: str | Path, name: str) -> list[Path]:
     """Save ``fig`` as ``folder/name.png`` and ``.svg``; returns the paths."""
@@ -84,25 +86,35 @@ def plot_attention_grid(cross_attention: np.ndarray, tokens: list[str], frame_s:
 
 
 def _dataset(table, measure: str, reference: str):
+    """Dataset rows of ``measure`` against ``reference``, with the attention columns (older tables get them here)."""
+    table = with_attention_columns(table)
     return table[(table.level == "dataset") & (table.measure == measure) & (table.reference == reference)]
 
 
-def plot_layer_head_grid(ax, table, reference: str = "smx", measure: str = "pearson", prefix: str = "") -> tuple:
+def _plain(d, aggregate: str, weighting: str):
+    """Rows of one kind of CA aggregate (``head``, ``layer``) and weighting, not composed with encoder mixing."""
+    return d[(d.aggregate == aggregate) & (d.weighting == weighting) & d.mixing.isna()]
+
+
+_WEIGHTING_LABEL = {"attention": "raw ", "norm": "norm:"}
+
+
+def plot_layer_head_grid(ax, table, reference: str = "smx", measure: str = "pearson",
+                         weighting: str = "attention") -> tuple:
     """Layer x head heatmap of the dataset-level ``measure`` of each head's CA against ``reference``; best cell boxed.
 
-    Returns (best layer, best head, value).
+    ``weighting``: ``attention`` (raw weights) or ``norm`` (norm-based). Returns (best layer, best head, value).
     """
-    d = _dataset(table, measure, reference)
-    d = d[d.attention.str.fullmatch(rf"{prefix}L\d+H\d+")]
-    lh = d.attention.str.removeprefix(prefix).str.extract(r"L(\d+)H(\d+)").astype(int)
-    grid = np.full((lh[0].max() + 1, lh[1].max() + 1), np.nan)
-    grid[lh[0].to_numpy(), lh[1].to_numpy()] = d.value.to_numpy()
+    d = _plain(_dataset(table, measure, reference), "head", weighting)
+    layer, head = d.layer.to_numpy(int), d["head"].to_numpy(int)
+    grid = np.full((layer.max() + 1, head.max() + 1), np.nan)
+    grid[layer, head] = d.value.to_numpy()
     sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap="mako", cbar_kws={"label": f"{measure} (dataset)"})
     best = np.unravel_index(np.nanargmax(grid), grid.shape)
     ax.add_patch(plt.Rectangle((best[1], best[0]), 1, 1, fill=False, edgecolor="red", lw=2.5))
     ax.set_xlabel("head")
     ax.set_ylabel("decoder layer")
-    ax.set_title(f"{prefix or 'raw '}CA vs {reference.upper()}: {measure}")
+    ax.set_title(f"{_WEIGHTING_LABEL[weighting]}CA vs {reference.upper()}: {measure}")
     return int(best[0]), int(best[1]), float(grid[best])
 
 
@@ -110,14 +122,12 @@ def plot_layer_curves(ax, table, references=("smx", "smh"), measure: str = "pear
     """Dataset-level ``measure`` per decoder layer (head mean), raw and norm-based, with 95% intervals."""
     for ref in references:
         d = _dataset(table, measure, ref)
-        for prefix, ls in (("", "-"), ("norm:", "--")):
-            sub = d[d.attention.str.fullmatch(rf"{prefix}layer\d+")].copy()
+        for weighting, ls in (("attention", "-"), ("norm", "--")):
+            sub = _plain(d, "layer", weighting).sort_values("layer")
             if sub.empty:
                 continue
-            sub["layer"] = sub.attention.str.extract(r"layer(\d+)").astype(int)[0]
-            sub = sub.sort_values("layer")
-            ax.errorbar(sub.layer, sub.value, yerr=[sub.value - sub.ci_low, sub.ci_high - sub.value], ls=ls,
-                        marker="o", capsize=3, label=f"{prefix or 'raw '}CA vs {ref.upper()}")
+            ax.errorbar(sub.layer.to_numpy(int), sub.value, yerr=[sub.value - sub.ci_low, sub.ci_high - sub.value],
+                        ls=ls, marker="o", capsize=3, label=f"{_WEIGHTING_LABEL[weighting]}CA vs {ref.upper()}")
     ax.set_xlabel("decoder layer")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(f"{measure} (dataset, 95% CI)")

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from ..errors import XattnError
+from .maps import ATTENTION, MapsConfig, UtteranceMaps, alignment_heads
 from .timestamps import (
     WHISPER_FRAMES_PER_SECOND,
     dtw_entry_frames,
@@ -252,45 +253,30 @@ def store_timestamps(store, heads: Sequence[tuple[int, int]] | None = None, medf
     (``smx``, ``smh``, gradient kinds), each through :func:`~xattn_utils.analysis.timestamps.timestamps_from_saliency`
     (|map|, rows scaled to sum 1, same filter and DTW). Frame rate from the store's encoder-frame times.
     """
-    from ..attribution.grids import pool_to_encoder_frames
     from ..store import ResultStore, open_store
-    from .compare import GRADIENT_H, GRADIENT_X
 
     store = store if isinstance(store, ResultStore) else open_store(store)
+    every_row = MapsConfig(per_head=False, norm_based=False, special="include")  # saliency maps: all rows, as stored
     out: dict[str, dict[str, list]] = {}
     for uid in store.utterances():
-        kinds = set(store.kinds(uid))
-        if "attention" not in kinds:
+        if ATTENTION not in store.kinds(uid):
             continue
-        att = store.load(uid, "attention")
-        k = int(att.attrs["frames_per_encoder_frame"])
+        att = store.load(uid, ATTENTION)
         enc_time = att.enc_time.values
         fps = 1.0 / float(enc_time[1] - enc_time[0]) if len(enc_time) > 1 else WHISPER_FRAMES_PER_SECOND
         tokens = [str(t) for t in att.token_str.values]
         ca = torch.from_numpy(att.cross_attention.values)  # (L, H, I, T')
-        model_heads = att.attrs.get("provenance", {}).get("model", {}).get("alignment_heads")
-        chosen = [tuple(h) for h in (heads or model_heads or [])]
+        chosen = [tuple(h) for h in (heads or alignment_heads(att) or [])]
         srcs: dict[str, list] = {}
         if chosen:
             srcs["attention"] = word_timestamps(ca[[h[0] for h in chosen], [h[1] for h in chosen]], tokens,
                                                 frames_per_second=fps, medfilt_width=medfilt_width, ties=ties)
         srcs["all_heads"] = word_timestamps(ca.flatten(0, 1), tokens, frames_per_second=fps,
                                             medfilt_width=medfilt_width, ties=ties)
-        maps = {}
-        if "spes_x" in kinds:
-            maps["smx"] = pool_to_encoder_frames(store.load(uid, "spes_x").saliency.values, k, "mean")  # mean KLs
-        if "spes_h" in kinds:
-            maps["smh"] = store.load(uid, "spes_h").saliency.values
-        for kind in GRADIENT_X:
-            if kind in kinds:
-                maps[kind] = pool_to_encoder_frames(store.load(uid, kind).absolute.values, k, "sum")  # amounts
-        for kind in GRADIENT_H:
-            if kind in kinds:
-                maps[kind] = store.load(uid, kind).absolute.values
-        t_enc = ca.shape[-1]
+        # every saliency map on the encoder grid, pooled as the registry says (SPES: mean KLs; gradients: amounts)
+        maps = UtteranceMaps.from_store(store, uid, every_row).on_encoder_grid().references
         for name, m in maps.items():
-            srcs[name] = timestamps_from_saliency(np.asarray(m)[:, :t_enc], tokens, frames_per_second=fps,
-                                                  medfilt_width=medfilt_width)
+            srcs[name] = timestamps_from_saliency(m, tokens, frames_per_second=fps, medfilt_width=medfilt_width)
         out[uid] = srcs
     return out
 
