@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
 
 from xattn_utils.analysis.agreement import (
+    ATTENTION_COLUMNS,
     MEASURES,
     agreement_table,
+    attention_columns,
     ca_aggregate,
     ca_alignment_heads,
     ca_all,
@@ -16,11 +19,13 @@ from xattn_utils.analysis.agreement import (
     ca_layer_means,
     ca_selections,
     dataset_aggregate,
+    dataset_corrected,
     fisher_mean,
     row_agreement,
     smx_to_encoder_frames,
     token_agreement,
     utterance_agreement,
+    with_attention_columns,
 )
 from xattn_utils.errors import XattnError
 
@@ -185,3 +190,153 @@ def test_r2_interval_from_squared_bootstrap():
     assert r.ci_low < 0 < r.ci_high
     assert 0 <= r2.ci_low < 1e-3 < r2.ci_high  # squared replicates: an interval spanning 0 starts near 0
     assert r2.value == pytest.approx(r.value ** 2)
+
+
+# ------------------------------------------------------------------------------------------------ pinned numbers
+# Values computed before the bootstrap helper was shared and agreement_table was split into small functions
+# (same seeds, same synthetic input): the refactor must reproduce them.
+def _fixed_groups():
+    rng = np.random.default_rng(123)
+    obs = [np.tanh(rng.normal(0.4, 0.3, size=n)) for n in (1, 3, 2, 1, 4)]
+    obs[2][1] = np.nan
+    halves = [np.tanh(rng.normal(0.6, 0.2, size=n)) for n in (1, 3, 2, 1, 4)]
+    halves[3][0] = np.nan  # an utterance without a finite split-half value is left out of the corrected values
+    return obs, halves
+
+
+def _summary(d):
+    return d["value"], d["ci_low"], d["ci_high"], d["n"], d["n_nan"], d["n_utterances"]
+
+
+def test_bootstraps_reproduce_the_values_before_they_shared_one_helper():
+    obs, halves = _fixed_groups()
+    pinned = {
+        "pearson": (0.39039571292579067, 0.25423056309403186, 0.4747991936954569, 10, 1, 5),
+        "spearman": (0.376943068017725, 0.24133186892220296, 0.46240247573308846, 10, 1, 5),
+    }
+    for measure, want in pinned.items():
+        assert _summary(dataset_aggregate(obs, measure, n_boot=200, seed=7)) == pytest.approx(want, rel=1e-12)
+    cor = dataset_corrected(obs, halves, n_boot=200, seed=7)
+    assert _summary(cor["split_half"]) == pytest.approx(
+        (0.5414493979569744, 0.4491400702826696, 0.6218521922979326, 10, 1, 4), rel=1e-12)
+    assert _summary(cor["reliability"]) == pytest.approx(
+        (0.7025198474560468, 0.6198711628960205, 0.7668407304206795, 10, 1, 4), rel=1e-12)
+    assert _summary(cor["pearson_corrected"]) == pytest.approx(
+        (0.4884035934508093, 0.3068551195973121, 0.5746276402168524, 9, 1, 4), rel=1e-12)
+    only = dataset_corrected(None, halves, n_boot=200, seed=3, ci=0.9)
+    assert only["pearson_corrected"] is None
+    assert _summary(only["reliability"]) == pytest.approx(
+        (0.7025198474560468, 0.6207802916876568, 0.7666407119202637, 10, 1, 4), rel=1e-12)
+
+
+def _named_maps():
+    rng = np.random.default_rng(5)
+    data = {}
+    for u in range(4):
+        i, t = 3 + u % 2, 7 + u
+        base = rng.random((i, t))
+        data[f"u{u}"] = {"ca:L0H1": base + 0.3 * rng.random((i, t)), "norm:layer1": base + rng.random((i, t)),
+                         "all": rng.random((i, t)), "smx": base, "smh": base + 0.5 * rng.random((i, t)),
+                         "tokens": [f"t{j}" for j in range(i)], "n_frames": t - 1,
+                         "halves": {"smx": (base + 0.2 * rng.random((i, t)), base + 0.2 * rng.random((i, t)))}}
+    return data
+
+
+def test_agreement_table_reproduces_the_values_before_its_refactor():
+    df = agreement_table(_named_maps(), ["smx", "smh"], levels=("token", "utterance", "dataset", "dataset_token"),
+                         n_boot=50, seed=1, model="m")
+    assert len(df) == 700
+    assert df.level.value_counts().to_dict() == {"token": 490, "utterance": 140, "dataset": 35, "dataset_token": 35}
+    assert list(df.measure[:12]) == ["split_half"] * 4 + ["reliability"] * 4 + ["pearson"] * 4
+    pinned = {
+        ("dataset", "ca:L0H1", "smx", "pearson"): (0.9575539361017051, 0.9540184436566275, 0.9606408889788971, 4),
+        ("dataset", "ca:L0H1", "smx", "pearson_corrected"): (0.9661688314312787, 0.9632559952207762,
+                                                             0.9691488566319508, 4),
+        ("dataset", "", "smx", "split_half"): (0.9651121832752025, 0.9543545902421622, 0.9733690019341462, 4),
+        ("dataset_token", "", "smx", "reliability"): (0.9856001013951585, 0.9775321085959483, 0.9908783474484395,
+                                                      14),
+        ("dataset_token", "norm:layer1", "smh", "spearman"): (0.5306122448979591, 0.4709375, 0.5907844932844932, 14),
+        ("dataset", "all", "smh", "pearson_r2"): (2.8374783528153494e-05, 3.9787831657689456e-06,
+                                                  0.007830360068903053, 4),
+        ("dataset_token", "all", "smx", "pearson_corrected"): (0.04321141280145421, -0.1405156272089411,
+                                                               0.18909619018669105, 14),
+    }
+    for (level, att, ref, measure), want in pinned.items():
+        row = df[(df.level == level) & (df.attention == att) & (df.reference == ref) & (df.measure == measure)]
+        assert len(row) == 1
+        r = row.iloc[0]
+        assert (r.value, r.ci_low, r.ci_high, r.n) == pytest.approx(want, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ attention columns
+def test_attention_names_parse_into_columns():
+    cases = {
+        "L3H2": ("head", 3, 2, "attention", None),
+        "norm:L0H11": ("head", 0, 11, "norm", None),
+        "layer3": ("layer", 3, None, "attention", None),
+        "norm:layer10": ("layer", 10, None, "norm", None),
+        "all": ("all", None, None, "attention", None),
+        "norm:last_layer": ("last_layer", None, None, "norm", None),
+        "alignment_heads": ("alignment_heads", None, None, "attention", None),
+        "my_heads": ("my_heads", None, None, "attention", None),  # a user-named set of heads
+        "rollout∘L1H0": ("head", 1, 0, "attention", "rollout"),
+        "alti[2]∘norm:all": ("all", None, None, "norm", "alti[2]"),
+        "vzero-blur∘layer2": ("layer", 2, None, "attention", "vzero-blur"),
+        "": (None, None, None, None, None),  # split-half and reliability rows
+        "smh": (None, None, None, None, None),  # a saliency map compared as attention
+        "rollout∘smh": (None, None, None, None, "rollout"),
+    }
+    for name, want in cases.items():
+        got = attention_columns(name)
+        assert tuple(got[c] for c in ATTENTION_COLUMNS) == want, name
+    assert attention_columns("ref_a", references=["ref_a"])["aggregate"] is None
+
+
+def test_agreement_table_has_the_attention_columns_beside_attention():
+    rng = np.random.default_rng(2)
+    data = [{n: rng.random((3, 9)) for n in ("L3H2", "norm:layer1", "rollout[1]∘all", "smx", "smh")}
+            for _ in range(3)]
+    df = agreement_table(data, references=["smx"], attention=["L3H2", "norm:layer1", "rollout[1]∘all", "smh"],
+                         measures=["pearson"], levels=["utterance", "dataset"], n_boot=20)
+    cols = list(df.columns)
+    assert cols[cols.index("attention") + 1:cols.index("reference")] == list(ATTENTION_COLUMNS)
+    by = df.drop_duplicates("attention").set_index("attention")
+    assert (by.loc["L3H2", "aggregate"], by.loc["L3H2", "layer"], by.loc["L3H2", "head"],
+            by.loc["L3H2", "weighting"]) == ("head", 3, 2, "attention")
+    assert (by.loc["norm:layer1", "aggregate"], by.loc["norm:layer1", "layer"]) == ("layer", 1)
+    assert pd.isna(by.loc["norm:layer1", "head"]) and by.loc["norm:layer1", "weighting"] == "norm"
+    assert by.loc["rollout[1]∘all", "mixing"] == "rollout[1]" and by.loc["rollout[1]∘all", "aggregate"] == "all"
+    assert pd.isna(by.loc["smh", "aggregate"]) and pd.isna(by.loc["smh", "layer"])
+    assert str(df.layer.dtype) == "Int64" and str(df["head"].dtype) == "Int64"
+    # a table written before the columns existed gets the same columns back
+    old = df.drop(columns=list(ATTENTION_COLUMNS))
+    pd.testing.assert_frame_equal(with_attention_columns(old), df)
+
+
+def test_layer_head_grid_reads_the_columns_and_skips_composed_and_norm_rows():
+    import matplotlib.pyplot as plt
+
+    from xattn_utils.analysis.plots import plot_layer_curves, plot_layer_head_grid
+
+    rows = []
+    for l in range(2):
+        for h in range(3):
+            rows.append((f"L{l}H{h}", 0.1 * l + 0.01 * h))
+            rows.append((f"norm:L{l}H{h}", 0.9))  # higher, but another weighting
+            rows.append((f"rollout∘L{l}H{h}", 0.95))  # higher, but composed with encoder mixing
+        rows.append((f"layer{l}", 0.2 + l))
+        rows.append((f"norm:layer{l}", 0.3))
+    table = pd.DataFrame({"level": "dataset", "measure": "pearson", "reference": "smx",
+                          "attention": [a for a, _ in rows], "value": [v for _, v in rows]})
+    table["ci_low"], table["ci_high"] = table.value - 0.05, table.value + 0.05
+    fig, ax = plt.subplots()
+    assert plot_layer_head_grid(ax, table, "smx") == (1, 2, pytest.approx(0.12))
+    assert plot_layer_head_grid(ax, table, "smx", weighting="norm")[2] == pytest.approx(0.9)
+    fig2, ax2 = plt.subplots()
+    plot_layer_curves(ax2, table, references=("smx",))
+    assert [t.get_text() for t in ax2.get_legend().get_texts()] == ["raw CA vs SMX", "norm:CA vs SMX"]
+    raw, norm = (c.lines[0] for c in ax2.containers)
+    assert list(raw.get_xdata()) == [0, 1] and list(raw.get_ydata()) == pytest.approx([0.2, 1.2])
+    assert list(norm.get_ydata()) == pytest.approx([0.3, 0.3])
+    plt.close(fig)
+    plt.close(fig2)

@@ -92,8 +92,9 @@ def _dataset(table, measure: str, reference: str):
 
 
 def _plain(d, aggregate: str, weighting: str):
-    """Rows of one kind of CA aggregate (``head``, ``layer``) and weighting, not composed with encoder mixing."""
-    return d[(d.aggregate == aggregate) & (d.weighting == weighting) & d.mixing.isna()]
+    """Rows of one kind of CA aggregate (``head``, ``layer``) and weighting, not composed with encoder mixing
+    (``aggregate`` and ``head`` are also DataFrame methods: columns by name)."""
+    return d[(d["aggregate"] == aggregate) & (d["weighting"] == weighting) & d["mixing"].isna()]
 
 
 _WEIGHTING_LABEL = {"attention": "raw ", "norm": "norm:"}
@@ -106,7 +107,7 @@ def plot_layer_head_grid(ax, table, reference: str = "smx", measure: str = "pear
     ``weighting``: ``attention`` (raw weights) or ``norm`` (norm-based). Returns (best layer, best head, value).
     """
     d = _plain(_dataset(table, measure, reference), "head", weighting)
-    layer, head = d.layer.to_numpy(int), d["head"].to_numpy(int)
+    layer, head = d["layer"].to_numpy(int), d["head"].to_numpy(int)
     grid = np.full((layer.max() + 1, head.max() + 1), np.nan)
     grid[layer, head] = d.value.to_numpy()
     sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap="mako", cbar_kws={"label": f"{measure} (dataset)"})
