@@ -33,6 +33,7 @@ from xattn_utils.analysis.agreement import (
     dataset_corrected,
     token_agreement,
 )
+from xattn_utils.analysis.maps import alignment_heads
 from xattn_utils.attribution.grids import encoder_grid
 from xattn_utils.attribution.saliency import scorer_for
 from xattn_utils.attribution.spes import SPESConfig, spes_smx
@@ -122,8 +123,7 @@ def report(variants, data: pd.DataFrame, store_dir: Path, maps_dir: Path, n_boot
             if ref_path.exists() and v.name != ref_name:
                 vs_ref.extend(token_agreement(smx, _grid(np.load(ref_path)["map"], k, t_enc), "pearson"))
             ca = att.cross_attention.values
-            heads = att.attrs.get("provenance", {}).get("model", {}).get("alignment_heads")
-            sel = ca_selections(ca, per_layer=False, alignment_heads=heads)
+            sel = ca_selections(ca, per_layer=False, alignment_heads=alignment_heads(att))
             weighted = ca * att.value_norms.values[:, :, None, :]
             sel.update({f"norm:{n}": m for n, m in ca_selections(weighted, per_layer=False).items()})
             for a in AGGREGATES:
