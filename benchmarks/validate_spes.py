@@ -33,7 +33,7 @@ from xattn_utils.analysis.agreement import (
     dataset_corrected,
     token_agreement,
 )
-from xattn_utils.analysis.maps import alignment_heads
+from xattn_utils.analysis.utterance_maps import alignment_heads
 from xattn_utils.attribution.grids import encoder_grid
 from xattn_utils.attribution.saliency import scorer_for
 from xattn_utils.attribution.spes import SPESConfig, spes_smx

@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xattn_utils import map_kinds
+from xattn_utils import maps as registry
 from xattn_utils.analysis.compare import CompareConfig, utterance_maps
 from xattn_utils.analysis.faithfulness import explanation_available
-from xattn_utils.analysis.maps import MapsConfig, UtteranceMaps, alignment_heads
+from xattn_utils.analysis.utterance_maps import (
+    MapsConfig,
+    UtteranceMaps,
+    alignment_heads,
+)
 from xattn_utils.attribution.grids import normalize_rows
 from xattn_utils.attribution.saliency import METHODS, SaliencyConfig, kinds_for
 from xattn_utils.errors import XattnError
@@ -27,20 +31,20 @@ ANALYSIS_NAME = {"spes_x": "smx", "spes_h": "smh", "saliency_x": "saliency_x", "
 
 # ------------------------------------------------------------------------------------------------ the registry
 def test_every_written_kind_round_trips_method_kind_name():
-    assert set(METHODS) == set(WRITTEN) and METHODS == map_kinds.METHODS
+    assert set(METHODS) == set(WRITTEN) and METHODS == registry.METHODS
     for method, kinds in WRITTEN.items():
         assert kinds_for(method) == kinds
         for kind in kinds:
-            mk = map_kinds.by_kind(kind)
+            mk = registry.by_kind(kind)
             assert mk.name == ANALYSIS_NAME[kind]
-            back = map_kinds.by_name(mk.name)
+            back = registry.by_name(mk.name)
             assert back is mk and back.method == method and back.kind == kind
-            assert kind in [m.kind for m in map_kinds.by_method(back.method)]
-    assert set(map_kinds.KINDS) == set(ANALYSIS_NAME) and len(set(map_kinds.NAMES)) == len(map_kinds.NAMES)
+            assert kind in [m.kind for m in registry.by_method(back.method)]
+    assert set(registry.KINDS) == set(ANALYSIS_NAME) and len(set(registry.NAMES)) == len(registry.NAMES)
 
 
 def test_registry_properties_say_how_each_map_is_pooled():
-    smx, smh, ig_x, ixg_h = (map_kinds.by_name(n) for n in ("smx", "smh", "ig_x", "ixg_h"))
+    smx, smh, ig_x, ixg_h = (registry.by_name(n) for n in ("smx", "smh", "ig_x", "ixg_h"))
     assert (smx.space, smx.sampled, smx.additive, smx.pool, smx.variable) == ("x", True, False, "mean", "saliency")
     assert (smh.space, smh.sampled, smh.pool) == ("h", True, "mean")
     assert (ig_x.space, ig_x.sampled, ig_x.additive, ig_x.pool, ig_x.variable) == ("x", False, True, "sum",
@@ -48,7 +52,7 @@ def test_registry_properties_say_how_each_map_is_pooled():
     assert (ixg_h.space, ixg_h.pool) == ("h", "sum")
     # the compare defaults are the registry's pools
     cfg = MapsConfig()
-    assert all(cfg.pool_for(m.name) == m.pool for m in map_kinds.MAP_KINDS)
+    assert all(cfg.pool_for(m.name) == m.pool for m in registry.MAP_KINDS)
 
 
 def test_gradient_spaces_choose_kinds_and_spes_ignores_them():
@@ -62,9 +66,9 @@ def test_unknown_names_raise_and_list_the_choices():
     with pytest.raises(XattnError, match="spes-x"):
         kinds_for("lrp")
     with pytest.raises(XattnError, match="smx"):
-        map_kinds.by_name("spes_x")  # a store kind is not an analysis name
+        registry.by_name("spes_x")  # a store kind is not an analysis name
     with pytest.raises(XattnError, match="spes_x"):
-        map_kinds.by_kind("smx")
+        registry.by_kind("smx")
     with pytest.raises(XattnError, match="space"):
         kinds_for("ig", ("z",))
     with pytest.raises(XattnError, match="unknown saliency method"):

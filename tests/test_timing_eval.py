@@ -127,6 +127,11 @@ def test_alignment_vs_agreement_and_calibration_split():
     out = alignment_vs_agreement(summary, agree).set_index("reference")
     assert out.loc["smh", "rho"] == pytest.approx(-1.0) and out.loc["smh", "n_heads"] == 6
     assert out.loc["smx", "rho"] == pytest.approx(1 - 6 * 4 / (6 * 35))  # ranks differ by 1 in two pairs: d² = 4
+    # heads are read from the table's columns: norm-based and mixing-composed heads are other entries
+    other = pd.DataFrame({"level": "dataset", "measure": "pearson", "reference": "smh",
+                          "attention": ["norm:L0H0", "rollout∘L0H1", "rollout[1]∘L1H2"], "value": [0.9, -0.5, 0.7]})
+    again = alignment_vs_agreement(summary, pd.concat([agree, other], ignore_index=True)).set_index("reference")
+    assert again.loc["smh", "rho"] == pytest.approx(-1.0) and again.loc["smh", "n_heads"] == 6
     items = pd.DataFrame({"id": [f"u{i}" for i in (3, 1, 2, 0)]})
     cal, test = split_calibration(items)
     assert list(cal.id) == ["u0", "u1"] and list(test.id) == ["u2", "u3"]

@@ -29,7 +29,7 @@ from scipy import stats
 from ..attribution.grids import normalize_rows, pool_to_encoder_frames  # noqa: F401  (re-exported: the grid lives in grids.py)
 from ..attribution.mixing import parse_composed
 from ..errors import XattnError
-from ..map_kinds import NAMES as MAP_NAMES
+from ..maps import NAMES as MAP_NAMES
 
 MEASURES = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
 LEVELS = ("token", "utterance", "dataset", "dataset_token")
@@ -362,7 +362,7 @@ def attention_columns(name: str, references: Iterable[str] = ()) -> dict[str, An
     ``rollout[2]∘norm:all`` (CA carried back through encoder mixing, see
     :func:`xattn_utils.attribution.mixing.composed_name`) -> the aggregate's columns and mixing ``rollout[2]``.
     Reliability rows (``""``) and a saliency map compared as attention (``smh`` vs ``smx``: a name of
-    :mod:`xattn_utils.map_kinds` or of ``references``) -> None but for mixing.
+    :mod:`xattn_utils.maps` or of ``references``) -> None but for mixing.
     """
     aggregate, method, depth = parse_composed(name)
     mixing = None if method is None else (method if depth is None else f"{method}[{depth}]")

@@ -1,7 +1,7 @@
 """The study's answer over a result store: how well does cross-attention agree with saliency?
 
 ``compare_store(store)`` reads, per utterance, the ``attention`` group and every saliency group present
-(:class:`xattn_utils.analysis.maps.UtteranceMaps`; map names from :mod:`xattn_utils.map_kinds`), puts all
+(:class:`xattn_utils.analysis.utterance_maps.UtteranceMaps`; map names from :mod:`xattn_utils.maps`), puts all
 maps on the encoder-frame grid ``(I, T')`` and returns the tidy agreement table of
 :func:`xattn_utils.analysis.agreement.agreement_table` (token, utterance and dataset levels, bootstrap intervals).
 
@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from .._io import write_table
 from ..errors import XattnError
-from ..map_kinds import KINDS, NAMES, by_name
+from ..maps import KINDS, NAMES, by_name
 from ..provenance import provenance, stable_hash
 from ..store import ResultStore, open_store
 from .agreement import (
@@ -44,7 +45,7 @@ from .agreement import (
     fisher_mean,
     utterance_agreement,
 )
-from .maps import ATTENTION, MapsConfig, UtteranceMaps
+from .utterance_maps import ATTENTION, MapsConfig, UtteranceMaps
 
 PAPER = {"pearson_ca_smx_best": 0.58, "pearson_ca_smh_range": (0.52, 0.75), "deletion_ca": 41.2,
          "deletion_smx": 52.9}
@@ -79,8 +80,6 @@ def utterance_maps(store: ResultStore, uid: str, cfg: MapsConfig | None = None) 
 def compare_store(store: str | Path | ResultStore, out_dir: str | Path | None = None,
                   cfg: CompareConfig | None = None, progress: bool = True) -> pd.DataFrame:
     """Every agreement measure for every utterance with attention and saliency; writes ``agreement.*`` to out_dir."""
-    from tqdm.auto import tqdm
-
     cfg = cfg or CompareConfig()
     store = store if isinstance(store, ResultStore) else open_store(store)
     maps, skipped = {}, {}

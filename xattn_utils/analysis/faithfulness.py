@@ -16,17 +16,23 @@ same deletion protocol scored with WER on their models; higher = more faithful).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import jiwer
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from ..attribution.saliency import scorer_for
+from ..data.audio import load_audio
+from ..errors import DamagedResultError, MissingResultError, XattnError
+from ..extraction.extract import items_from
 from ..extraction.forced import Seq2SeqScorer, greedy_decode
-from ..map_kinds import by_name
+from ..maps import by_name
 from .agreement import ca_selections
-from .maps import ATTENTION, alignment_heads
+from .utterance_maps import ATTENTION, alignment_heads
 
 DELETION_STEPS = tuple(range(0, 55, 5))
 INSERTION_STEPS = tuple(range(0, 105, 5))
@@ -149,9 +155,6 @@ def usable_items(store, items: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, st
     Each failure is recorded in the store's ``errors.json`` (kind ``faithfulness``); :class:`XattnError` when no
     item is usable.
     """
-    from ..data.audio import load_audio
-    from ..errors import DamagedResultError, MissingResultError, XattnError
-
     failed = {}
     for _, row in items.iterrows():
         uid = str(row["id"])
@@ -186,7 +189,7 @@ def explanation_importance(store, uid: str, name: str, n_audio_frames: int, n_fe
 
     Names: ``ca:<aggregate>`` (e.g. ``ca:all``, ``ca:last_layer``, ``ca:alignment_heads``; see
     :func:`xattn_utils.analysis.agreement.ca_selections`), a saliency map's name (``smx``, ``smh``, ``ig_x``,
-    ``saliency_x``, ...; see :mod:`xattn_utils.map_kinds`), or ``random`` (the floor). The end-of-text row is left
+    ``saliency_x``, ...; see :mod:`xattn_utils.maps`), or ``random`` (the floor). The end-of-text row is left
     out, as in the agreement tables.
     """
     if name == "random":
@@ -222,14 +225,6 @@ def faithfulness_store(loaded, store, items, explanations=("ca:all", "smx", "ran
     compare explanations on their common utterances (:func:`paired_aucs`). AUC is :func:`curve_auc` of WER (higher
     under deletion = more faithful).
     """
-    import dataclasses
-
-    from tqdm.auto import tqdm
-
-    from ..attribution.saliency import scorer_for
-    from ..data.audio import load_audio
-    from ..extraction.extract import items_from
-
     cfg = cfg or FaithfulnessConfig()
     curves = []
     items, failed = usable_items(store, items_from(items))  # bad items recorded; the rest are scored

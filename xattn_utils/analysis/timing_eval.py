@@ -20,9 +20,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
 
+from ..data.audio import load_audio
+from ..data.manifest import read_word_times
 from ..errors import XattnError
-from .maps import ATTENTION, MapsConfig, UtteranceMaps, alignment_heads
+from ..store import ResultStore, open_store
+from .agreement import with_attention_columns
 from .timestamps import (
     WHISPER_FRAMES_PER_SECOND,
     dtw_entry_frames,
@@ -33,6 +38,7 @@ from .timestamps import (
     word_timestamps,
     words_from_token_times,
 )
+from .utterance_maps import ATTENTION, MapsConfig, UtteranceMaps, alignment_heads
 
 TOLERANCES_MS = (20, 50, 100)
 
@@ -209,11 +215,10 @@ def discover_heads(calibration: Sequence[dict], k_max: int = 12, metric: str = "
 
 def model_passes(loaded, items: pd.DataFrame, progress: bool = False) -> list[dict]:
     """Reference-text alignment passes of manifest rows, as :func:`discover_heads` / :func:`choose_k` take them."""
-    from tqdm.auto import tqdm
-
-    from ..data.audio import load_audio
-    from ..data.manifest import read_word_times
-    from .aligner import alignment_pass, text_token_ids
+    from .aligner import (  # (aligner imports this module: see store_word_rows)
+        alignment_pass,
+        text_token_ids,
+    )
 
     out = []
     for row in tqdm(list(items.itertuples(index=False)), desc="passes", disable=not progress):
@@ -253,8 +258,6 @@ def store_timestamps(store, heads: Sequence[tuple[int, int]] | None = None, medf
     (``smx``, ``smh``, gradient kinds), each through :func:`~xattn_utils.analysis.timestamps.timestamps_from_saliency`
     (|map|, rows scaled to sum 1, same filter and DTW). Frame rate from the store's encoder-frame times.
     """
-    from ..store import ResultStore, open_store
-
     store = store if isinstance(store, ResultStore) else open_store(store)
     every_row = MapsConfig(per_head=False, norm_based=False, special="include")  # saliency maps: all rows, as stored
     out: dict[str, dict[str, list]] = {}
@@ -283,8 +286,6 @@ def store_timestamps(store, heads: Sequence[tuple[int, int]] | None = None, medf
 
 def store_errors(store, items: pd.DataFrame, **kw) -> pd.DataFrame:
     """Errors of every map of a store against the word times of the manifest rows with the same ids."""
-    from ..data.manifest import read_word_times
-
     words = store_timestamps(store, **kw)
     by_id = {r["id"]: r for r in items.to_dict("records")}
     frames = [utterance_errors(srcs, read_word_times(by_id[uid]), uid) for uid, srcs in words.items()
@@ -354,11 +355,10 @@ def alignment_vs_agreement(summary: pd.DataFrame, agreement: pd.DataFrame, metri
     Returns one row per reference (``smx``, ``smh``, ...): rho, p value, n_heads; the joined per-head values are in
     ``attrs["heads"]``.
     """
-    from scipy.stats import spearmanr
-
     heads = summary[summary.source.str.fullmatch(r"L\d+H\d+")][["source", metric]]
-    ag = agreement[(agreement.level == "dataset") & (agreement.measure == measure)
-                   & agreement.attention.str.fullmatch(r"L\d+H\d+")][["attention", "reference", "value"]]
+    ag = with_attention_columns(agreement)
+    ag = ag[(ag.level == "dataset") & (ag.measure == measure) & (ag["aggregate"] == "head")
+            & (ag["weighting"] == "attention") & ag["mixing"].isna()][["attention", "reference", "value"]]
     joined = ag.merge(heads, left_on="attention", right_on="source")
     rows = []
     for ref, g in joined.groupby("reference"):

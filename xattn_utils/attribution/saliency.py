@@ -14,7 +14,7 @@ method         store kinds                 map variable(s)
 ``ig``         ``ig_x``, ``ig_h``          ``signed``, ``absolute``
 =============  ==========================  ===========================================
 
-Methods, store kinds and the names the analysis gives the maps are paired once, in :mod:`xattn_utils.map_kinds`.
+Methods, store kinds and the names the analysis gives the maps are paired once, in :mod:`xattn_utils.maps`.
 
 Input-space maps cover the frames holding audio only (padding is never occluded and carries no relevance).
 Each group's cache key hashes the model, the audio, the hypothesis and the method's parameters; a re-run skips
@@ -40,7 +40,7 @@ from ..extraction.extract import (
     items_from,
 )
 from ..extraction.forced import Seq2SeqScorer
-from ..map_kinds import METHODS, by_method
+from ..maps import METHODS, by_method
 from ..models.loader import LoadedModel
 from ..provenance import provenance, stable_hash
 from ..store import ResultStore
@@ -75,7 +75,7 @@ class SaliencyConfig:
 
 
 def kinds_for(method: str, spaces=("x", "h")) -> list[str]:
-    """Store kinds a method writes (see :mod:`xattn_utils.map_kinds`)."""
+    """Store kinds a method writes (see :mod:`xattn_utils.maps`)."""
     return [m.kind for m in by_method(method, spaces)]
 
 

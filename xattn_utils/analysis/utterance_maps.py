@@ -1,7 +1,7 @@
 """One utterance's maps from a result store, on one grid: cross-attention selections and saliency references.
 
 ``UtteranceMaps.from_store(store, uid, cfg)`` reads the utterance's ``attention`` group and every saliency group
-stored for it (kinds and names from :mod:`xattn_utils.map_kinds`), keeps the scored rows, and holds the maps as
+stored for it (kinds and names from :mod:`xattn_utils.maps`), keeps the scored rows, and holds the maps as
 stored: CA selections ``(I, T')``, input-space references ``(I, T, F)``, encoder-space references ``(I, T')``, and
 the two halves of sampled (SPES) references. Then
 
@@ -20,14 +20,17 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
 from ..attribution.grids import encoder_grid, normalize_rows
+from ..attribution.mixing import store_composed
 from ..errors import XattnError
 from ..extraction.extract import KIND as ATTENTION
-from ..map_kinds import HALVES_VARIABLE, MAP_KINDS, by_name
+from ..maps import HALVES_VARIABLE, MAP_KINDS, by_name
 from .agreement import NORM_PREFIX, ca_selections
+from .plots import plot_token_map
 
 
 @dataclass
@@ -118,8 +121,6 @@ class UtteranceMaps:
             if mk.sampled and HALVES_VARIABLE in ds:
                 halves[mk.name] = tuple(ds[HALVES_VARIABLE].values)
         if cfg.mixing:  # CA∘M (and SMH∘M): raw maps carried back through the encoder's mixing
-            from ..attribution.mixing import store_composed
-
             raw = {n: np.asarray(m)[:, :n_frames] for n, m in attention.items()}
             if "smh" in references:
                 raw["smh"] = references["smh"][:, :n_frames]
@@ -167,10 +168,6 @@ class UtteranceMaps:
     def plot(self, attention: Sequence[str] = ("all",), references: Sequence[str] | None = None):
         """Figure: one token × time panel per CA entry in ``attention``, then per reference (default: all), on the
         encoder grid (pooled here if not yet). Returns the figure."""
-        import matplotlib.pyplot as plt
-
-        from .plots import plot_token_map
-
         on_grid = self.on_encoder_grid()
         refs = list(on_grid.references) if references is None else list(references)
         missing = [n for n in attention if n not in on_grid.attention] + [r for r in refs
