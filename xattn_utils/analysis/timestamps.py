@@ -16,6 +16,7 @@ The recipe of openai-whisper's ``timing.find_alignment`` (and faster-whisper's `
 """
 from __future__ import annotations
 
+import difflib
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -354,7 +355,6 @@ def timestamp_errors(pred_words: Sequence, ref_words: Sequence, tolerances: Sequ
     if len(pred) == len(ref):
         match = list(range(len(ref)))
     else:
-        import difflib
         match = [None] * len(ref)
         sm = difflib.SequenceMatcher(a=[_norm(w.text) for w in ref], b=[_norm(w.text) for w in pred], autojunk=False)
         for blk in sm.get_matching_blocks():

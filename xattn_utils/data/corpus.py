@@ -25,6 +25,7 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,10 +33,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from tqdm.auto import tqdm
 
 from .._io import atomic_write, atomic_write_json, sha256_file
 from ..errors import InputError
 from .audio import SAMPLE_RATE, resample
+from .espeak import Synthesizer, espeak_version
 from .grammar import sentence
 from .manifest import COLUMNS, load_manifest
 
@@ -76,8 +79,6 @@ class CorpusConfig:
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
-        import re
-
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", self.name) \
                 or ".." in self.name:
             raise InputError(f"corpus name {self.name!r} must be a plain folder name (letters, digits, _ . -): it "
@@ -138,8 +139,6 @@ def plan_corpus(cfg: CorpusConfig) -> list[dict]:
 
 def _synthesize(job: dict) -> dict:
     """Worker: speak one utterance in this fresh process, write WAV + word times atomically, return its row."""
-    from .espeak import Synthesizer
-
     speech = Synthesizer().speak(job["text"], job["voice"], job["rate"], job["pitch"])
     audio = np.clip(resample(speech.audio, speech.sample_rate, SAMPLE_RATE), -1.0, 1.0)
     wav = Path(job["root"]) / job["audio_path"]
@@ -164,8 +163,6 @@ def build_corpus(cfg: CorpusConfig, expected: dict[str, str] | None = None, prog
 
     Files whose sha256 already equals ``expected[id]`` (or the existing manifest's) are kept as they are.
     """
-    from tqdm.auto import tqdm
-
     root = Path(cfg.out_dir)
     root.mkdir(parents=True, exist_ok=True)
     manifest_path = root / cfg.name / "manifest.csv"
@@ -202,8 +199,6 @@ def build_corpus(cfg: CorpusConfig, expected: dict[str, str] | None = None, prog
 
 
 def _source_of(job: dict) -> str:
-    from .espeak import espeak_version
-
     return f"espeak-ng {espeak_version()} synthetic ({job['voice']}, {job['rate']} wpm, pitch {job['pitch']})"
 
 
