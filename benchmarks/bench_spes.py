@@ -61,13 +61,13 @@ def bundled_scorer(device: str, input_mode: str, index: int = 0):
     """Bundled Whisper tiny.en forced on its own hypothesis of a default-corpus utterance."""
     from xattn_utils.data.audio import load_audio
     from xattn_utils.data.corpus import study_data
-    from xattn_utils.extraction.forced import Seq2SeqScorer, decode, decoder_prompt
+    from xattn_utils.extraction.forced import Seq2SeqScorer, decode
     from xattn_utils.models.loader import load_model
 
     row = study_data(limit=index + 1).iloc[index]
     audio = load_audio(row.audio_path)
     loaded = load_model("bundled:whisper-tiny.en", input_mode=input_mode, device=device)
-    prompt = decoder_prompt(loaded)
+    prompt = loaded.prompt_ids()
     hyp = decode(loaded, loaded.features(audio, loaded.decode_mode).values[None], prompt)[0]
     return Seq2SeqScorer(loaded, loaded.features(audio), prompt, hyp)
 

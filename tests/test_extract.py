@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 from xattn_utils import (
+    DecodeConfig,
     ExtractConfig,
     ModelError,
     Seq2SeqScorer,
@@ -21,9 +22,8 @@ from xattn_utils import (
 from xattn_utils.errors import HypothesisError
 from xattn_utils.extraction.forced import (
     _value_norms,
-    decoder_prompt,
+    decode,
     forced_pass,
-    greedy_decode,
 )
 
 
@@ -74,8 +74,8 @@ def test_forced_pass_shapes_and_values(bundled, speech_dir, tmp_path):
 def test_scorer_agrees_with_forced_pass(bundled, speech_dir):
     audio, _ = sf.read(speech_dir / "utt1.wav", dtype="float32")
     feats = bundled.features(audio)
-    prompt = decoder_prompt(bundled)
-    hyp = greedy_decode(bundled, feats.values[None], prompt)[0]
+    prompt = bundled.prompt_ids()
+    hyp = decode(bundled, feats.values[None], prompt)[0]
     fp = forced_pass(bundled, [feats], prompt, [hyp])[0]
     scorer = Seq2SeqScorer(bundled, feats, prompt, hyp)
     with torch.inference_mode():
@@ -121,7 +121,7 @@ def test_resume_skips_finished_and_recomputes_on_new_parameters(bundled, speech_
     first = extract_cross_attention(bundled, items, tmp_path, progress=False)
     again = extract_cross_attention(bundled, items, tmp_path, progress=False)
     assert len(first.done) == 2 and again.done == [] and sorted(again.skipped) == ["utt0", "utt1"]
-    changed = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(max_new_tokens=64), progress=False)
+    changed = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(DecodeConfig(max_new_tokens=64)), progress=False)
     assert len(changed.done) == 2
 
 
@@ -147,7 +147,7 @@ def test_bad_items_are_recorded_and_the_rest_goes_on(bundled, speech_dir, tmp_pa
 def test_empty_hypothesis_is_a_clear_error(bundled):
     feats = bundled.features(np.zeros(16000, dtype=np.float32))
     with pytest.raises(HypothesisError, match="empty hypothesis"):
-        Seq2SeqScorer(bundled, feats, decoder_prompt(bundled), [])
+        Seq2SeqScorer(bundled, feats, bundled.prompt_ids(), [])
 
 
 @pytest.mark.parametrize("name,match", [
@@ -176,10 +176,10 @@ def test_cli(speech_dir, tmp_path):
 
 def test_beam_search_hypothesis(bundled, speech_dir, tmp_path):
     items = _items(speech_dir, 1)
-    report = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(num_beams=3), progress=False)
+    report = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(DecodeConfig(num_beams=3)), progress=False)
     ds = open_store(tmp_path).load("utt0", "attention")
     assert report.done == ["utt0"] and "fox" in ds.attrs["text"].lower()
-    assert ds.attrs["provenance"]["params"]["extract"]["num_beams"] == 3
+    assert ds.attrs["provenance"]["params"]["extract"]["decoding"]["num_beams"] == 3
 
 
 def test_decoding_loops_are_recorded_not_explained(bundled, speech_dir, tmp_path):

@@ -258,8 +258,10 @@ def test_bad_item_is_recorded_by_name_and_the_batch_goes_on(case, bundled_trimme
 @pytest.mark.parametrize("field,value", [("batch_size", 0), ("num_beams", 0), ("max_new_tokens", -1),
                                          ("batch_size", 2.5)])
 def test_bad_extract_settings_fail_before_anything_runs(field, value):
+    from xattn_utils import DecodeConfig
+
     with pytest.raises(InputError, match=f"^{field} must be a whole number of at least 1"):
-        ExtractConfig(**{field: value})
+        ExtractConfig(**{field: value}) if field == "batch_size" else DecodeConfig(**{field: value})
 
 
 @pytest.mark.parametrize("argv,said", [

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xattn_utils.errors import InputError, ModelError
-from xattn_utils.extraction.forced import decoder_prompt, forced_pass
+from xattn_utils.extraction.forced import forced_pass
 from xattn_utils.models.loader import load_model, resolve_model_path
 from xattn_utils.models.registry import load_registry, resolve
 from xattn_utils.models.training import (
@@ -152,10 +152,10 @@ def test_resumed_run_equals_uninterrupted(processor, smoke, tmp_path):
 def test_multitask_model_accepts_both_task_prompts(smoke, corpus):
     loaded = load_model(str(smoke["folder"]), input_mode="trimmed", trim_quantum=50)
     ids = special_ids(loaded.tokenizer)
-    asr, st = decoder_prompt(loaded, "en", "transcribe"), decoder_prompt(loaded, "en", "translate")
+    asr, st = loaded.prompt_ids("en", "transcribe"), loaded.prompt_ids("en", "translate")
     assert asr[2] == ids["<|transcribe|>"] and st[2] == ids["<|translate|>"] and asr[:2] == st[:2]
     with pytest.raises(InputError, match="no language 'fr'.*its languages: en"):
-        decoder_prompt(loaded, "fr", "transcribe")
+        loaded.prompt_ids("fr", "transcribe")
     from xattn_utils.data.audio import load_audio
 
     audio = load_audio(corpus.audio_path[0])

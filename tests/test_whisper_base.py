@@ -25,9 +25,8 @@ ctranslate2 = pytest.importorskip("ctranslate2")
 from xattn_utils.errors import InputError, ModelError
 from xattn_utils.extraction.forced import (
     Seq2SeqScorer,
-    decoder_prompt,
+    decode,
     forced_pass,
-    greedy_decode,
 )
 from xattn_utils.models.conversion import (
     BUNDLED_SOURCES,
@@ -207,19 +206,19 @@ def test_tokenizer_matches_vocabulary(base, base_src):
     assert tok.decode([SOT, IT, TRANSCRIBE, NO_TS, *ids, EOT], skip_special_tokens=True) == " il cane vede il gatto"
 
 
-def test_decoder_prompt_language_and_task(base, bundled):
-    assert decoder_prompt(base) == [SOT, EN, TRANSCRIBE, NO_TS]
-    assert decoder_prompt(base, "it", "translate") == [SOT, IT, TRANSLATE, NO_TS]
-    assert decoder_prompt(base, "<|it|>") == [SOT, IT, TRANSCRIBE, NO_TS]
+def test_prompt_ids_language_and_task(base, bundled):
+    assert base.prompt_ids() == [SOT, EN, TRANSCRIBE, NO_TS]
+    assert base.prompt_ids("it", "translate") == [SOT, IT, TRANSLATE, NO_TS]
+    assert base.prompt_ids("<|it|>") == [SOT, IT, TRANSCRIBE, NO_TS]
     with pytest.raises(InputError, match="no language 'xx'"):
-        decoder_prompt(base, "xx")
+        base.prompt_ids("xx")
     with pytest.raises(InputError, match="unknown task"):
-        decoder_prompt(base, "it", "summarize")
-    assert decoder_prompt(bundled, "en", "transcribe") == decoder_prompt(bundled) == [50257, 50362]
+        base.prompt_ids("it", "summarize")
+    assert bundled.prompt_ids("en", "transcribe") == bundled.prompt_ids() == [50257, 50362]
     with pytest.raises(InputError, match="English-only"):
-        decoder_prompt(bundled, "it")
+        bundled.prompt_ids("it")
     with pytest.raises(InputError, match="English-only"):
-        decoder_prompt(bundled, None, "translate")
+        bundled.prompt_ids(None, "translate")
 
 
 # --------------------------------------------------------------------------------------------- parity
@@ -229,8 +228,8 @@ def test_decoder_prompt_language_and_task(base, bundled):
 def test_greedy_parity_with_ctranslate2(base, features, ct2_greedy, setting):
     """Same greedy ids as CTranslate2; full-vocabulary log-probs along the path within the tiny.en tolerance."""
     lang, task = SETTINGS[setting]
-    prompt = decoder_prompt(base, lang, task)
-    ours = greedy_decode(base, features[lang], prompt, max_new_tokens=64)
+    prompt = base.prompt_ids(lang, task)
+    ours = decode(base, features[lang], prompt, max_new_tokens=64)
     with torch.no_grad():
         hidden = base.encode(features[lang])
     for i, ((ids, ct_logits), hyp) in enumerate(zip(ct2_greedy[setting], ours)):
@@ -259,7 +258,7 @@ def test_greedy_parity_with_ctranslate2(base, features, ct2_greedy, setting):
 def test_forced_pass_on_base_matches_ctranslate2_align(base, features, ct2_base):
     """A forced pass over the Italian reference text (not the model's hypothesis): shapes, log-probs consistent
     with the scorer, and text-token probabilities equal to CTranslate2 ``align``'s."""
-    prompt = decoder_prompt(base, "it", "transcribe")
+    prompt = base.prompt_ids("it", "transcribe")
     texts = [base.tokenizer.encode(" " + it, add_special_tokens=False) for it, _ in ITALIAN]
     n_audio = [int(f.shape[-1]) for f in features["it"]]  # padded: the whole window counts as audio here
     feats = [Features(f, n, float(f.min())) for f, n in zip(features["it"], n_audio)]
@@ -298,22 +297,27 @@ def test_cli_transcribe_translate_gives_english(base, speech, ct2_greedy, capsys
 
 def test_extract_records_language_and_task(base, speech, tmp_path):
     """Language and task reach the decoder prompt, the provenance and the cache key: one item, two tasks."""
-    from xattn_utils.extraction.extract import ExtractConfig, extract_cross_attention
+    from xattn_utils.extraction.extract import (
+        DecodeConfig,
+        ExtractConfig,
+        extract_cross_attention,
+    )
     from xattn_utils.store import ResultStore
 
     items = [str(speech["it"][0][0])]
     store = ResultStore(tmp_path / "store")
     uid = Path(items[0]).stem
-    r1 = extract_cross_attention(base, items, store, ExtractConfig(language="it", task="translate"), progress=False)
+    r1 = extract_cross_attention(base, items, store, ExtractConfig(DecodeConfig(language="it", task="translate")), progress=False)
     ds = store.load(uid, "attention")
     key = ds.attrs["cache_key"]
     assert r1.done == [uid] and ds.prompt_ids.values.tolist() == [SOT, IT, TRANSLATE, NO_TS]
     prov = ds.attrs["provenance"]
-    assert prov["params"]["extract"]["language"] == "it" and prov["params"]["extract"]["task"] == "translate"
+    decoding = prov["params"]["extract"]["decoding"]
+    assert decoding["language"] == "it" and decoding["task"] == "translate"
     assert prov["model"]["conversion"]["source_sha256"]["model.bin"] == BUNDLED_SOURCES["whisper-base"].model_sha256
-    again = extract_cross_attention(base, items, store, ExtractConfig(language="it", task="translate"), progress=False)
+    again = extract_cross_attention(base, items, store, ExtractConfig(DecodeConfig(language="it", task="translate")), progress=False)
     assert again.skipped == [uid]
-    r2 = extract_cross_attention(base, items, store, ExtractConfig(language="it", task="transcribe"), progress=False)
+    r2 = extract_cross_attention(base, items, store, ExtractConfig(DecodeConfig(language="it", task="transcribe")), progress=False)
     ds2 = store.load(uid, "attention")
     assert r2.done == [uid] and ds2.attrs["cache_key"] != key
     assert ds2.prompt_ids.values.tolist() == [SOT, IT, TRANSCRIBE, NO_TS]

@@ -28,13 +28,17 @@ from .attribution.saliency import SaliencyConfig, compute_saliency
 from .data.corpus import study_data
 from .data.manifest import load_manifest
 from .errors import HypothesisError, InputError, ModelError, XattnError
-from .extraction.extract import ExtractConfig, RunReport, extract_cross_attention
+from .extraction.extract import (
+    DecodeConfig,
+    ExtractConfig,
+    RunReport,
+    extract_cross_attention,
+)
 from .extraction.forced import (
     ForcedPass,
     Seq2SeqScorer,
-    decoder_prompt,
+    decode,
     forced_pass,
-    greedy_decode,
     transcribe,
 )
 from .models.loader import LoadedModel, load_model
@@ -48,6 +52,7 @@ except PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
 
 __all__ = [
     "CompareConfig",
+    "DecodeConfig",
     "ExtractConfig",
     "FaithfulnessConfig",
     "ForcedPass",
@@ -63,11 +68,10 @@ __all__ = [
     "__version__",
     "compare_store",
     "compute_saliency",
-    "decoder_prompt",
+    "decode",
     "extract_cross_attention",
     "faithfulness_store",
     "forced_pass",
-    "greedy_decode",
     "load_manifest",
     "load_model",
     "open_store",

@@ -31,7 +31,7 @@ from .data import corpus
 from .data.audio import load_audio
 from .data.manifest import load_manifest
 from .errors import XattnError
-from .extraction.extract import ExtractConfig, extract_cross_attention
+from .extraction.extract import DecodeConfig, ExtractConfig, extract_cross_attention
 from .extraction.forced import transcribe
 from .models.loader import load_model
 from .provenance import provenance
@@ -134,11 +134,16 @@ def cmd_transcribe(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    cfg = ExtractConfig(language=args.language, task=args.task, batch_size=args.batch_size,
-                        with_hidden=args.with_hidden, num_beams=args.beams)  # bad values fail before the model loads
+    cfg = ExtractConfig(DecodeConfig(language=args.language, task=args.task, num_beams=args.beams),
+                        batch_size=args.batch_size, with_hidden=args.with_hidden)  # bad values fail before loading
     loaded = load_model(args.model, args.input_mode, args.device)
     report = extract_cross_attention(loaded, _items(args), args.out, cfg, progress=not args.quiet)
     return _finish(report, args.out)
+
+
+def _decoding(args):
+    """The decoding options given (--language, --task), or None: explain with the store's own."""
+    return DecodeConfig(language=args.language, task=args.task) if args.language or args.task else None
 
 
 def cmd_saliency(args) -> int:
@@ -154,16 +159,14 @@ def cmd_saliency(args) -> int:
     spes = dataclasses.replace(spes, **overrides)
     smh = dataclasses.replace(SMHConfig(), **overrides)
     cfg = SaliencyConfig(methods=tuple(args.method), spes=spes, smh=smh, ig_steps=args.ig_steps)
-    report = compute_saliency(loaded, _items(args), args.out, cfg,
-                              ExtractConfig(language=args.language, task=args.task, with_hidden=True),
-                              progress=not args.quiet)
+    report = compute_saliency(loaded, _items(args), args.out, cfg, _decoding(args), progress=not args.quiet)
     return _finish(report, args.out)
 
 
 def cmd_mixing(args) -> int:
     loaded = load_model(args.model, args.input_mode, args.device)
     report = compute_mixing(loaded, _items(args), args.out, MixingConfig(methods=tuple(args.method)),
-                            ExtractConfig(language=args.language, task=args.task), progress=not args.quiet)
+                            _decoding(args), progress=not args.quiet)
     return _finish(report, args.out)
 
 

@@ -174,16 +174,24 @@ class ResultStore:
                 continue
         return removed
 
-    def key(self, utterance: str, kind: str) -> str | None:
-        """The cache key a stored group was written with (None when absent or unreadable)."""
+    def peek(self, utterance: str, kind: str) -> xr.Dataset | None:
+        """A stored group opened lazily: its attributes, variables and coordinates without reading the arrays
+        (None when absent or unreadable; unlike :meth:`load`, checksums are not checked)."""
         group = self._group(utterance, kind)
         if not group.exists():
             return None
         try:
-            with xr.open_zarr(group, consolidated=False) as ds:
-                return ds.attrs.get("cache_key")
+            return xr.open_zarr(group, consolidated=False)
         except (OSError, ValueError, KeyError):
             return None
+
+    def key(self, utterance: str, kind: str) -> str | None:
+        """The cache key a stored group was written with (None when absent or unreadable)."""
+        ds = self.peek(utterance, kind)
+        if ds is None:
+            return None
+        with ds:
+            return ds.attrs.get("cache_key")
 
     def has(self, utterance: str, kind: str, key: str | None = None) -> bool:
         """Whether a finished, intact group exists (and, given a key, was written with that key).

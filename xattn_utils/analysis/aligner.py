@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from ..errors import XattnError
-from ..extraction.forced import _eos_id, decoder_prompt, greedy_decode
+from ..extraction.forced import decode
 from ..models.loader import LoadedModel
 from .timestamps import (
     WHISPER_FRAMES_PER_SECOND,
@@ -102,16 +102,16 @@ class AlignmentPass:
 def alignment_pass(loaded: LoadedModel, audio: np.ndarray, text_ids: Sequence[int] | None = None,
                    language: str | None = None, task: str | None = None) -> AlignmentPass:
     """Encode ``audio`` (the model's input mode), decode greedily when ``text_ids`` is None, force the text."""
-    prompt = decoder_prompt(loaded, language, task)
+    prompt = loaded.prompt_ids(language, task)
     feats = loaded.features(audio)
     x = feats.values[None].to(loaded.device)
     if text_ids is None:
         dec = feats if loaded.decode_mode == loaded.input_mode else loaded.features(audio, loaded.decode_mode)
-        text_ids = greedy_decode(loaded, dec.values[None].to(loaded.device), prompt)[0]
+        text_ids = decode(loaded, dec.values[None].to(loaded.device), prompt)[0]
     text_ids = [int(t) for t in text_ids]
     if not text_ids:
         raise XattnError("nothing to align: the text is empty (the model produced no tokens for this audio)")
-    eos = _eos_id(loaded)
+    eos = loaded.eos_id
     ids = torch.tensor([prompt + text_ids + [eos]], device=loaded.device)
     out = loaded.model(encoder_outputs=(loaded.encode(x),), decoder_input_ids=ids, output_attentions=True)
     n_frames = max(1, feats.n_audio_frames // loaded.frames_per_encoder_frame)
@@ -213,7 +213,7 @@ def ctranslate2_parity(loaded: LoadedModel, audios: dict[str, np.ndarray], ct2_d
     for uid, audio in audios.items():
         ap = alignment_pass(loaded, audio)
         feats = loaded.features(audio)
-        start = decoder_prompt(loaded)[:-1]  # without <|notimestamps|>
+        start = loaded.prompt_ids()[:-1]  # without <|notimestamps|>
         ti, tj, probs = ctranslate2_align(ct2, feats.values.numpy(), start, ap.text_ids, feats.n_audio_frames)
         matrix = alignment_matrix(head_weights(ap, heads), rows=ap.rows)
         oi, oj = dtw_path(-matrix, ties=ties, dtype=np.float32)

@@ -29,7 +29,7 @@ from ..attribution.saliency import scorer_for
 from ..data.audio import load_audio
 from ..errors import DamagedResultError, MissingResultError, XattnError
 from ..extraction.extract import items_from
-from ..extraction.forced import Seq2SeqScorer, greedy_decode
+from ..extraction.forced import Seq2SeqScorer, decode
 from ..maps import by_name
 from .agreement import ca_selections
 from .utterance_maps import ATTENTION, alignment_heads
@@ -123,7 +123,7 @@ def perturbation_curve(scorer: Seq2SeqScorer, importance: torch.Tensor, cfg: Fai
     with torch.inference_mode():
         for s in range(0, len(percents), cfg.batch_size):
             batch = inputs[s:s + cfg.batch_size]
-            hyps = greedy_decode(scorer.loaded, decoding_input(scorer, batch), scorer.prompt, limit)
+            hyps = decode(scorer.loaded, decoding_input(scorer, batch), scorer.prompt, 1, limit)
             texts += [tok.decode(h, skip_special_tokens=True).strip() for h in hyps]
             lp = scorer.log_probs(batch).gather(-1, scorer.target_ids.view(1, -1, 1).expand(len(batch), -1, 1))
             logps += lp[..., 0].mean(-1).tolist()

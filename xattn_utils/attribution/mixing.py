@@ -362,57 +362,32 @@ def mixing_dataset(result: MixingResult, n_frames: int, index: int = 0, attrs: d
     return ds
 
 
-def compute_mixing(loaded, data, out, cfg: MixingConfig | None = None, extract_cfg=None,
-                   progress: bool = True):
-    """Mixing maps for every item, stored as kind ``mixing`` beside its cross-attention (extracted first if absent).
+def compute_mixing(loaded, data, out, cfg: MixingConfig | None = None, decoding=None, progress: bool = True):
+    """Mixing maps for every item, stored as kind ``mixing`` beside its cross-attention.
 
-    The cache key hashes the model, the input mode, the audio and ``cfg``; finished groups are skipped. A failing
-    item is recorded in the store's ``errors.json`` and the run goes on.
+    Items without an ``attention`` group are extracted first, with ``decoding`` (a
+    :class:`~xattn_utils.extraction.extract.DecodeConfig`) or, when None, the store's decoding options; a stored
+    hypothesis is never replaced (see :func:`~xattn_utils.attribution.per_utterance.explain_store`). The cache key
+    hashes the model, the input mode, the audio and ``cfg``; finished groups are skipped. A failing item is recorded
+    in the store's ``errors.json`` and the run goes on.
     Returns a :class:`~xattn_utils.extraction.extract.RunReport`.
     """
-    from tqdm.auto import tqdm
-
-    from ..extraction.extract import KIND as ATTENTION
-    from ..extraction.extract import (
-        RunReport,
-        _checked_audio,
-        extract_cross_attention,
-        items_from,
-    )
-    from ..provenance import provenance, stable_hash
-    from ..store import ResultStore
+    from ..provenance import stable_hash
+    from .per_utterance import Planned, explain_store
 
     cfg = cfg or MixingConfig()
-    store = out if isinstance(out, ResultStore) else ResultStore(out)
-    items = items_from(data)
-    pre = extract_cross_attention(loaded, items, store, extract_cfg, progress=False)
-    report = RunReport(failed=dict(pre.failed))
-    for _, row in tqdm(items.iterrows(), total=len(items), desc="mixing", unit="utt", disable=not progress):
-        uid = str(row["id"])
-        if uid in report.failed:
-            continue
-        try:
-            audio, digest = _checked_audio(row)
-            key = stable_hash(KIND, loaded.weights_sha256, loaded.input_mode, loaded.trim_quantum, digest,
-                              asdict(cfg))
-            if store.has(uid, KIND, key):
-                report.skipped.append(uid)
-                continue
-            attention = store.load(uid, ATTENTION)
-            feats = loaded.features(audio)
-            res = loaded_mixing(loaded, feats.values[None], cfg)
-            prov = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
-                              params={"mixing": cfg})
-            ds = mixing_dataset(res, int(attention.sizes["enc_frame"]),
-                                attrs={"provenance": prov, "n_encoder_frames_run": feats.values.shape[-1]
-                                       // loaded.frames_per_encoder_frame})
-            store.write(uid, KIND, ds, key)
-            report.done.append(uid)
-        except XattnError as err:
-            msg = str(err) if str(err).startswith(uid) else f"{uid}: {err}"
-            report.failed[uid] = msg
-            store.record_error(uid, KIND, msg)
-    return report
+
+    def compute(audio, attention) -> xr.Dataset:
+        feats = loaded.features(audio)
+        res = loaded_mixing(loaded, feats.values[None], cfg)
+        return mixing_dataset(res, int(attention.sizes["enc_frame"]),
+                              attrs={"n_encoder_frames_run": feats.values.shape[-1] // loaded.frames_per_encoder_frame})
+
+    def plan(uid, audio, digest, attention):
+        key = stable_hash(KIND, loaded.weights_sha256, loaded.input_mode, loaded.trim_quantum, digest, asdict(cfg))
+        yield Planned(KIND, key, {"mixing": cfg}, lambda: compute(audio, attention))
+
+    return explain_store(loaded, data, out, plan, KIND, decoding, desc="mixing", progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------ comparison

@@ -1,7 +1,8 @@
 """Saliency over a data set: SPES on X and H, gradient maps on X and H, stored beside the cross-attention.
 
 ``compute_saliency(model, items, store, SaliencyConfig(methods=("spes-x", "spes-h", "ig")))`` explains, for every
-utterance, the hypothesis stored in its ``attention`` group (extracting it first when absent), and writes one group
+utterance, the hypothesis stored in its ``attention`` group (extracting it first when absent, with the store's
+decoding options; a stored hypothesis is never re-decoded or replaced), and writes one group
 per method and space into the same :class:`~xattn_utils.store.ResultStore`:
 
 =============  ==========================  ===========================================
@@ -28,23 +29,16 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
-from ..errors import DiskFullError, XattnError
-from ..extraction.extract import KIND as ATTENTION
-from ..extraction.extract import (
-    ExtractConfig,
-    RunReport,
-    _checked_audio,
-    extract_cross_attention,
-    items_from,
-)
+from ..errors import XattnError
+from ..extraction.extract import DecodeConfig, RunReport
 from ..extraction.forced import Seq2SeqScorer
 from ..maps import METHODS, by_method
 from ..models.loader import LoadedModel
-from ..provenance import provenance, stable_hash
+from ..provenance import stable_hash
 from ..store import ResultStore
 from .gradients import attribute_gradients, canonical_method
+from .per_utterance import Planned, explain_store
 from .spes import SMHConfig, SPESConfig, spes_smh, spes_smx
 
 
@@ -128,43 +122,32 @@ def _explain(scorer: Seq2SeqScorer, method: str, kind: str, cfg: SaliencyConfig,
 
 
 def compute_saliency(loaded: LoadedModel, data, out: str | Path | ResultStore, cfg: SaliencyConfig | None = None,
-                     extract_cfg: ExtractConfig | None = None, progress: bool = True) -> RunReport:
-    """Compute every configured map for every item; extraction first where the store lacks it."""
+                     decoding: DecodeConfig | None = None, progress: bool = True) -> RunReport:
+    """Compute every configured map for every item, explaining the hypothesis stored in its ``attention`` group.
+
+    Items without one are extracted first, with ``decoding`` or (None) the decoding options the store was made
+    with; a stored hypothesis is never replaced: one decoded with other options than ``decoding`` is an
+    :class:`~xattn_utils.errors.InputError` naming the utterance (see
+    :func:`~xattn_utils.extraction.extract.ensure_attention`).
+    """
     cfg = cfg or SaliencyConfig()
-    store = out if isinstance(out, ResultStore) else ResultStore(out)
-    items = items_from(data)
-    pre = extract_cross_attention(loaded, items, store, extract_cfg, progress=False)
-    report = RunReport(failed=dict(pre.failed), flagged=dict(pre.flagged))
-    for _, row in tqdm(items.iterrows(), total=len(items), desc="saliency", unit="utt", disable=not progress):
-        uid = str(row["id"])
-        if uid in report.failed:
-            continue
-        try:
-            attention = store.load(uid, ATTENTION)
-            audio, digest = _checked_audio(row)
-            scorer = None
-            did = False
-            for method in cfg.methods:
-                params = _method_params(method, cfg)
-                for kind in kinds_for(method, cfg.gradient_spaces):
-                    key = stable_hash(kind, loaded.weights_sha256, loaded.input_mode, digest,
-                                      attention.attrs.get("cache_key"), params)
-                    if store.has(uid, kind, key):
-                        continue
-                    scorer = scorer or scorer_for(loaded, audio, attention)
-                    ds = _explain(scorer, method, kind, cfg, attention, progress)
-                    prov = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
-                                      params={"method": method, "kind": kind, **params},
-                                      seed=params.get("seed"))
-                    ds.attrs.update(provenance=prov, n_audio_frames=int(scorer.n_audio_frames),
-                                    frames_per_encoder_frame=int(scorer.frames_per_encoder_frame))
-                    store.write(uid, kind, ds, key)
-                    did = True
-            (report.done if did else report.skipped).append(uid)
-        except DiskFullError:
-            raise  # the run stops; finished groups are kept
-        except XattnError as err:
-            msg = str(err) if str(err).startswith(uid) else f"{uid}: {err}"
-            report.failed[uid] = msg
-            store.record_error(uid, "saliency", msg)
-    return report
+
+    def plan(uid: str, audio: np.ndarray, digest: str, attention: xr.Dataset):
+        scorer = []  # made once, by the first group not stored
+
+        def compute(method: str, kind: str) -> xr.Dataset:
+            if not scorer:
+                scorer.append(scorer_for(loaded, audio, attention))
+            ds = _explain(scorer[0], method, kind, cfg, attention, progress)
+            return ds.assign_attrs(n_audio_frames=int(scorer[0].n_audio_frames),
+                                   frames_per_encoder_frame=int(scorer[0].frames_per_encoder_frame))
+
+        for method in cfg.methods:
+            params = _method_params(method, cfg)
+            for kind in kinds_for(method, cfg.gradient_spaces):
+                key = stable_hash(kind, loaded.weights_sha256, loaded.input_mode, digest,
+                                  attention.attrs.get("cache_key"), params)
+                yield Planned(kind, key, {"method": method, "kind": kind, **params},
+                              lambda method=method, kind=kind: compute(method, kind), seed=params.get("seed"))
+
+    return explain_store(loaded, data, out, plan, "saliency", decoding, desc="saliency", progress=progress)

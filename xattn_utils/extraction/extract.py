@@ -11,7 +11,7 @@ import hashlib
 import re
 import unicodedata
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +25,51 @@ from ..errors import DiskFullError, InputError, XattnError
 from ..models.loader import LoadedModel
 from ..provenance import provenance, stable_hash
 from ..store import ResultStore
-from .forced import ForcedPass, batches_by_length, decode, decoder_prompt, forced_pass
+from .forced import ForcedPass, batches_by_length, decode, forced_pass
 
 KIND = "attention"
 
 
-@dataclass
-class ExtractConfig:
-    """Decoding and extraction parameters (all recorded in provenance).
+def _check_counts(cfg, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a whole number of at least 1, not {value!r} "
+                             "(num_beams 1 is greedy decoding)")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """The options that decide the hypothesis (with the model, its decoding input mode and the audio).
+
+    Only these key a hypothesis: storing with another batch size or with hidden states reuses it.
 
     Attributes:
         language, task: decoder prompt for multilingual / multitask models (ignored by English-only Whisper).
         num_beams: 1 = greedy decoding, more = beam search.
         max_new_tokens: decoding limit.
+    """
+
+    language: str | None = None
+    task: str | None = None
+    num_beams: int = 1
+    max_new_tokens: int = 128
+
+    def __post_init__(self):
+        _check_counts(self, ("num_beams", "max_new_tokens"))
+
+
+@dataclass
+class ExtractConfig:
+    """Decoding options and how to store and run them (all recorded in provenance).
+
+    Attributes:
+        decoding: what decides the hypothesis (the only part of the attention group's cache key besides the model,
+            input mode and audio).
         batch_size: utterances per batch (equal feature lengths batch together).
-        with_hidden: also store the encoder output (T', D), needed by SMH and gradient-on-H methods.
+        with_hidden: also store the encoder output (T', D) as ``encoder_hidden``, for analyses of it (the
+            explanation methods recompute it). Asking for it on a stored group without it adds it, keeping the
+            stored hypothesis.
         max_compression_ratio: a hypothesis whose text gzip-compresses better than this is a decoding loop
             ("quiet, quiet, quiet, ..."): it is recorded as failed, not explained. 2.4 is Whisper's own threshold for
             falling back to sampling; None keeps every hypothesis.
@@ -48,21 +78,66 @@ class ExtractConfig:
             silence, e.g. "you"); the comparison leaves flagged utterances out unless asked to keep them.
     """
 
-    language: str | None = None
-    task: str | None = None
-    num_beams: int = 1
-    max_new_tokens: int = 128
+    decoding: DecodeConfig = field(default_factory=DecodeConfig)
     batch_size: int = 8
     with_hidden: bool = False
     max_compression_ratio: float | None = 2.4
     min_active_s: float = 0.1
 
     def __post_init__(self):
-        for name in ("num_beams", "max_new_tokens", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a whole number of at least 1, not {value!r} "
-                                 "(num_beams 1 is greedy decoding)")
+        if not isinstance(self.decoding, DecodeConfig):
+            raise InputError(f"decoding must be a DecodeConfig, not {type(self.decoding).__name__}: "
+                             "ExtractConfig(DecodeConfig(language=..., num_beams=...), batch_size=...)")
+        _check_counts(self, ("batch_size",))
+
+
+def resolved_decoding(loaded: LoadedModel, decoding: DecodeConfig) -> dict:
+    """What decides a hypothesis on ``loaded`` besides the audio: the model weights, the input mode decoding runs
+    on, the prompt ids the language and task give, beams and the token limit (``language=None`` and ``"en"`` give
+    the same prompt on an English model, so they resolve alike). Raises InputError for a prompt the model lacks."""
+    return {"weights_sha256": loaded.weights_sha256, "decode_mode": loaded.decode_mode,
+            "prompt_ids": loaded.prompt_ids(decoding.language, decoding.task), "num_beams": decoding.num_beams,
+            "max_new_tokens": decoding.max_new_tokens}
+
+
+def hypothesis_key(resolved: dict, audio_sha256: str) -> str:
+    """The key of one utterance's hypothesis: :func:`resolved_decoding` and the audio's sha256."""
+    return stable_hash("hypothesis", resolved, audio_sha256)
+
+
+def attention_key(loaded: LoadedModel, hyp_key: str) -> str:
+    """The attention group's cache key: its hypothesis and the input the forced pass runs on (not how it was
+    stored: batch size, hidden states and the loop threshold leave it unchanged)."""
+    return stable_hash(KIND, hyp_key, loaded.input_mode, loaded.trim_quantum)
+
+
+def recorded_decoding(attrs: dict) -> DecodeConfig | None:
+    """The decoding options an attention group's or a store's (``store.json``) attributes record; None if none.
+
+    Reads the ``decoding`` record, else the provenance's ``extract`` parameters (groups written before it)."""
+    rec = attrs.get("decoding")
+    if not isinstance(rec, dict):
+        extract = (attrs.get("provenance") or attrs).get("params", {}).get("extract") or {}
+        rec = extract.get("decoding", extract)
+    names = {f.name for f in fields(DecodeConfig)}
+    if not isinstance(rec, dict) or not names & set(rec):
+        return None
+    return DecodeConfig(**{k: rec[k] for k in names if k in rec})
+
+
+def recorded_hypothesis_key(loaded: LoadedModel, attrs: dict) -> str | None:
+    """The hypothesis key an attention group was written with (derived from the provenance of a group written
+    before keys were recorded, when it was decoded by ``loaded``'s weights and decoding input mode); else None."""
+    if attrs.get("hypothesis_key"):
+        return str(attrs["hypothesis_key"])
+    prov = attrs.get("provenance") or {}
+    decoding = recorded_decoding(attrs)
+    digest = (prov.get("data") or {}).get("sha256")
+    same_model = ((prov.get("model") or {}).get("weights_sha256") == loaded.weights_sha256
+                  and (prov.get("params") or {}).get("decode_mode") == loaded.decode_mode)
+    if decoding is None or not digest or not same_model:
+        return None
+    return hypothesis_key(resolved_decoding(loaded, decoding), digest)
 
 
 @dataclass
@@ -220,69 +295,113 @@ def _checked_audio(row) -> tuple:
     return audio, digest
 
 
+@dataclass
+class _Pending:
+    """One utterance waiting for its forced pass (and its decode, when ``hyp`` is None)."""
+
+    uid: str
+    features: object  # Features for the forced pass (the model's input mode)
+    decode_features: object  # Features for decoding (the model's decode mode)
+    key: str
+    hyp_key: str
+    digest: str
+    active_s: float
+    hyp: list[int] | None = None
+
+
+def _stored_hypothesis(store: ResultStore, uid: str) -> list[int]:
+    with store.peek(uid, KIND) as ds:
+        return [int(t) for t in ds.token_id.values[:-1]]
+
+
+def _has_hidden(store: ResultStore, uid: str) -> bool:
+    with store.peek(uid, KIND) as ds:
+        return "encoder_hidden" in ds.data_vars
+
+
 def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultStore,
                             cfg: ExtractConfig | None = None, progress: bool = True) -> RunReport:
-    """Decode and force-decode every item, writing one ``attention`` group per utterance into ``out``."""
+    """Decode and force-decode every item, writing one ``attention`` group per utterance into ``out``.
+
+    One decode per utterance: a stored group whose hypothesis key (:func:`hypothesis_key`) matches is kept (skipped);
+    ``with_hidden`` on a group without the encoder output, or another input mode, reruns only the forced pass on
+    the stored hypothesis. Other decoding options than a group was decoded with decode it anew and replace it.
+    """
     cfg = cfg or ExtractConfig()
     store = out if isinstance(out, ResultStore) else ResultStore(out)
     items = items_from(data)
     store.clean_orphans()
-    prompt = decoder_prompt(loaded, cfg.language, cfg.task)
-    store.update_attrs(**provenance(model=loaded.provenance(), params={"extract": cfg}))
+    resolved = resolved_decoding(loaded, cfg.decoding)
+    prompt = resolved["prompt_ids"]
+    store.update_attrs(**provenance(model=loaded.provenance(), params={"extract": cfg}),
+                       decoding=asdict(cfg.decoding))
     report = RunReport()
-    active: dict[str, float] = {}  # id -> seconds above -45 dBFS
-    pending = []  # (id, features for the forced pass, features for decoding, cache key, audio sha256)
+    pending: list[_Pending] = []
     for _, row in tqdm(items.iterrows(), total=len(items), desc="features", disable=not progress):
         uid = str(row["id"])
         try:
             audio, digest = _checked_audio(row)
-            key = stable_hash(KIND, loaded.weights_sha256, loaded.input_mode, loaded.trim_quantum, digest, cfg)
+            hyp_key = hypothesis_key(resolved, digest)
+            key = attention_key(loaded, hyp_key)
+            hyp = None
             if store.has(uid, KIND, key):
-                report.skipped.append(uid)
-                continue
+                if not cfg.with_hidden or _has_hidden(store, uid):
+                    report.skipped.append(uid)
+                    continue
+                hyp = _stored_hypothesis(store, uid)  # add the hidden states: forced pass only
+            elif store.has(uid, KIND):
+                peek = store.peek(uid, KIND)
+                with peek:
+                    same = recorded_hypothesis_key(loaded, dict(peek.attrs)) == hyp_key
+                if same:  # e.g. another input mode: the same hypothesis, forced again
+                    hyp = _stored_hypothesis(store, uid)
             feats = loaded.features(audio)
             dec = feats if loaded.decode_mode == loaded.input_mode else loaded.features(audio, loaded.decode_mode)
-            pending.append((uid, feats, dec, key, digest))
-            active[uid] = active_seconds(audio)
+            pending.append(_Pending(uid, feats, dec, key, hyp_key, digest, active_seconds(audio), hyp))
         except XattnError as err:
             report.failed[uid] = str(err)
             store.record_error(uid, KIND, str(err))
-    bar = tqdm(total=2 * len(pending), desc="decode + forced pass", unit="step", disable=not progress)
-    hyps: dict[int, list[int]] = {}
-    for idx in batches_by_length([p[2] for p in pending], cfg.batch_size):
-        x = torch.stack([pending[i][2].values for i in idx])
-        hyps.update(zip(idx, decode(loaded, x, prompt, cfg.num_beams, cfg.max_new_tokens)))
+    to_decode = [i for i, p in enumerate(pending) if p.hyp is None]
+    bar = tqdm(total=len(to_decode) + len(pending), desc="decode + forced pass", unit="step",
+               disable=not progress)
+    for sub in batches_by_length([pending[i].decode_features for i in to_decode], cfg.batch_size):
+        idx = [to_decode[j] for j in sub]
+        x = torch.stack([pending[i].decode_features.values for i in idx])
+        for i, h in zip(idx, decode(loaded, x, prompt, cfg.decoding.num_beams, cfg.decoding.max_new_tokens)):
+            pending[i].hyp = h
         bar.update(len(idx))
-    for i, h in list(hyps.items()):
-        uid = pending[i][0]
-        ratio = compression_ratio(loaded.tokenizer.decode(h, skip_special_tokens=True)) if h else 0.0
-        if not h:
-            report.failed[uid] = f"{uid}: empty hypothesis (the model heard no speech); nothing to explain"
+    for i in to_decode:
+        p = pending[i]
+        ratio = compression_ratio(loaded.tokenizer.decode(p.hyp, skip_special_tokens=True)) if p.hyp else 0.0
+        if not p.hyp:
+            report.failed[p.uid] = f"{p.uid}: empty hypothesis (the model heard no speech); nothing to explain"
         elif cfg.max_compression_ratio is not None and ratio > cfg.max_compression_ratio:
-            report.failed[uid] = (f"{uid}: the hypothesis repeats itself (compression ratio {ratio:.1f} > "
-                                  f"{cfg.max_compression_ratio}, {len(h)} tokens): a decoding loop, not explained; "
-                                  "try --beams 4 or raise max_compression_ratio")
-            hyps[i] = []
+            report.failed[p.uid] = (f"{p.uid}: the hypothesis repeats itself (compression ratio {ratio:.1f} > "
+                                    f"{cfg.max_compression_ratio}, {len(p.hyp)} tokens): a decoding loop, not "
+                                    "explained; try --beams 4 or raise max_compression_ratio")
+            p.hyp = []
         else:
             continue
-        store.record_error(uid, KIND, report.failed[uid])
-    ok = [i for i in range(len(pending)) if hyps[i]]
-    for sub in batches_by_length([pending[i][1] for i in ok], cfg.batch_size):
-        idx = [ok[j] for j in sub]
-        passes = forced_pass(loaded, [pending[i][1] for i in idx], prompt, [hyps[i] for i in idx], cfg.with_hidden)
-        for i, fp in zip(idx, passes):
-            uid, _, _, key, digest = pending[i]
-            attrs = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
+        store.record_error(p.uid, KIND, report.failed[p.uid])
+    ok = [p for p in pending if p.hyp]
+    for idx in batches_by_length([p.features for p in ok], cfg.batch_size):
+        batch = [ok[i] for i in idx]
+        passes = forced_pass(loaded, [p.features for p in batch], prompt, [p.hyp for p in batch], cfg.with_hidden)
+        for p, fp in zip(batch, passes):
+            uid = p.uid
+            attrs = provenance(model=loaded.provenance(), data={"id": uid, "sha256": p.digest},
                                params={"extract": cfg, "decode_mode": loaded.decode_mode})
-            silent = active[uid] < cfg.min_active_s
+            silent = p.active_s < cfg.min_active_s
             ds = attention_dataset(fp, loaded.frames_per_encoder_frame, loaded.hop_length,
-                                   attrs={"provenance": attrs, "active_s": active[uid], "near_silence": int(silent)})
+                                   attrs={"provenance": attrs, "decoding": asdict(cfg.decoding),
+                                          "hypothesis_key": p.hyp_key, "active_s": p.active_s,
+                                          "near_silence": int(silent)})
             if silent:
-                report.flagged[uid] = (f"{uid}: only {active[uid]:.2f} s of the audio is above -45 dBFS: the "
+                report.flagged[uid] = (f"{uid}: only {p.active_s:.2f} s of the audio is above -45 dBFS: the "
                                        f"hypothesis {fp.text.strip()!r} was made from (near-)silence; stored, flagged "
                                        "near_silence (the comparison leaves it out)")
             try:
-                store.write(uid, KIND, ds, key)
+                store.write(uid, KIND, ds, p.key)
             except DiskFullError:
                 raise  # the run stops; finished groups are kept
             except XattnError as err:
@@ -290,6 +409,73 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
                 store.record_error(uid, KIND, str(err))
                 continue
             report.done.append(uid)
-        bar.update(len(idx))
+        bar.update(len(batch))
     bar.close()
+    return report
+
+
+def _options(resolved: dict) -> tuple:
+    """The decoding options of a :func:`resolved_decoding` (the prompt they give, beams, limit)."""
+    return tuple(resolved["prompt_ids"]), resolved["num_beams"], resolved["max_new_tokens"]
+
+
+def _describe(decoding: DecodeConfig) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in asdict(decoding).items())
+
+
+def ensure_attention(loaded: LoadedModel, data, out: str | Path | ResultStore, decoding: DecodeConfig | None = None,
+                     batch_size: int = 8) -> RunReport:
+    """Every item's ``attention`` group for an explanation run, never replacing a stored hypothesis.
+
+    A stored, intact group of the same audio is used as is (whatever batch size, hidden states or input mode it was
+    stored with). Items without one are extracted with ``decoding``, or when None with the decoding options the
+    store was made with (``store.json``; :class:`DecodeConfig` defaults for a new store).
+
+    Raises:
+        InputError, before anything is computed: a stored hypothesis was decoded by another model, or with other
+            decoding options than ``decoding`` (when given); the message names the utterance and both.
+    """
+    from .._io import sha256_file
+
+    store = out if isinstance(out, ResultStore) else ResultStore(out)
+    items = items_from(data)
+    wanted = None if decoding is None else resolved_decoding(loaded, decoding)
+    missing = []
+    for _, row in items.iterrows():
+        uid = str(row["id"])
+        peek = store.peek(uid, KIND) if store.has(uid, KIND) else None
+        if peek is None:
+            missing.append(uid)
+            continue
+        with peek:
+            attrs = dict(peek.attrs)
+        prov = attrs.get("provenance") or {}
+        try:
+            same_audio = (prov.get("data") or {}).get("sha256") == sha256_file(Path(row["audio_path"]))
+        except OSError:
+            same_audio = False
+        if not same_audio:  # the audio changed (or is gone): its old hypothesis is not this audio's
+            missing.append(uid)
+            continue
+        model = prov.get("model") or {}
+        if model.get("weights_sha256") != loaded.weights_sha256:
+            raise InputError(f"{uid}: the stored hypothesis in {store.path} was decoded by model "
+                             f"{model.get('model_id')!r} (weights {str(model.get('weights_sha256'))[:12]}…), not by "
+                             f"{loaded.model_id!r} (weights {loaded.weights_sha256[:12]}…); explain it with that model, "
+                             "or use a new store for this one")
+        if wanted is None:
+            continue
+        stored = recorded_decoding(attrs) or DecodeConfig()
+        if _options(resolved_decoding(loaded, stored)) != _options(wanted):
+            raise InputError(f"{uid}: the stored hypothesis in {store.path} was decoded with {_describe(stored)}, "
+                             f"not with the decoding options given ({_describe(decoding)}); pass the same options "
+                             "(or none, to use the store's), or use a new store to decode with these")
+    if not missing:
+        return RunReport(skipped=[str(u) for u in items["id"]])
+    if decoding is None:
+        decoding = recorded_decoding(store.attrs) or DecodeConfig()
+    todo = items[items["id"].astype(str).isin(missing)]
+    report = extract_cross_attention(loaded, todo, store, ExtractConfig(decoding, batch_size=batch_size),
+                                     progress=False)
+    report.skipped += [str(u) for u in items["id"] if str(u) not in missing]
     return report

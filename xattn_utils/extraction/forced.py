@@ -12,130 +12,42 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import HypothesisError, InputError
+from ..errors import HypothesisError
 from ..models.loader import Features, LoadedModel
 
-TASKS = ("transcribe", "translate")
-
-
-def decoder_prompt(loaded: LoadedModel, language: str | None = None, task: str | None = None) -> list[int]:
-    """The forced prompt ids: Whisper ``<|startoftranscript|>[<|lang|><|task|>]<|notimestamps|>``; others BOS.
-
-    Models with language and task tokens default to English transcription (no language detection). A model without
-    them (English-only Whisper) accepts only ``en`` / ``transcribe``; anything else is an :class:`InputError`, so
-    that a translation run never silently transcribes.
-    """
-    gen = loaded.model.generation_config
-    cfg = loaded.model.config
-    if task is not None and task not in TASKS:
-        raise InputError(f"unknown task {task!r}: use one of {TASKS}")
-    if not loaded.is_whisper:
-        return [int(cfg.decoder_start_token_id)]
-    prompt = [int(gen.decoder_start_token_id)]
-    if getattr(gen, "is_multilingual", False):
-        lang = language or "en"
-        key = lang if lang.startswith("<|") else f"<|{lang}|>"
-        lang_ids, task_ids = dict(gen.lang_to_id or {}), dict(gen.task_to_id or {})
-        if key not in lang_ids:
-            shown = ", ".join(k.strip("<|>") for k in list(lang_ids)[:12]) + (", ..." if len(lang_ids) > 12 else "")
-            raise InputError(f"model {loaded.model_id!r} has no language {lang!r}; its languages: {shown}")
-        if (task or "transcribe") not in task_ids:
-            raise InputError(f"model {loaded.model_id!r} has no task {task!r}; its tasks: {sorted(task_ids)}")
-        prompt.append(int(lang_ids[key]))
-        prompt.append(int(task_ids[task or "transcribe"]))
-    elif (language or "en").strip("<|>") != "en" or (task or "transcribe") != "transcribe":
-        raise InputError(f"model {loaded.model_id!r} is English-only transcription (no language or task tokens), "
-                         f"so language={language!r}, task={task!r} cannot be honoured; drop them or use a "
-                         "multilingual model such as bundled:whisper-base")
-    no_ts = getattr(gen, "no_timestamps_token_id", None)
-    if no_ts is None:
-        no_ts = loaded.tokenizer.convert_tokens_to_ids("<|notimestamps|>")
-    if no_ts is not None and no_ts != loaded.tokenizer.unk_token_id:
-        prompt.append(int(no_ts))
-    return prompt
-
-
-def _suppress_ids(loaded: LoadedModel) -> tuple[list[int], list[int]]:
-    gen = loaded.model.generation_config
-    return list(getattr(gen, "suppress_tokens", None) or []), list(getattr(gen, "begin_suppress_tokens", None) or [])
-
 
 @torch.inference_mode()
-def greedy_decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int],
-                  max_new_tokens: int = 128) -> list[list[int]]:
-    """Greedy decoding of a batch (no end-of-text in the result).
+def decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int], num_beams: int = 1,
+           max_new_tokens: int = 128) -> list[list[int]]:
+    """Greedy (``num_beams=1``) or beam-search hypotheses of a batch, without end-of-text.
+
+    Runs `transformers`' generic ``GenerationMixin.generate`` on our encoder output with the model's suppressed and
+    begin-suppressed ids, not Whisper's own ``generate``: that one takes raw features through the full-size encoder
+    and adds long-form, timestamp and language-detection logic this forced setting must not have. Greedy decoding
+    through it gives the same hypotheses as an argmax loop over the full decoder (``tests/test_extract.py`` checks
+    it on the test corpus).
 
     Args:
         features: (B, F, T) inputs of equal length.
-        prompt: forced prompt ids.
+        prompt: (P,) forced prompt ids (:meth:`LoadedModel.prompt_ids`).
     Returns: B lists of hypothesis token ids.
-    """
-    model = loaded.model
-    eos = int(model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None
-              else model.config.eos_token_id)
-    suppress, begin_suppress = _suppress_ids(loaded)
-    b = features.shape[0]
-    hidden = loaded.encode(features.to(loaded.device))
-    enc_out = (hidden,)
-    ids = torch.tensor([prompt] * b, device=loaded.device)
-    out = model(encoder_outputs=enc_out, decoder_input_ids=ids, use_cache=True)
-    past = out.past_key_values
-    logits = out.logits[:, -1].float()
-    hyps = torch.zeros(b, 0, dtype=torch.long, device=loaded.device)
-    done = torch.zeros(b, dtype=torch.bool, device=loaded.device)
-    limit = min(max_new_tokens, int(getattr(model.config, "max_target_positions", 448)) - len(prompt) - 1)
-    for step in range(limit):
-        if suppress:
-            logits[:, suppress] = -torch.inf
-        if step == 0 and begin_suppress:
-            logits[:, begin_suppress] = -torch.inf
-        nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-        hyps = torch.cat([hyps, nxt[:, None]], dim=1)
-        done |= nxt == eos
-        if bool(done.all()):
-            break
-        out = model(encoder_outputs=enc_out, decoder_input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        logits = out.logits[:, -1].float()
-    result = []
-    for row in hyps.tolist():
-        result.append(row[: row.index(eos)] if eos in row else row)
-    return result
-
-
-@torch.inference_mode()
-def beam_decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int], num_beams: int = 4,
-                max_new_tokens: int = 128) -> list[list[int]]:
-    """Beam search through `transformers`' generic ``generate`` on our encoder output (no end-of-text in the result).
-
-    Args:
-        features: (B, F, T) inputs of equal length.
     """
     from transformers import GenerationMixin
     from transformers.modeling_outputs import BaseModelOutput
 
-    gen = loaded.model.generation_config
-    eos = _eos_id(loaded)
-    suppress, begin_suppress = _suppress_ids(loaded)
+    eos = loaded.eos_id
+    limit = min(max_new_tokens, int(getattr(loaded.model.config, "max_target_positions", 448)) - len(prompt) - 1)
     hidden = loaded.encode(features.to(loaded.device))
+    ids = torch.tensor([prompt] * len(hidden), device=loaded.device)
     out = GenerationMixin.generate(
-        loaded.model, encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-        decoder_input_ids=torch.tensor([prompt] * len(hidden), device=loaded.device), num_beams=num_beams,
-        do_sample=False, max_new_tokens=max_new_tokens, max_length=None, suppress_tokens=suppress or None,
-        begin_suppress_tokens=begin_suppress or None, eos_token_id=eos, pad_token_id=gen.pad_token_id or eos)
+        loaded.model, encoder_outputs=BaseModelOutput(last_hidden_state=hidden), decoder_input_ids=ids,
+        decoder_attention_mask=torch.ones_like(ids), num_beams=num_beams, do_sample=False, max_new_tokens=limit,
+        max_length=None, suppress_tokens=loaded.suppress_ids or None,
+        begin_suppress_tokens=loaded.begin_suppress_ids or None, eos_token_id=eos, pad_token_id=loaded.pad_id)
     result = []
     for row in out[:, len(prompt):].tolist():
         result.append(row[: row.index(eos)] if eos in row else row)
     return result
-
-
-def decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int], num_beams: int = 1,
-           max_new_tokens: int = 128) -> list[list[int]]:
-    """Greedy (``num_beams=1``) or beam-search hypotheses of a batch (B, F, T)."""
-    if num_beams <= 1:
-        return greedy_decode(loaded, features, prompt, max_new_tokens)
-    return beam_decode(loaded, features, prompt, num_beams, max_new_tokens)
 
 
 def _decoder_inputs(prompt: list[int], hyps: list[list[int]], pad: int, device) -> torch.Tensor:
@@ -143,11 +55,6 @@ def _decoder_inputs(prompt: list[int], hyps: list[list[int]], pad: int, device) 
     n = max(len(h) for h in hyps)
     rows = [prompt + h + [pad] * (n - len(h)) for h in hyps]
     return torch.tensor(rows, dtype=torch.long, device=device)
-
-
-def _eos_id(loaded: LoadedModel) -> int:
-    gen = loaded.model.generation_config
-    return int(gen.eos_token_id if gen.eos_token_id is not None else loaded.model.config.eos_token_id)
 
 
 @contextlib.contextmanager
@@ -189,7 +96,7 @@ class Seq2SeqScorer:
         self.frames_per_encoder_frame = loaded.frames_per_encoder_frame
         self.prompt = list(prompt)
         self.hypothesis = list(hypothesis)
-        self.target_ids = torch.tensor(self.hypothesis + [_eos_id(loaded)], device=loaded.device)
+        self.target_ids = torch.tensor(self.hypothesis + [loaded.eos_id], device=loaded.device)
         self.n_tokens = len(self.target_ids)
         self._decoder_ids = torch.tensor(self.prompt + self.hypothesis, device=loaded.device)
 
@@ -285,7 +192,7 @@ def forced_pass(loaded: LoadedModel, features: list[Features], prompt: list[int]
     for h in hyps:
         if not h:
             raise HypothesisError("empty hypothesis: the model produced no tokens for this input, nothing to explain")
-    eos = _eos_id(loaded)
+    eos = loaded.eos_id
     x = torch.stack([f.values for f in features]).to(loaded.device)
     hidden = loaded.encode(x)
     ids = _decoder_inputs(prompt, hyps, eos, loaded.device)
@@ -320,12 +227,12 @@ def forced_pass(loaded: LoadedModel, features: list[Features], prompt: list[int]
 def transcribe(loaded: LoadedModel, audios: list[np.ndarray], language: str | None = None,
                task: str | None = None, max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
     """Greedy transcripts of 16 kHz mono audios (batched by equal feature length)."""
-    prompt = decoder_prompt(loaded, language, task)
+    prompt = loaded.prompt_ids(language, task)
     feats = [loaded.features(a, loaded.decode_mode) for a in audios]
     texts: list[str] = [""] * len(audios)
     for idx in batches_by_length(feats, batch_size):
         x = torch.stack([feats[i].values for i in idx])
-        for i, hyp in zip(idx, greedy_decode(loaded, x, prompt, max_new_tokens)):
+        for i, hyp in zip(idx, decode(loaded, x, prompt, 1, max_new_tokens)):
             texts[i] = loaded.tokenizer.decode(hyp, skip_special_tokens=True).strip()
     return texts
 

@@ -37,6 +37,7 @@ from ..errors import InputError, ModelError
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = ("whisper-tiny.en", "whisper-base")
 INPUT_MODES = ("padded", "trimmed")
+TASKS = ("transcribe", "translate")
 
 
 @dataclass
@@ -135,6 +136,64 @@ class LoadedModel:
     def alignment_heads(self) -> list[tuple[int, int]] | None:
         heads = getattr(self.model.generation_config, "alignment_heads", None)
         return [tuple(map(int, h)) for h in heads] if heads else None
+
+    def prompt_ids(self, language: str | None = None, task: str | None = None) -> list[int]:
+        """The forced decoder prompt: Whisper ``<|startoftranscript|>[<|lang|><|task|>]<|notimestamps|>``; others
+        the decoder start id.
+
+        Models with language and task tokens default to English transcription (no language detection). A model
+        without them (English-only Whisper) accepts only ``en`` / ``transcribe``; anything else is an
+        :class:`InputError`, so that a translation run never silently transcribes.
+        """
+        gen = self.model.generation_config
+        if task is not None and task not in TASKS:
+            raise InputError(f"unknown task {task!r}: use one of {TASKS}")
+        if not self.is_whisper:
+            return [int(self.model.config.decoder_start_token_id)]
+        prompt = [int(gen.decoder_start_token_id)]
+        if getattr(gen, "is_multilingual", False):
+            lang = language or "en"
+            key = lang if lang.startswith("<|") else f"<|{lang}|>"
+            lang_ids, task_ids = dict(gen.lang_to_id or {}), dict(gen.task_to_id or {})
+            if key not in lang_ids:
+                shown = ", ".join(k.strip("<|>") for k in list(lang_ids)[:12]) + (", ..." if len(lang_ids) > 12 else "")
+                raise InputError(f"model {self.model_id!r} has no language {lang!r}; its languages: {shown}")
+            if (task or "transcribe") not in task_ids:
+                raise InputError(f"model {self.model_id!r} has no task {task!r}; its tasks: {sorted(task_ids)}")
+            prompt.append(int(lang_ids[key]))
+            prompt.append(int(task_ids[task or "transcribe"]))
+        elif (language or "en").strip("<|>") != "en" or (task or "transcribe") != "transcribe":
+            raise InputError(f"model {self.model_id!r} is English-only transcription (no language or task tokens), "
+                             f"so language={language!r}, task={task!r} cannot be honoured; drop them or use a "
+                             "multilingual model such as bundled:whisper-base")
+        no_ts = getattr(gen, "no_timestamps_token_id", None)
+        if no_ts is None:
+            no_ts = self.tokenizer.convert_tokens_to_ids("<|notimestamps|>")
+        if no_ts is not None and no_ts != self.tokenizer.unk_token_id:
+            prompt.append(int(no_ts))
+        return prompt
+
+    @property
+    def eos_id(self) -> int:
+        """The end-of-text id (generation config first, then the model config)."""
+        gen = self.model.generation_config
+        return int(gen.eos_token_id if gen.eos_token_id is not None else self.model.config.eos_token_id)
+
+    @property
+    def pad_id(self) -> int:
+        """The id that pads finished hypotheses in a batch (end-of-text when the model names none)."""
+        pad = self.model.generation_config.pad_token_id
+        return int(pad) if pad is not None else self.eos_id
+
+    @property
+    def suppress_ids(self) -> list[int]:
+        """Ids decoding never emits (Whisper: non-speech symbols and special tokens)."""
+        return [int(t) for t in getattr(self.model.generation_config, "suppress_tokens", None) or []]
+
+    @property
+    def begin_suppress_ids(self) -> list[int]:
+        """Ids decoding never emits as the first hypothesis token (Whisper: a space, end-of-text)."""
+        return [int(t) for t in getattr(self.model.generation_config, "begin_suppress_tokens", None) or []]
 
     def provenance(self) -> dict:
         return {
