@@ -176,7 +176,8 @@ def test_cli(speech_dir, tmp_path):
 
 def test_beam_search_hypothesis(bundled, speech_dir, tmp_path):
     items = _items(speech_dir, 1)
-    report = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(DecodeConfig(num_beams=3)), progress=False)
+    report = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(DecodeConfig(num_beams=3)),
+                                     progress=False)
     ds = open_store(tmp_path).load("utt0", "attention")
     assert report.done == ["utt0"] and "fox" in ds.attrs["text"].lower()
     assert ds.attrs["provenance"]["params"]["extract"]["decoding"]["num_beams"] == 3
@@ -189,3 +190,90 @@ def test_decoding_loops_are_recorded_not_explained(bundled, speech_dir, tmp_path
     strict = ExtractConfig(max_compression_ratio=0.5)  # every real sentence "loops" under this threshold
     report = extract_cross_attention(bundled, _items(speech_dir, 1), tmp_path, strict, progress=False)
     assert report.done == [] and "repeats itself" in report.failed["utt0"]
+
+
+def test_special_ids_are_the_generation_configs(bundled):
+    gen = bundled.model.generation_config
+    assert bundled.eos_id == gen.eos_token_id == 50256
+    assert bundled.suppress_ids == list(gen.suppress_tokens) and len(bundled.suppress_ids) > 50
+    assert bundled.begin_suppress_ids == list(gen.begin_suppress_tokens) == [220, 50256]
+    assert bundled.pad_id == gen.pad_token_id
+    assert bundled.prompt_ids() == [gen.decoder_start_token_id, gen.no_timestamps_token_id] == [50257, 50362]
+
+
+@torch.inference_mode()
+def _argmax_loop(loaded, features, prompt, max_new_tokens=128) -> list[int]:
+    """Reference greedy decoding: the whole decoder rerun at every step (no cache), argmax after suppression."""
+    hidden = loaded.encode(features[None])
+    hyp: list[int] = []
+    for step in range(max_new_tokens):
+        logits = loaded.model(encoder_outputs=(hidden,), decoder_input_ids=torch.tensor([prompt + hyp])).logits[0, -1]
+        logits[loaded.suppress_ids] = -torch.inf
+        if step == 0:
+            logits[loaded.begin_suppress_ids] = -torch.inf
+        nxt = int(logits.argmax())
+        if nxt == loaded.eos_id:
+            break
+        hyp.append(nxt)
+    return hyp
+
+
+def test_greedy_decoding_through_generate_is_the_argmax_chain(bundled, speech_dir):
+    """``decode`` runs transformers' generate; greedy hypotheses equal a plain argmax loop on the test corpus,
+    batched and one by one."""
+    feats = [bundled.features(sf.read(speech_dir / f"utt{i}.wav", dtype="float32")[0]) for i in range(3)]
+    prompt = bundled.prompt_ids()
+    batched = decode(bundled, torch.stack([f.values for f in feats]), prompt)
+    for f, hyp in zip(feats, batched):
+        assert hyp == _argmax_loop(bundled, f.values, prompt) == decode(bundled, f.values[None], prompt)[0]
+        assert hyp and bundled.eos_id not in hyp
+
+
+def test_storage_options_reuse_the_hypothesis(bundled, speech_dir, tmp_path, monkeypatch):
+    """Batch size and hidden states are storage options: a second extraction with batch size 1 and with_hidden
+    keeps the key and the hypothesis and never decodes again (hidden states are added by a forced pass)."""
+    import xattn_utils.extraction.extract as extract
+
+    items = _items(speech_dir, 2)
+    first = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(batch_size=8), progress=False)
+    store = open_store(tmp_path)
+    before = {u: store.load(u, "attention") for u in items.id}
+    assert sorted(first.done) == ["utt0", "utt1"] and "encoder_hidden" not in before["utt0"]
+    assert before["utt0"].attrs["decoding"] == {"language": None, "task": None, "num_beams": 1, "max_new_tokens": 128}
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(extract, "decode", no_decoding)
+    again = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(batch_size=1, with_hidden=True),
+                                    progress=False)
+    assert sorted(again.done) == ["utt0", "utt1"] and not again.failed
+    for uid, old in before.items():
+        new = store.load(uid, "attention")
+        assert new.attrs["cache_key"] == old.attrs["cache_key"]
+        assert new.attrs["hypothesis_key"] == old.attrs["hypothesis_key"]
+        assert list(new.token_id.values) == list(old.token_id.values)
+        assert new.encoder_hidden.shape == (new.sizes["enc_frame"], bundled.model.config.d_model)
+        np.testing.assert_allclose(new.cross_attention.values, old.cross_attention.values, atol=2e-5)
+    third = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(batch_size=3, with_hidden=True,
+                                                                          max_compression_ratio=None), progress=False)
+    assert sorted(third.skipped) == ["utt0", "utt1"]  # hidden states stored: nothing to do
+    # language None and "en" give the same prompt on an English model: the same hypothesis
+    same = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(DecodeConfig(language="en")),
+                                   progress=False)
+    assert sorted(same.skipped) == ["utt0", "utt1"]
+
+
+def test_another_input_mode_forces_the_stored_hypothesis(bundled, bundled_trimmed, speech_dir, tmp_path, monkeypatch):
+    import xattn_utils.extraction.extract as extract
+
+    items = _items(speech_dir, 1)
+    extract_cross_attention(bundled, items, tmp_path, progress=False)
+    padded = open_store(tmp_path).load("utt0", "attention")
+    monkeypatch.setattr(extract, "decode", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded again")))
+    report = extract_cross_attention(bundled_trimmed, items, tmp_path, progress=False)
+    trimmed = open_store(tmp_path).load("utt0", "attention")
+    assert report.done == ["utt0"] and trimmed.attrs["provenance"]["model"]["input_mode"] == "trimmed"
+    assert trimmed.attrs["hypothesis_key"] == padded.attrs["hypothesis_key"]
+    assert trimmed.attrs["cache_key"] != padded.attrs["cache_key"]
+    assert list(trimmed.token_id.values) == list(padded.token_id.values)

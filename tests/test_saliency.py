@@ -117,3 +117,55 @@ def test_removing_encoder_frames_equals_deleting_them(bundled_trimmed, filled_st
         assert not torch.allclose(zeroed[0], masked[0], atol=1e-3)  # zeroing is not removing
     res = spes_smh(scorer, SMHConfig(n_masks=16, batch_size=8, occlusion="remove"), progress=False)
     assert res.map.shape[0] == scorer.n_tokens and torch.isfinite(res.map).all() and res.map.max() > 0
+
+
+def _cheap():
+    return SaliencyConfig(methods=("saliency",), gradient_spaces=("h",))
+
+
+def test_saliency_explains_the_stored_beam_hypothesis(bundled_trimmed, one_item, tmp_path):
+    """``xattn extract --beams 2`` then saliency with default arguments: the beam hypothesis and the attention
+    group stay as they were (no greedy re-decode replaces them), and the maps explain that hypothesis."""
+    from xattn_utils import DecodeConfig, ExtractConfig, extract_cross_attention
+
+    extract_cross_attention(bundled_trimmed, one_item, tmp_path, ExtractConfig(DecodeConfig(num_beams=2)),
+                            progress=False)
+    st = open_store(tmp_path)
+    before = st.load("utt1", "attention")
+    report = compute_saliency(bundled_trimmed, one_item, tmp_path, _cheap(), progress=False)
+    after = st.load("utt1", "attention")
+    assert report.done == ["utt1"] and not report.failed
+    assert after.attrs["cache_key"] == before.attrs["cache_key"]
+    assert after.attrs["decoding"]["num_beams"] == 2
+    assert list(after.token_id.values) == list(before.token_id.values)
+    np.testing.assert_array_equal(after.cross_attention.values, before.cross_attention.values)
+    assert list(st.load("utt1", "saliency_h").token_id.values) == list(before.token_id.values)
+    # the same options, given explicitly, are fine; a new utterance is extracted with the store's options
+    two = pd.DataFrame({"id": ["utt1", "utt2"], "audio_path": [one_item.audio_path[0],
+                                                               one_item.audio_path[0].replace("utt1", "utt2")]})
+    again = compute_saliency(bundled_trimmed, two, tmp_path, _cheap(), DecodeConfig(num_beams=2), progress=False)
+    assert again.skipped == ["utt1"] and again.done == ["utt2"]
+    assert st.load("utt2", "attention").attrs["decoding"]["num_beams"] == 2
+    assert st.load("utt1", "attention").attrs["cache_key"] == before.attrs["cache_key"]
+
+
+def test_other_decoding_options_on_a_stored_hypothesis_are_refused(bundled_trimmed, one_item, tmp_path):
+    from xattn_utils import (
+        DecodeConfig,
+        ExtractConfig,
+        InputError,
+        extract_cross_attention,
+    )
+    from xattn_utils.attribution.mixing import MixingConfig, compute_mixing
+
+    extract_cross_attention(bundled_trimmed, one_item, tmp_path, ExtractConfig(DecodeConfig(num_beams=2)),
+                            progress=False)
+    key = open_store(tmp_path).key("utt1", "attention")
+    with pytest.raises(InputError, match=r"^utt1: .*num_beams=2.*num_beams=1.*new store") as err:
+        compute_saliency(bundled_trimmed, one_item, tmp_path, _cheap(), DecodeConfig(), progress=False)
+    assert "pass the same options" in str(err.value)
+    with pytest.raises(InputError, match=r"^utt1: .*max_new_tokens=16"):
+        compute_mixing(bundled_trimmed, one_item, tmp_path, MixingConfig(methods=("rollout",)),
+                       DecodeConfig(num_beams=2, max_new_tokens=16), progress=False)
+    st = open_store(tmp_path)
+    assert st.key("utt1", "attention") == key and st.kinds("utt1") == ["attention"]  # nothing replaced or added
