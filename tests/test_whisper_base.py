@@ -191,6 +191,14 @@ def test_generation_config_multilingual(base, base_src):
     assert base.alignment_heads == [tuple(h) for h in ct2_cfg["alignment_heads"]]
 
 
+def test_loaded_model_special_ids_are_the_generation_configs(base):
+    gc = base.model.generation_config
+    assert base.eos_id == gc.eos_token_id == EOT and base.pad_id == gc.pad_token_id
+    assert base.suppress_ids == list(gc.suppress_tokens) and base.begin_suppress_ids == list(gc.begin_suppress_tokens)
+    assert base.prompt_ids("it", "translate") == [gc.decoder_start_token_id, gc.lang_to_id["<|it|>"],
+                                                  gc.task_to_id["translate"], gc.no_timestamps_token_id]
+
+
 def test_tokenizer_matches_vocabulary(base, base_src):
     tok = base.tokenizer
     vocab = (base_src / "vocabulary.txt").read_text().split("\n")[:-1]
