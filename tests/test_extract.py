@@ -121,7 +121,8 @@ def test_resume_skips_finished_and_recomputes_on_new_parameters(bundled, speech_
     first = extract_cross_attention(bundled, items, tmp_path, progress=False)
     again = extract_cross_attention(bundled, items, tmp_path, progress=False)
     assert len(first.done) == 2 and again.done == [] and sorted(again.skipped) == ["utt0", "utt1"]
-    changed = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(DecodeConfig(max_new_tokens=64)), progress=False)
+    changed = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(DecodeConfig(max_new_tokens=64)),
+                                      progress=False)
     assert len(changed.done) == 2
 
 

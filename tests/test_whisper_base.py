@@ -315,7 +315,8 @@ def test_extract_records_language_and_task(base, speech, tmp_path):
     items = [str(speech["it"][0][0])]
     store = ResultStore(tmp_path / "store")
     uid = Path(items[0]).stem
-    r1 = extract_cross_attention(base, items, store, ExtractConfig(DecodeConfig(language="it", task="translate")), progress=False)
+    translate = ExtractConfig(DecodeConfig(language="it", task="translate"))
+    r1 = extract_cross_attention(base, items, store, translate, progress=False)
     ds = store.load(uid, "attention")
     key = ds.attrs["cache_key"]
     assert r1.done == [uid] and ds.prompt_ids.values.tolist() == [SOT, IT, TRANSLATE, NO_TS]
@@ -323,9 +324,10 @@ def test_extract_records_language_and_task(base, speech, tmp_path):
     decoding = prov["params"]["extract"]["decoding"]
     assert decoding["language"] == "it" and decoding["task"] == "translate"
     assert prov["model"]["conversion"]["source_sha256"]["model.bin"] == BUNDLED_SOURCES["whisper-base"].model_sha256
-    again = extract_cross_attention(base, items, store, ExtractConfig(DecodeConfig(language="it", task="translate")), progress=False)
+    again = extract_cross_attention(base, items, store, translate, progress=False)
     assert again.skipped == [uid]
-    r2 = extract_cross_attention(base, items, store, ExtractConfig(DecodeConfig(language="it", task="transcribe")), progress=False)
+    r2 = extract_cross_attention(base, items, store, ExtractConfig(DecodeConfig(language="it", task="transcribe")),
+                                 progress=False)
     ds2 = store.load(uid, "attention")
     assert r2.done == [uid] and ds2.attrs["cache_key"] != key
     assert ds2.prompt_ids.values.tolist() == [SOT, IT, TRANSCRIBE, NO_TS]

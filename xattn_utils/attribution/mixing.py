@@ -43,6 +43,8 @@ import xarray as xr
 from torch import nn
 
 from ..errors import ModelError, XattnError
+from ..provenance import stable_hash
+from .per_utterance import Planned, explain_store
 
 METHODS = ("rollout", "normmix", "alti", "vzero")
 KIND = "mixing"
@@ -372,9 +374,6 @@ def compute_mixing(loaded, data, out, cfg: MixingConfig | None = None, decoding=
     in the store's ``errors.json`` and the run goes on.
     Returns a :class:`~xattn_utils.extraction.extract.RunReport`.
     """
-    from ..provenance import stable_hash
-    from .per_utterance import Planned, explain_store
-
     cfg = cfg or MixingConfig()
 
     def compute(audio, attention) -> xr.Dataset:

@@ -1,7 +1,11 @@
 """Cross-attention extraction over a data set: decode, force-decode, store, resume.
 
-``extract_cross_attention(model, items, out)`` decodes each utterance (greedy), runs one forced pass over the
-hypothesis and writes an ``attention`` group per utterance into a :class:`~xattn_utils.store.ResultStore`.
+``extract_cross_attention(model, items, out)`` decodes each utterance (greedy, or beam search: :class:`DecodeConfig`),
+runs one forced pass over the hypothesis and writes an ``attention`` group per utterance into a
+:class:`~xattn_utils.store.ResultStore`. One decode per utterance: only the decoding options (with the model, its
+decoding input mode and the audio) key the hypothesis (``hypothesis_key`` and ``decoding`` in the group's attributes),
+so storing it again with another batch size or with hidden states reuses it; :func:`ensure_attention` gives
+explanation runs the stored hypotheses and refuses to replace them.
 A bad item (missing, corrupt, empty or too long audio, checksum mismatch, empty hypothesis) is recorded with its
 message and the run goes on with the rest. Items whose stored cache key matches are skipped.
 """
@@ -20,7 +24,9 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from ..data.audio import active_seconds
+from .._io import sha256_file
+from ..data.audio import active_seconds, load_audio
+from ..data.manifest import stated_problems
 from ..errors import DiskFullError, InputError, XattnError
 from ..models.loader import LoadedModel
 from ..provenance import provenance, stable_hash
@@ -271,10 +277,6 @@ def items_from(data) -> pd.DataFrame:
 
 def _checked_audio(row) -> tuple:
     """Load one item's audio, checking its checksum when the manifest gives one."""
-    from .._io import sha256_file
-    from ..data.audio import load_audio
-    from ..data.manifest import stated_problems
-
     path = Path(row["audio_path"])
     want = row.get("sha256") if hasattr(row, "get") else None
     if not path.exists():
@@ -435,8 +437,6 @@ def ensure_attention(loaded: LoadedModel, data, out: str | Path | ResultStore, d
         InputError, before anything is computed: a stored hypothesis was decoded by another model, or with other
             decoding options than ``decoding`` (when given); the message names the utterance and both.
     """
-    from .._io import sha256_file
-
     store = out if isinstance(out, ResultStore) else ResultStore(out)
     items = items_from(data)
     wanted = None if decoding is None else resolved_decoding(loaded, decoding)
@@ -461,8 +461,8 @@ def ensure_attention(loaded: LoadedModel, data, out: str | Path | ResultStore, d
         if model.get("weights_sha256") != loaded.weights_sha256:
             raise InputError(f"{uid}: the stored hypothesis in {store.path} was decoded by model "
                              f"{model.get('model_id')!r} (weights {str(model.get('weights_sha256'))[:12]}…), not by "
-                             f"{loaded.model_id!r} (weights {loaded.weights_sha256[:12]}…); explain it with that model, "
-                             "or use a new store for this one")
+                             f"{loaded.model_id!r} (weights {loaded.weights_sha256[:12]}…); explain it with that "
+                             "model, or use a new store for this one")
         if wanted is None:
             continue
         stored = recorded_decoding(attrs) or DecodeConfig()

@@ -19,7 +19,6 @@ Input modes (recorded in provenance):
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
