@@ -45,10 +45,17 @@ def test_01_extract(run_dir):
 
 
 def test_02_saliency(run_dir):
+    from xattn_utils import open_store
+
+    uid = "default-en-test-00000"
+    before = open_store(run_dir / "store").load(uid, "attention")  # notebook 01's, with hidden states
     nb = _run("02_saliency_maps.ipynb", run_dir, n_utterances=1, input_mode="trimmed", n_masks=32, n_masks_h=32,
               ig_steps=2, methods=["spes-x", "spes-h", "saliency"])
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "1 done" in text or "1 skipped" in text
+    after = open_store(run_dir / "store").load(uid, "attention")  # explained as stored: not decoded again
+    assert after.attrs["cache_key"] == before.attrs["cache_key"] and "encoder_hidden" in after
+    assert list(after.token_id.values) == list(before.token_id.values)
     assert (run_dir / "figures" / "02_side_by_side_default-en-test-00000.png").exists()
     assert (run_dir / "figures" / "02_smx_tokens_default-en-test-00000.png").exists()
     # the sanity check on the study's grid: every method has its noise floor and a ratio per randomization
