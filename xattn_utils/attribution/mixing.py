@@ -34,17 +34,22 @@ padding included), ``D`` width, ``I`` scored tokens.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 from torch import nn
 
 from ..errors import ModelError, XattnError
+from ..extraction.forced import forced_pass
 from ..provenance import stable_hash
 from .per_utterance import Planned, explain_store
+from .saliency import scorer_for
+from .spes import spes_smx
 
 METHODS = ("rollout", "normmix", "alti", "vzero")
 KIND = "mixing"
@@ -170,8 +175,6 @@ def _trace_layer(layer: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Layer
 
 
 def _cast(layer: nn.Module, dtype: torch.dtype) -> nn.Module:
-    import copy
-
     return copy.deepcopy(layer).to(dtype)
 
 
@@ -488,8 +491,6 @@ def mixing_answer(table, n_layers: int, reference: str = "smx", measure: str = "
         undone, 0..L), value, ci_low, ci_high, n; the depth-0 row (CA itself) of each aggregate is repeated under
         every method, so each method's curve starts at CA.
     """
-    import pandas as pd
-
     d = table[(table.level == "dataset") & (table.measure == measure) & (table.reference == reference)]
     rows = []
     for _, r in d.iterrows():
@@ -505,10 +506,8 @@ def mixing_answer(table, n_layers: int, reference: str = "smx", measure: str = "
         ["attention", "method", "depth"]).reset_index(drop=True)
 
 
-def mixing_headline(answer) -> "pd.DataFrame":  # noqa: F821
+def mixing_headline(answer) -> pd.DataFrame:
     """One row per aggregate: CA's value [CI] and each method's full composition's [CI] (:func:`mixing_answer`)."""
-    import pandas as pd
-
     full = answer[answer.depth == answer.depth.max()]
     ca = answer[answer.depth == 0].drop_duplicates("attention").set_index("attention")
     rows = []
@@ -529,8 +528,6 @@ def mixing_gain(table, reference: str = "smx", measure: str = "pearson", n_boot:
     two separate intervals. Needs the ``utterance`` level in ``table``.
     Returns: DataFrame attention, method, ca, composed, gain, ci_low, ci_high, n_utterances.
     """
-    import pandas as pd
-
     u = table[(table.level == "utterance") & (table.measure == measure) & (table.reference == reference)]
     if u.empty:
         raise XattnError(f"no utterance-level {measure} rows against {reference!r}: compare with levels including "
@@ -563,18 +560,12 @@ def _fmt(r) -> str:
     return f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
 
 
-def cost_comparison(loaded, store, uid: str, audio, spes_cfg, methods=None) -> "pd.DataFrame":  # noqa: F821
+def cost_comparison(loaded, store, uid: str, audio, spes_cfg, methods=None) -> pd.DataFrame:
     """Measured seconds of CA (one forced pass), of CA + each stored mixing method, and of SPES on X, for one utterance.
 
     SPES runs ``spes_cfg`` (its ``n_masks``) on the stored hypothesis; mixing seconds are the ones stored with the
     utterance's ``mixing`` group (trace + method). ``ratio`` = seconds / SPES seconds.
     """
-    import pandas as pd
-
-    from ..extraction.forced import forced_pass
-    from .saliency import scorer_for
-    from .spes import spes_smx
-
     att = store.load(uid, "attention")
     mix = store.load(uid, KIND)
     scorer = scorer_for(loaded, audio, att)
