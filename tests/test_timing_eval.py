@@ -81,8 +81,8 @@ def test_store_maps_through_the_same_dtw(tmp_path):
     """A store whose attention holds the planted toy and whose SMH is the planted head's map: both time the words."""
     import xarray as xr
 
-    from xattn_utils.analysis.aligner import format_words, store_word_rows
-    from xattn_utils.analysis.timing_eval import store_errors
+    from xattn_utils.analysis.aligner import format_words
+    from xattn_utils.analysis.timing_eval import store_errors, store_word_rows
     from xattn_utils.extraction.extract import attention_dataset
     from xattn_utils.extraction.forced import ForcedPass
     from xattn_utils.store import ResultStore

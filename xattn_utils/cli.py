@@ -20,10 +20,10 @@ from pathlib import Path
 from . import __version__
 from ._io import write_table
 from .analysis import evaluation
-from .analysis.aligner import format_words, parse_heads, store_word_rows, timestamps_for
+from .analysis.aligner import format_words, parse_heads, timestamps_for
 from .analysis.compare import CompareConfig, compare_store, paper_comparison
 from .analysis.faithfulness import FaithfulnessConfig, faithfulness_store
-from .analysis.timing_eval import discover_heads, model_passes
+from .analysis.timing_eval import discover_heads, model_passes, store_word_rows
 from .attribution.mixing import MixingConfig, compute_mixing
 from .attribution.saliency import SaliencyConfig, compute_saliency
 from .attribution.spes import SMHConfig, SPESConfig

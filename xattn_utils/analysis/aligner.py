@@ -16,16 +16,20 @@ no-timestamps), ``N`` text tokens, ``S = P + N + 1`` decoder positions, ``T'`` e
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..data.audio import load_audio
 from ..errors import XattnError
 from ..extraction.forced import decode
+from ..models.conversion import bundled_source_dir
 from ..models.loader import LoadedModel
 from .timestamps import (
     WHISPER_FRAMES_PER_SECOND,
@@ -191,15 +195,10 @@ def ctranslate2_parity(loaded: LoadedModel, audios: dict[str, np.ndarray], ct2_d
     Returns one row per utterance: n_tokens, path_identical (the whole DTW path), start_frames_equal (share of
     tokens whose first frame agrees), max_frame_diff, prob_max_abs_diff (text-token probabilities).
     """
-    import json
-    from pathlib import Path
 
     import ctranslate2
-    import pandas as pd
 
     if ct2_dir is None:
-        from ..models.conversion import bundled_source_dir
-
         ct2_dir = str(bundled_source_dir())
     ct2_heads = [tuple(h) for h in json.loads((Path(ct2_dir) / "config.json").read_text()).get("alignment_heads", [])]
     if sorted(ct2_heads) != sorted(loaded.alignment_heads or []):
@@ -243,8 +242,6 @@ def timestamps_for(loaded: LoadedModel, items, heads="alignment", force_transcri
     ``items``: paths, or a manifest DataFrame (``force_transcript``: align its ``transcript`` instead of the
     hypothesis). A file that cannot be read or aligned is reported in the failures and the rest go on.
     """
-    from ..data.audio import load_audio
-
     pairs = parse_heads(heads, loaded.n_layers, loaded.n_heads, loaded.alignment_heads)
     if hasattr(items, "itertuples"):
         jobs = [(r["audio_path"], r.get("transcript") if force_transcript else None, r.get("language") or language)
@@ -262,35 +259,10 @@ def timestamps_for(loaded: LoadedModel, items, heads="alignment", force_transcri
     return results, failed
 
 
-def store_word_rows(store, heads=None, medfilt_width: int = 7, ties: str = "diagonal") -> list[dict]:
-    """Words from every map of a result store (see :func:`xattn_utils.analysis.timing_eval.store_timestamps`):
-    ``[{"file": utterance, "source", "words": [...]}]``; probability: the stored forced log-prob (mean over the
-    word's tokens, exponentiated), the same for every source."""
-    from ..store import ResultStore, open_store
-    from .timing_eval import store_timestamps
-
-    store = store if isinstance(store, ResultStore) else open_store(store)
-    chosen = None
-    if heads is not None and heads != "alignment":
-        att = store.load(store.utterances()[0], "attention")
-        chosen = parse_heads(heads, att.sizes["layer"], att.sizes["head"])
-    out = []
-    for uid, sources in store_timestamps(store, chosen, medfilt_width, ties).items():
-        logp = store.load(uid, "attention").log_probs.values
-        for name, words in sources.items():
-            out.append({"file": uid, "source": name, "words": [
-                {"word": w.text.strip(), "start": round(w.start, 3), "end": round(w.end, 3),
-                 "probability": round(float(np.exp(np.mean(logp[list(w.tokens)]))), 4)} for w in words]})
-    return out
-
-
 def format_words(results: list[dict], fmt: str = "table") -> str:
     """``table`` (aligned columns), ``json`` (the list as is) or ``csv`` (one row per word) text of results."""
-    import json
-
     if fmt == "json":
         return json.dumps(results, indent=1, ensure_ascii=False)
-    import pandas as pd
 
     extra = ["source"] if any("source" in r for r in results) else []
     rows = [{"file": r["file"], **{k: r[k] for k in extra}, **w} for r in results for w in r["words"]]

@@ -28,6 +28,7 @@ from ..data.manifest import read_word_times
 from ..errors import XattnError
 from ..store import ResultStore, open_store
 from .agreement import with_attention_columns
+from .aligner import _frames_per_second, alignment_pass, parse_heads, text_token_ids
 from .timestamps import (
     WHISPER_FRAMES_PER_SECOND,
     dtw_entry_frames,
@@ -106,8 +107,6 @@ def model_errors(loaded, items: pd.DataFrame, sets: Mapping[str, Sequence[tuple[
 
     ``sets`` default: every head, every layer, all heads, the model's alignment heads.
     """
-    from .aligner import _frames_per_second
-
     sets = sets or head_sets(loaded.n_layers, loaded.n_heads, loaded.alignment_heads)
     return passes_errors(model_passes(loaded, items, progress), sets, medfilt_width, ties, _frames_per_second(loaded))
 
@@ -215,11 +214,6 @@ def discover_heads(calibration: Sequence[dict], k_max: int = 12, metric: str = "
 
 def model_passes(loaded, items: pd.DataFrame, progress: bool = False) -> list[dict]:
     """Reference-text alignment passes of manifest rows, as :func:`discover_heads` / :func:`choose_k` take them."""
-    from .aligner import (  # (aligner imports this module: see store_word_rows)
-        alignment_pass,
-        text_token_ids,
-    )
-
     out = []
     for row in tqdm(list(items.itertuples(index=False)), desc="passes", disable=not progress):
         row = row._asdict()
@@ -321,8 +315,6 @@ def timestamp_study(loaded, items: pd.DataFrame, calibration: pd.DataFrame | Non
     model has them), ``discovered``; with bootstrap intervals), ``errors`` (per word), ``discovered`` heads, ``k``,
     ``per_k`` (calibration), ``overlap`` with the official heads, ``test_passes`` (for figures).
     """
-    from .aligner import _frames_per_second
-
     cal, test = split_calibration(items, calibration)
     fps = _frames_per_second(loaded)
     cal_passes = model_passes(loaded, cal, progress)
@@ -366,4 +358,23 @@ def alignment_vs_agreement(summary: pd.DataFrame, agreement: pd.DataFrame, metri
         rows.append({"reference": ref, "rho": float(rho), "p": float(p), "n_heads": len(g)})
     out = pd.DataFrame(rows, columns=["reference", "rho", "p", "n_heads"])
     out.attrs["heads"] = joined
+    return out
+
+
+def store_word_rows(store, heads=None, medfilt_width: int = 7, ties: str = "diagonal") -> list[dict]:
+    """Words from every map of a result store (see :func:`store_timestamps`):
+    ``[{"file": utterance, "source", "words": [...]}]``; probability: the stored forced log-prob (mean over the
+    word's tokens, exponentiated), the same for every source."""
+    store = store if isinstance(store, ResultStore) else open_store(store)
+    chosen = None
+    if heads is not None and heads != "alignment":
+        att = store.load(store.utterances()[0], "attention")
+        chosen = parse_heads(heads, att.sizes["layer"], att.sizes["head"])
+    out = []
+    for uid, sources in store_timestamps(store, chosen, medfilt_width, ties).items():
+        logp = store.load(uid, "attention").log_probs.values
+        for name, words in sources.items():
+            out.append({"file": uid, "source": name, "words": [
+                {"word": w.text.strip(), "start": round(w.start, 3), "end": round(w.end, 3),
+                 "probability": round(float(np.exp(np.mean(logp[list(w.tokens)]))), 4)} for w in words]})
     return out

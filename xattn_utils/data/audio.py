@@ -1,7 +1,6 @@
 """Reading audio: any sample rate and channel count in, 16 kHz mono float32 out, with errors naming the file."""
 from __future__ import annotations
 
-import hashlib
 from math import gcd
 from pathlib import Path
 

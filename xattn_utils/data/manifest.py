@@ -17,8 +17,8 @@ import pandas as pd
 import soundfile as sf
 
 from .._io import sha256_file
-from .audio import MAX_SECONDS
 from ..errors import InputError
+from .audio import MAX_SECONDS
 
 COLUMNS = ("id", "audio_path", "sample_rate", "duration_s", "language", "tasks", "transcript", "translation",
            "word_times_path", "sha256", "source", "licence", "split")

@@ -27,11 +27,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from safetensors import SafetensorError
 from torch import nn
+from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
 from .._io import weights_sha256
 from ..data.audio import SAMPLE_RATE
 from ..errors import InputError, ModelError
+from .conversion import ensure_bundled_whisper
+from .registry import resolve
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = ("whisper-tiny.en", "whisper-base")
@@ -277,10 +283,8 @@ def resolve_model_path(name: str) -> Path | str:
         if which not in BUNDLED_MODELS:
             raise ModelError(f"unknown bundled model {name!r}; bundled models: "
                              + ", ".join(BUNDLED_PREFIX + m for m in BUNDLED_MODELS))
-        from .conversion import ensure_bundled_whisper
 
         return ensure_bundled_whisper(name=which)
-    from .registry import resolve
 
     known = resolve(name)
     if known is not None:
@@ -308,8 +312,6 @@ def load_model(name: str = "bundled:whisper-tiny.en", input_mode: str = "padded"
     """
     if input_mode not in INPUT_MODES:
         raise ModelError(f"input_mode must be one of {INPUT_MODES}, not {input_mode!r}")
-    from safetensors import SafetensorError
-    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
     where = resolve_model_path(name)
     local = isinstance(where, Path)
@@ -346,8 +348,6 @@ def _conversion_record(path: Path) -> dict | None:
 
 def _hub_snapshot(repo_id: str) -> Path:
     """The local folder of a hub model, from the local cache or (when online) a quick download; never hangs."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))

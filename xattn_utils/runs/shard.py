@@ -42,9 +42,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError, XattnError
-from ..extraction.forced import Seq2SeqScorer
-from ..models.loader import LoadedModel, load_model
+from .._io import sha256_file
 from ..attribution.scorer import ForcedScorer
 from ..attribution.spes import (
     OcclusionPlan,
@@ -60,6 +58,12 @@ from ..attribution.spes import (
     plan_smh,
     plan_smx,
 )
+from ..data.audio import load_audio
+from ..errors import InputError, XattnError
+from ..extraction.extract import KIND as ATTENTION
+from ..extraction.forced import Seq2SeqScorer
+from ..models.loader import LoadedModel, load_model
+from ..store import ResultStore
 
 SPACES = ("x", "h")
 
@@ -102,8 +106,6 @@ class ScorerRecipe:
     trim_quantum: int = 100
 
     def __call__(self) -> Seq2SeqScorer:
-        from .._io import sha256_file
-        from ..data.audio import load_audio
 
         if self.audio_sha256 is not None:
             digest = sha256_file(self.audio_path)
@@ -124,8 +126,6 @@ def recipe_from_store(store, uid: str, model: str, input_mode: str, audio_path: 
         audio_path: made absolute, so workers with another working directory find it.
     The audio checksum and trim quantum recorded in the group's provenance, when present, go into the recipe.
     """
-    from ..extraction.extract import KIND as ATTENTION
-    from ..store import ResultStore
 
     store = store if isinstance(store, ResultStore) else ResultStore(store)
     attention = store.load(uid, ATTENTION)
