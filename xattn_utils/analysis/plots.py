@@ -252,3 +252,25 @@ def plot_mixing_depth(ax, answer, aggregate: str = "all", reference: str = "SMX"
     ax.set_ylabel(f"Pearson(CA[{aggregate}]∘M, {reference})")
     ax.set_xticks(sorted(set(sub.depth)))
     ax.legend(fontsize=8)
+
+
+def plot_axis(ax, table: pd.DataFrame, axis: str) -> None:
+    """One axis of :func:`~xattn_utils.analysis.axes.axis_table`: per level, Pearson(CA, map) with its interval
+    (filled) and the noise-corrected value with its interval (hollow), one colour per reference map."""
+    part = table[(table["axis"] == axis) & ~table["level"].astype(str).str.contains("−")]
+    levels = list(dict.fromkeys(part["level"]))
+    refs = list(dict.fromkeys(part["reference"]))
+    colours = plt.get_cmap("tab10")
+    for j, ref in enumerate(refs):
+        d = part[part["reference"] == ref].set_index("level").reindex(levels)
+        x = np.arange(len(levels)) + 0.12 * (j - (len(refs) - 1) / 2)
+        ax.errorbar(x - 0.03, d["pearson"], yerr=[d["pearson"] - d["ci_low"], d["ci_high"] - d["pearson"]],
+                    fmt="o", color=colours(j), capsize=3, label=f"{ref.upper()} raw")
+        ax.errorbar(x + 0.03, d["corrected"], yerr=[d["corrected"] - d["corrected_low"],
+                                                    d["corrected_high"] - d["corrected"]],
+                    fmt="o", mfc="white", color=colours(j), capsize=3, label=f"{ref.upper()} corrected")
+    ax.set_xticks(np.arange(len(levels)), [str(lv).replace("bundled:", "") for lv in levels])
+    ax.set_ylabel("Pearson(CA all, map)")
+    ax.set_title(f"{axis}")
+    ax.axhline(0, color="0.8", lw=0.8)
+    ax.legend(fontsize=7)

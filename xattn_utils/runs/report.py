@@ -7,13 +7,18 @@ columns ``run`` (folder name) and one per grid key (a table column of the same n
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from .._io import atomic_write_text, write_table
+from ..analysis.axes import PAPER_AXES, axis_table
 from ..analysis.compare import PAPER, paper_comparison
+from ..analysis.plots import plot_axis, save_figure
+from ..errors import XattnError
 from ..provenance import provenance, to_jsonable
 from .spec import RunSpec, SweepSpec
 from .worker import RunResult, is_done, read_status, utc_now
@@ -108,6 +113,42 @@ def run_headline(run_dir: Path) -> list[dict]:
         return []
 
 
+def _axes_section(root: Path) -> list[str]:
+    """The paper's axes (language, task, scale) when the collected runs span them: ``axes.csv``, ``axes.png`` and a
+    table; nothing when they do not."""
+    collected = root / "collected.parquet"
+    if not collected.exists():
+        return []
+    try:
+        table = axis_table(pd.read_parquet(collected))
+    except XattnError:
+        return []
+    write_table(table, root, "axes", provenance(params={"axes": [asdict(a) for a in PAPER_AXES],
+                                                       "attention": "all", "n_boot": 1000}))
+    names = list(dict.fromkeys(table["axis"]))
+    fig, axs = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axs[0], names):
+        plot_axis(ax, table, name)
+    fig.tight_layout()
+    save_figure(fig, root / "figures", "axes")
+    plt.close(fig)
+    show = table.assign(**{"95% CI": [f"[{a:.2f}, {b:.2f}]" for a, b in zip(table.ci_low, table.ci_high)],
+                           "corrected [95% CI]": [f"{c:.2f} [{a:.2f}, {b:.2f}]" if np.isfinite(c) else ""
+                                                  for c, a, b in zip(table.corrected, table.corrected_low,
+                                                                     table.corrected_high)]})
+    show["pearson"] = show["pearson"].round(3)
+    show["reliability"] = show["reliability"].round(2)
+    show = show.astype(object).where(show.notna(), "")
+    notes = "".join(f"- **{a.name}**: {a.note}\n" for a in PAPER_AXES if a.name in names)
+    return ["## The paper's axes: language, task, scale\n",
+            "Pearson(CA averaged over all layers and heads, map) per level, Fisher mean over utterances with a "
+            "bootstrap interval; the map's reliability and the noise-corrected value; then the difference between "
+            "the levels (paired bootstrap when both ran on the same utterances). Figure: `figures/axes.png`; "
+            "table: `axes.csv`.\n", notes,
+            _md_table(show.to_dict("records"), ["axis", "reference", "level", "n_utterances", "pearson", "95% CI",
+                                                "reliability", "corrected [95% CI]"])]
+
+
 def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: SweepResult) -> Path:
     """``report.md``: the runs and their status, the headline per run beside the paper, figures and notebooks."""
     this_time = {r.name: r for r in result.done + result.failed}
@@ -140,6 +181,7 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
     out.append(_md_table(heads, ["run", "comparison", "aggregate", "selection", "n", "ours", "95% CI", "reliability",
                                 "corrected", "paper"]) if heads
                else "_no done run has tables/agreement.parquet_\n")
+    out.extend(_axes_section(root))
     out.append("## Figures and executed notebooks\n")
     for run in runs:
         folder = Path(run.run_dir)
