@@ -25,7 +25,7 @@ def _resolve(module: str, node: ast.ImportFrom) -> list[str]:
     """Absolute xattn_utils-relative module names imported by ``node`` in ``module`` ('' for the package)."""
     if node.level == 0:
         if not (node.module or "").startswith("xattn_utils"):
-            return []
+            return [node.module or ""]  # a third-party module
         base = node.module.split(".")[1:]
     else:
         parts = module.split(".")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutput
 
 from ..errors import HypothesisError
 from ..models.loader import Features, LoadedModel
@@ -32,8 +34,6 @@ def decode(loaded: LoadedModel, features: torch.Tensor, prompt: list[int], num_b
         prompt: (P,) forced prompt ids (:meth:`LoadedModel.prompt_ids`).
     Returns: B lists of hypothesis token ids.
     """
-    from transformers import GenerationMixin
-    from transformers.modeling_outputs import BaseModelOutput
 
     eos = loaded.eos_id
     limit = min(max_new_tokens, int(getattr(loaded.model.config, "max_target_positions", 448)) - len(prompt) - 1)

@@ -14,6 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
+
 LANGUAGES = ("en", "it")
 TASKS = ("transcribe", "translate")
 EOT = "<|endoftext|>"
@@ -33,8 +35,6 @@ def byte_symbols() -> list[str]:
 
 def make_processor(window_s: int = 4, n_mels: int = 80, hop_length: int = HOP_LENGTH):
     """A WhisperProcessor: byte tokenizer (ids 0..255 = bytes, then EOT and :data:`SPECIALS`) + log-mel features."""
-    from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
-
     with tempfile.TemporaryDirectory() as tmp:
         vocab, merges = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
         vocab.write_text(json.dumps({s: i for i, s in enumerate(byte_symbols())}))
