@@ -8,7 +8,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "xattn_utils"
 ORDER = ("data", "models", "extraction", "attribution", "analysis", "runs")
-FOUNDATION = ("errors", "paths", "provenance", "store", "_io", "maps")
+FOUNDATION = ("errors", "paths", "provenance", "store", "_io", "_entry", "maps")
 FACADES = ("cli", "__init__", "__main__")
 # third-party packages a function may import lazily: optional ones (ctranslate2: the parity reference), the sweep's
 # executors (slow to import, needed by `xattn sweep` only) and the bundled models' data packages (imported when that

@@ -13,7 +13,6 @@ normalized text.
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
 import unicodedata
@@ -22,6 +21,7 @@ import jiwer
 import pandas as pd
 import sacrebleu
 
+from .._entry import module_main
 from ..data.audio import load_audio
 from ..data.manifest import load_manifest
 from ..errors import InputError, XattnError
@@ -126,11 +126,7 @@ def command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m xattn_utils.analysis.evaluation``: the same as ``xattn evaluate`` (kept for old scripts)."""
-    parser = argparse.ArgumentParser(prog="python -m xattn_utils.analysis.evaluation", description=DESCRIPTION)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return command(args)
+    return module_main("python -m xattn_utils.analysis.evaluation", DESCRIPTION, add_arguments, command, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import multiprocessing as mp
 import os
 import random
@@ -35,6 +34,7 @@ import pandas as pd
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from .._entry import module_main
 from .._io import atomic_write, atomic_write_json, sha256_file
 from ..errors import InputError
 from .audio import SAMPLE_RATE, resample
@@ -300,11 +300,7 @@ def command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m xattn_utils.data.corpus``: the same options and output as ``xattn corpus`` (kept for old scripts)."""
-    parser = argparse.ArgumentParser(prog="python -m xattn_utils.data.corpus", description=DESCRIPTION)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return command(args)
+    return module_main("python -m xattn_utils.data.corpus", DESCRIPTION, add_arguments, command, argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .._entry import module_main
 from ..analysis.compare import paper_comparison
 from ..models.registry import grid_dir, load_registry
 from .sweep import run_sweep
@@ -88,11 +89,7 @@ def command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m xattn_utils.runs.study``: the same options and output as ``xattn study`` (kept for old scripts)."""
-    parser = argparse.ArgumentParser(prog="python -m xattn_utils.runs.study", description=DESCRIPTION)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return command(args)
+    return module_main("python -m xattn_utils.runs.study", DESCRIPTION, add_arguments, command, argv)
 
 
 if __name__ == "__main__":

@@ -12,27 +12,7 @@ The parts: :mod:`.spec` parses, validates and expands the sweep file into runs; 
 (status file, papermill, HTML export); :mod:`.report` writes the collected table and ``report.md``; this module
 schedules the runs on Dask and ties them together.
 
-The sweep file (YAML)::
-
-    name: smoke                      # names the sweep (default: the file's stem)
-    out: runs/sweeps/smoke           # output root, relative to the current directory (default runs/sweeps/<name>)
-    notebook_dir: notebooks          # optional, cwd-relative; where names are looked up (default: repo's notebooks/)
-    notebooks:                       # run in this order, each with its own fixed parameters
-      - 01_extract_cross_attention.ipynb: {n_utterances: 2, input_mode: trimmed}
-      - 02_saliency_maps.ipynb: {n_utterances: 1, input_mode: trimmed, n_masks: 32}
-      - 03_alignment_analysis.ipynb: {n_boot: 50}
-      - 04_faithfulness.ipynb            # a bare name: no fixed parameters
-    common: {seed: 0}                # optional; fixed parameters passed to every notebook
-    grid:                            # cartesian product; every key is passed to every notebook
-      model: ["bundled:whisper-tiny.en"]
-      n_masks: [32, 64]
-    points:                          # optional: extra runs, one per mapping, after the grid's (settings that
-      - {model: "bundled:whisper-base", language: it, task: translate}   # are not a product, e.g. a model's tasks)
-
-Parameters of one notebook are merged as ``common < notebook's fixed < grid < {run_dir, store}``: a grid value
-overrides a fixed one of the same name (that is what is being swept); ``run_dir`` (the run folder) and ``store``
-(``<run>/store``) are set by the runner and may not appear in the file. A notebook that lacks a parameter only gets
-a papermill warning. A relative ``manifest`` value is resolved against the directory the sweep was started from.
+The sweep file's format and how parameters merge: :mod:`xattn_utils.runs.spec`.
 
 Layout of the output root::
 
@@ -87,6 +67,7 @@ from pathlib import Path
 
 import yaml
 
+from .._entry import module_main
 from .._io import atomic_write_text
 from ..errors import SweepError
 from ..provenance import to_jsonable
@@ -244,11 +225,7 @@ def command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m xattn_utils.runs.sweep``: the same options and output as ``xattn sweep`` (kept for old scripts)."""
-    parser = argparse.ArgumentParser(prog="python -m xattn_utils.runs.sweep", description=DESCRIPTION)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return command(args)
+    return module_main("python -m xattn_utils.runs.sweep", DESCRIPTION, add_arguments, command, argv)
 
 
 if __name__ == "__main__":
