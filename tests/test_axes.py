@@ -65,10 +65,10 @@ def test_no_axis_is_a_clear_error():
 
 
 def test_report_section_writes_table_and_figure(tmp_path):
-    from xattn_utils.runs.report import _axes_section
+    from xattn_utils.runs.report import axes_section
 
     _collected().to_parquet(tmp_path / "collected.parquet")
-    lines = "".join(_axes_section(tmp_path))
+    lines = "".join(axes_section(tmp_path))
     assert "## The paper's axes" in lines and "translate − transcribe" in lines
     assert (tmp_path / "axes.csv").exists() and (tmp_path / "figures" / "axes.png").exists()
-    assert _axes_section(tmp_path / "nothing-here") == []
+    assert axes_section(tmp_path / "nothing-here") == []

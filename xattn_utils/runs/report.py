@@ -113,7 +113,7 @@ def run_headline(run_dir: Path) -> list[dict]:
         return []
 
 
-def _axes_section(root: Path) -> list[str]:
+def axes_section(root: Path) -> list[str]:
     """The paper's axes (language, task, scale) when the collected runs span them: ``axes.csv``, ``axes.png`` and a
     table; nothing when they do not."""
     collected = root / "collected.parquet"
@@ -181,7 +181,7 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
     out.append(_md_table(heads, ["run", "comparison", "aggregate", "selection", "n", "ours", "95% CI", "reliability",
                                 "corrected", "paper"]) if heads
                else "_no done run has tables/agreement.parquet_\n")
-    out.extend(_axes_section(root))
+    out.extend(axes_section(root))
     out.append("## Figures and executed notebooks\n")
     for run in runs:
         folder = Path(run.run_dir)
