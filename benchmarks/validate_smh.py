@@ -61,6 +61,8 @@ def main(argv=None) -> int:
         att = store.load(row["id"], "attention")
         scorer = scorer_for(loaded, load_audio(row["audio_path"]), att)
         n = -(-scorer.n_audio_frames // scorer.frames_per_encoder_frame)
+        sel = ca_selections(att.cross_attention.values, per_layer=False, alignment_heads=alignment_heads(att))
+        ca = {a: _grid(sel[a], n) for a in AGGREGATES}  # once per utterance, shared by both occlusions
         maps = {}
         for occ in OCCLUSIONS:
             path = out / "maps" / f"{occ}_{args.masks}__{row['id']}.npz"
@@ -74,9 +76,8 @@ def main(argv=None) -> int:
             maps[occ] = _grid(z["map"], n)
             secs[occ].append(float(z["seconds"]))
             halves[occ].extend(token_agreement(_grid(z["halves"][0], n), _grid(z["halves"][1], n), "pearson"))
-            sel = ca_selections(att.cross_attention.values, per_layer=False, alignment_heads=alignment_heads(att))
             for a in AGGREGATES:
-                per.setdefault((occ, a), []).extend(token_agreement(_grid(sel[a], n), maps[occ], "pearson"))
+                per.setdefault((occ, a), []).extend(token_agreement(ca[a], maps[occ], "pearson"))
         between.extend(token_agreement(maps["zero"], maps["remove"], "pearson"))
     rows = []
     for (occ, a), obs in per.items():
