@@ -31,11 +31,17 @@ sysdeps:
 
 data: env sysdeps
 	$(PY) -m xattn_utils corpus --default
+	$(PY) -m xattn_utils corpus --config sweeps/corpus_enit.json
 
-# The default study: the default sweep (notebooks 01-06) over the bundled Whisper tiny.en and every trained grid
-# model present (none until `make models`); resumable: finished runs under $(STUDY) are skipped.
-study: env sysdeps
-	$(PY) -m xattn_utils study --out $(STUDY) --workers $(WORKERS)
+# The default study (sweeps/default.yaml): bundled Whisper tiny.en through notebooks 01-06, bundled Whisper base on
+# the paper's axes (language, task, scale), and every trained grid model present (none until `make models`);
+# builds the corpora it reads; resumable: finished runs under $(STUDY) are skipped. Prints its elapsed time,
+# environment included.
+study:
+	@start=$$(date +%s); $(MAKE) --no-print-directory env sysdeps \
+	  && $(PY) -m xattn_utils study --out $(STUDY) --workers $(WORKERS); rc=$$?; \
+	  echo "make study: $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s end to end (exit $$rc)"; \
+	  exit $$rc
 
 # The offline model grid (notebooks/00_train_models.ipynb, CPU-sized budgets) into $$XATTN_HOME/models/grid.
 models: env sysdeps

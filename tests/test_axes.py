@@ -72,3 +72,22 @@ def test_report_section_writes_table_and_figure(tmp_path):
     assert "## The paper's axes" in lines and "translate − transcribe" in lines
     assert (tmp_path / "axes.csv").exists() and (tmp_path / "figures" / "axes.png").exists()
     assert axes_section(tmp_path / "nothing-here") == []
+
+
+def test_levels_sharing_some_utterances_are_compared_on_those_paired():
+    # scale axis as in the default study: tiny.en explained 12 English utterances, base the first 6 of them.
+    # A strong utterance effect shared by both models hides a 0.1 difference from independent resamples only.
+    rng = np.random.default_rng(3)
+    effect = rng.normal(0, 0.25, 12)
+    rows = []
+    for model, shift, n in (("bundled:whisper-tiny.en", 0.3, 12), ("bundled:whisper-base", 0.4, 6)):
+        for i in range(n):
+            extra = -0.8 if i >= 6 else 0.0  # tiny.en's other utterances must not enter the comparison
+            rows.append({"model": model, "language": "en", "task": "transcribe", "level": "utterance",
+                         "utterance": f"en-{i}", "attention": "all", "reference": "smx", "measure": "pearson",
+                         "value": float(np.tanh(shift + effect[i] + extra + rng.normal(0, 0.01)))})
+    t = axis_table(pd.DataFrame(rows), n_boot=2000).set_index("level")
+    assert t.loc["bundled:whisper-tiny.en", "n_utterances"] == 6 and t.loc["bundled:whisper-base", "n_utterances"] == 6
+    assert t.loc["bundled:whisper-tiny.en", "pearson"] == pytest.approx(np.tanh(0.3 + effect[:6].mean()), abs=0.03)
+    diff = t.loc["bundled:whisper-base − bundled:whisper-tiny.en"]
+    assert bool(diff["paired"]) and 0.04 < diff["ci_low"] and diff["ci_high"] < 0.16

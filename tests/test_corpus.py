@@ -105,6 +105,20 @@ def test_build_is_byte_identical_and_resumable(tmp_path):
     assert validate_manifest(df1) == {}
 
 
+def test_a_changed_config_resynthesizes_instead_of_relabelling(tmp_path):
+    cfg = CorpusConfig(name="t", out_dir=str(tmp_path), n_test=2, languages=("en", "it"))
+    first = build_corpus(cfg, progress=False).set_index("id")
+    # an unseen-voice split for English draws from the shared generator: the Italian rows get other sentences
+    changed = build_corpus(CorpusConfig(**{**cfg.__dict__, "n_test_unseen_voice": 1}), progress=False).set_index("id")
+    fresh = build_corpus(CorpusConfig(**{**cfg.__dict__, "n_test_unseen_voice": 1, "out_dir": str(tmp_path / "f")}),
+                         progress=False).set_index("id")
+    assert list(changed.sha256) == list(fresh.sha256)  # identical to a build from scratch
+    moved = [i for i in first.index if first.at[i, "transcript"] != changed.at[i, "transcript"]]
+    assert moved and all(first.at[i, "sha256"] != changed.at[i, "sha256"] for i in moved)
+    for i in changed.index:  # every kept or rebuilt file's words are its row's transcript
+        assert [w["word"] for w in read_word_times(changed.loc[i])] == changed.at[i, "transcript"].split()
+
+
 def test_committed_manifest_reproduces():
     path = ensure_default_corpus(REPO_MANIFEST, progress=False)
     df = load_manifest(path)

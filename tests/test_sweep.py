@@ -123,10 +123,38 @@ def test_shipped_sweeps_expand():
     for name in ("smoke", "default", "paper"):
         spec = load_sweep(REPO / "sweeps" / f"{name}.yaml")
         runs = expand(spec)
-        assert spec.name == name and len(runs) == 1
+        assert spec.name == name and len(runs) == (6 if name == "default" else 1)
         assert [nb.name[:2] for nb in runs[0].notebooks][:4] == ["01", "02", "03", "04"]
         assert ("06" in [nb.name[:2] for nb in runs[0].notebooks]) == (name == "default")  # context mixing
-        assert runs[0].grid == {"model": "bundled:whisper-tiny.en"}
+        assert runs[0].grid["model"] == "bundled:whisper-tiny.en"
+
+
+def test_default_study_runs_the_real_models_on_the_papers_axes():
+    runs = expand(load_sweep(REPO / "sweeps" / "default.yaml"))
+    setting = [(r.grid["model"].split("-")[-1], r.grid["language"], r.grid["task"], "manifest" in r.grid,
+                [nb.name[:2] for nb in r.notebooks]) for r in runs]
+    assert setting == [
+        ("tiny.en", "en", "transcribe", False, ["01", "02", "03", "04", "05", "06"]),  # the headline
+        ("base", "en", "transcribe", False, ["01", "02", "03"]),  # scale: tiny.en's first utterances
+        ("base", "it", "transcribe", True, ["01", "02", "03", "05"]),  # language; task (same audio)
+        ("base", "it", "translate", True, ["01", "02", "03"]),
+        ("base", "en", "transcribe", True, ["05"]),  # timestamps with the unseen-voice split
+        ("tiny.en", "en", "transcribe", True, ["05"])]
+    base = runs[1]
+    p02 = base.params_for(base.notebooks[1])  # the point's notebook parameters replace the fixed ones
+    assert p02["n_utterances"] == 6 and p02["methods"] == ["spes-x", "spes-h"] and p02["n_masks"] == 256
+    assert runs[0].params_for(runs[0].notebooks[1])["n_utterances"] == 12
+    assert "notebooks" not in base.grid and "notebooks" not in load_sweep(REPO / "sweeps" / "default.yaml").keys
+
+
+def test_point_notebook_subsets(probe_dir, tmp_path):
+    spec = {**probe_spec(probe_dir, {}), "points": [{"a": 1}, {"a": 2, "notebooks": {PROBE: {"b": "y"}}}]}
+    full, sub = expand(spec, out=tmp_path)
+    assert "b" not in full.params_for(full.notebooks[0]) and sub.params_for(sub.notebooks[0])["b"] == "y"
+    assert full.grid == {"a": 1} and sub.grid == {"a": 2} and full.key != sub.key
+    for bad in (["other.ipynb"], [], {PROBE: {"nope": 1}}):
+        with pytest.raises(SweepError, match="notebooks|nope"):
+            expand({**probe_spec(probe_dir, {}), "points": [{"a": 1, "notebooks": bad}]}, out=tmp_path)
     paper = expand(load_sweep(REPO / "sweeps" / "paper.yaml"))[0]
     p02 = paper.params_for(paper.notebooks[1])
     assert p02["n_masks"] == 20000 and p02["input_mode"] == "padded" and p02["n_utterances"] is None
@@ -252,10 +280,12 @@ def test_study_sweeps_the_bundled_model_and_every_trained_one(tmp_path, monkeypa
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     assert trained_models() == ["xattn-en-asr-s"]
+    assert "grid" not in study_sweep([])  # the bundled models are the sweep's points
     spec = study_sweep(trained_models())
-    assert spec["grid"]["model"] == ["bundled:whisper-tiny.en", "xattn-en-asr-s"]
+    assert spec["grid"]["model"] == ["xattn-en-asr-s"]
     runs = expand(spec, tmp_path / "out")
-    assert len(runs) == 2 and len({r.key for r in runs}) == 2
+    assert len(runs) == 7 and len({r.key for r in runs}) == 7
+    assert runs[0].grid == {"model": "xattn-en-asr-s"}  # every notebook, default settings
     assert [nb.name for nb in runs[0].notebooks][:2] == ["01_extract_cross_attention.ipynb", "02_saliency_maps.ipynb"]
 
 

@@ -137,3 +137,19 @@ def test_alignment_vs_agreement_and_calibration_split():
     assert list(cal.id) == ["u0", "u1"] and list(test.id) == ["u2", "u3"]
     with pytest.raises(XattnError, match="both calibration and test"):
         split_calibration(items, calibration=items.head(1))
+
+
+def test_unseen_items_are_scored_with_the_heads_chosen_on_calibration(bundled_trimmed):
+    from xattn_utils.analysis.timing_eval import split_calibration, timestamp_study
+    from xattn_utils.data.corpus import study_data
+
+    items = study_data(None, split="test", limit=4)
+    _, test = split_calibration(items)
+    plain = timestamp_study(bundled_trimmed, items, k_max=3, n_boot=20)
+    study = timestamp_study(bundled_trimmed, items, k_max=3, n_boot=20, unseen=test)
+    assert study["discovered"] == plain["discovered"]  # held-out items never steer the choice of heads
+    assert study["unseen_ids"] == list(test.id)
+    # the same items scored as "unseen" give the test split's table: one path, one set of heads
+    pd.testing.assert_frame_equal(study["unseen_summary"], study["summary"])
+    n_words = sum(len(t.split()) for t in test.transcript)
+    assert study["unseen_summary"].set_index("source").loc["all", "n_words"] == n_words

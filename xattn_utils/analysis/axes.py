@@ -4,9 +4,10 @@ A sweep's collected agreement table (one run per point: model, language, task) h
 of each cross-attention aggregate with each saliency map, and each sampled map's per-utterance split-half
 agreement. An :class:`Axis` names the run parameter that changes between two levels and the ones held fixed; the
 axis table gives, per level, the Fisher-mean Pearson with a bootstrap interval over utterances, the map's
-reliability and the noise-corrected value, and the difference between the two levels with its interval (a paired
-bootstrap when both levels ran on the same utterances, as the task axis does on the same Italian audio;
-independent resamples otherwise).
+reliability and the noise-corrected value, and the difference between the two levels with its interval. When the
+levels share utterances (the task axis on the same Italian audio; the scale axis on the English utterances both
+models explained), both levels are reported on the shared ones and the difference is a paired bootstrap; otherwise
+(the language axis) each level uses all its utterances and the resamples are independent.
 """
 from __future__ import annotations
 
@@ -73,11 +74,11 @@ def axis_table(collected: pd.DataFrame, axes: tuple[Axis, ...] = PAPER_AXES, ref
             per_level = [_per_utterance(_select(collected, axis, lv), ref, attention) for lv in axis.levels]
             if any(len(obs) == 0 for obs, _ in per_level):
                 continue
-            paired = set(per_level[0][0].index) == set(per_level[1][0].index)
-            order = sorted(per_level[0][0].index)
+            common = sorted(set(per_level[0][0].index) & set(per_level[1][0].index))
+            paired = bool(common)  # both levels on the same utterances (those they share): like for like
             boots = []
             for lv, (obs, half) in zip(axis.levels, per_level):
-                ids = order if paired else sorted(obs.index)
+                ids = common if paired else sorted(obs.index)
                 raw = dataset_aggregate([obs[ids].to_numpy()[i:i + 1] for i in range(len(ids))], "pearson",
                                         n_boot=n_boot, seed=seed if paired else seed + len(boots), ci=ci)
                 boots.append(raw.get("boot"))
@@ -85,10 +86,10 @@ def axis_table(collected: pd.DataFrame, axes: tuple[Axis, ...] = PAPER_AXES, ref
                        "pearson": raw["value"], "ci_low": raw["ci_low"], "ci_high": raw["ci_high"],
                        "reliability": np.nan, "corrected": np.nan, "corrected_low": np.nan, "corrected_high": np.nan,
                        "paired": paired, "note": axis.note}
-                common = [u for u in ids if u in half.index]
-                if common:
-                    cor = dataset_corrected([obs[common].to_numpy()[i:i + 1] for i in range(len(common))],
-                                            [half[common].to_numpy()[i:i + 1] for i in range(len(common))],
+                halves = [u for u in ids if u in half.index]
+                if halves:
+                    cor = dataset_corrected([obs[halves].to_numpy()[i:i + 1] for i in range(len(halves))],
+                                            [half[halves].to_numpy()[i:i + 1] for i in range(len(halves))],
                                             n_boot=n_boot, seed=seed, ci=ci)
                     c = cor["pearson_corrected"]
                     row.update(reliability=cor["reliability"]["value"], corrected=c["value"],

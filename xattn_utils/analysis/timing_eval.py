@@ -308,12 +308,14 @@ def split_calibration(items: pd.DataFrame, calibration: pd.DataFrame | None = No
 
 def timestamp_study(loaded, items: pd.DataFrame, calibration: pd.DataFrame | None = None, k_max: int = 12,
                     metric: str = "within_50ms", n_boot: int = 1000, seed: int = 0, ties: str = "diagonal",
-                    progress: bool = False) -> dict:
+                    progress: bool = False, unseen: pd.DataFrame | None = None) -> dict:
     """Which heads tell when a word is spoken? One call: passes, discovery on calibration, accuracy on test.
 
     Returns: ``summary`` (per source on the test rows: every head, layer, ``all``, ``alignment`` (official, when the
     model has them), ``discovered``; with bootstrap intervals), ``errors`` (per word), ``discovered`` heads, ``k``,
-    ``per_k`` (calibration), ``overlap`` with the official heads, ``test_passes`` (for figures).
+    ``per_k`` (calibration), ``overlap`` with the official heads, ``test_passes`` (for figures); with ``unseen``
+    (held-out items, e.g. the ``test_unseen_voice`` split: voices the calibration never heard), ``unseen_summary``
+    and ``unseen_errors``: the same sources, heads chosen on the calibration split as before.
     """
     cal, test = split_calibration(items, calibration)
     fps = _frames_per_second(loaded)
@@ -323,10 +325,15 @@ def timestamp_study(loaded, items: pd.DataFrame, calibration: pd.DataFrame | Non
     sets = head_sets(loaded.n_layers, loaded.n_heads, loaded.alignment_heads, extra={"discovered": found["heads"]})
     errors = passes_errors(test_passes, sets, ties=ties, frames_per_second=fps)
     summary = accuracy_summary(errors, n_boot=n_boot, seed=seed)
-    return {"summary": summary, "errors": errors, "discovered": found["heads"], "k": found["k"],
-            "per_k": found["per_k"], "ranking": found["ranking"],
-            "overlap": head_overlap(found["heads"], loaded.alignment_heads or []),
-            "calibration_ids": list(cal.id), "test_ids": list(test.id), "test_passes": test_passes}
+    out = {"summary": summary, "errors": errors, "discovered": found["heads"], "k": found["k"],
+           "per_k": found["per_k"], "ranking": found["ranking"],
+           "overlap": head_overlap(found["heads"], loaded.alignment_heads or []),
+           "calibration_ids": list(cal.id), "test_ids": list(test.id), "test_passes": test_passes}
+    if unseen is not None and len(unseen):
+        unseen_errors = passes_errors(model_passes(loaded, unseen, progress), sets, ties=ties, frames_per_second=fps)
+        out.update(unseen_errors=unseen_errors, unseen_ids=list(unseen.id),
+                   unseen_summary=accuracy_summary(unseen_errors, n_boot=n_boot, seed=seed))
+    return out
 
 
 def headline_table(summary: pd.DataFrame, sources: Sequence[str] = ("alignment", "discovered", "all")) -> pd.DataFrame:

@@ -161,16 +161,20 @@ def _row(job: dict, made: dict) -> dict:
 def build_corpus(cfg: CorpusConfig, expected: dict[str, str] | None = None, progress: bool = True) -> pd.DataFrame:
     """Synthesize the corpus into ``cfg.out_dir`` and write its ``manifest.csv``; returns the manifest.
 
-    Files whose sha256 already equals ``expected[id]`` (or the existing manifest's) are kept as they are.
+    Files whose sha256 already equals ``expected[id]`` are kept as they are; without ``expected``, those of the existing
+    manifest whose row was made from the same job (sentence, translation, voice, rate, pitch, espeak-ng version):
+    a changed config re-synthesizes what it changed, never relabels old audio.
     """
     root = Path(cfg.out_dir)
     root.mkdir(parents=True, exist_ok=True)
     manifest_path = root / cfg.name / "manifest.csv"
-    if expected is None and manifest_path.exists():
-        old = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
-        expected = dict(zip(old["id"], old["sha256"]))
-    expected = expected or {}
     jobs = [{**j, "root": str(root)} for j in plan_corpus(cfg)]
+    if expected is None and manifest_path.exists():
+        old = pd.read_csv(manifest_path, dtype=str, keep_default_na=False).set_index("id")
+        expected = {j["id"]: old.at[j["id"], "sha256"] for j in jobs if j["id"] in old.index
+                    and (old.at[j["id"], "transcript"], old.at[j["id"], "translation"], old.at[j["id"], "source"])
+                    == (j["text"], j["translation"], _source_of(j))}
+    expected = expected or {}
     rows: dict[str, dict] = {}
     todo = []
     for j in jobs:
@@ -239,6 +243,18 @@ def study_data(manifest: str | Path | None = None, split: str | None = "test", l
     """The items a study notebook runs on: a given manifest, or the default corpus (built on first use)."""
     path = Path(manifest) if manifest else ensure_default_corpus()
     return load_manifest(path, split=split, language=language, limit=limit)
+
+
+def ensure_corpus(config: str | Path, progress: bool = True) -> Path:
+    """The manifest of the corpus a JSON config describes, built (or completed) first when any file is missing."""
+    cfg = load_corpus_config(config)
+    manifest = Path(cfg.out_dir) / cfg.name / "manifest.csv"
+    if manifest.exists():
+        rows = load_manifest(manifest)
+        if len(rows) == len(plan_corpus(cfg)) and all(Path(p).exists() for p in rows["audio_path"]):
+            return manifest
+    build_corpus(cfg, progress=progress)
+    return manifest
 
 
 def load_corpus_config(path: str | Path) -> CorpusConfig:

@@ -16,6 +16,13 @@ The sweep file (YAML)::
       n_masks: [32, 64]
     points:                          # optional: extra runs, one per mapping, after the grid's (settings that
       - {model: "bundled:whisper-base", language: it, task: translate}   # are not a product, e.g. a model's tasks)
+      - model: "bundled:whisper-base"
+        notebooks:                   # optional: this run executes only these notebooks (in the sweep's order)
+          01_extract_cross_attention.ipynb: {n_utterances: 6}   # replaces that notebook's fixed parameters
+          03_alignment_analysis.ipynb                           # (a list of names is accepted too)
+
+A point's ``notebooks`` (a list of names from ``notebooks``, or a mapping name -> parameters that replace the
+notebook's fixed ones for this run) runs that subset in the sweep's order; it is not a parameter itself.
 
 Parameters of one notebook are merged as ``common < notebook's fixed < grid < {run_dir, store}``: a grid value
 overrides a fixed one of the same name (that is what is being swept); ``run_dir`` (the run folder) and ``store``
@@ -46,6 +53,7 @@ from ..provenance import stable_hash
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 TOP_LEVEL_KEYS = ("name", "out", "notebook_dir", "notebooks", "common", "grid", "points")
 RESERVED = ("run_dir", "store")
+POINT_NOTEBOOKS = "notebooks"  # a point's subset of the sweep's notebooks (not a parameter)
 PATH_PARAMS = ("manifest",)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]+")
 
@@ -74,7 +82,7 @@ class SweepSpec:
     @property
     def keys(self) -> list[str]:
         """Every parameter the runs vary: the grid's keys, then any other key of the points."""
-        return list(dict.fromkeys([*self.grid, *(k for pt in self.points for k in pt)]))
+        return list(dict.fromkeys([*self.grid, *(k for pt in self.points for k in pt if k != POINT_NOTEBOOKS)]))
 
 
 @dataclass
@@ -156,7 +164,12 @@ def parse_sweep(raw, default_name: str = "sweep") -> SweepSpec:
         raise SweepError("'points' must be a list of non-empty mappings, one per extra run, e.g. "
                          "'- {model: bundled:whisper-base, language: it, task: translate}'")
     points = [{str(k): v for k, v in pt.items()} for pt in points]
-    for where, params in ([("grid", grid), ("common", common)] + [(f"points[{i}]", pt) for i, pt in enumerate(points)]
+    names = [e.notebook for e in notebooks]
+    for i, pt in enumerate(points):
+        if POINT_NOTEBOOKS in pt:
+            pt[POINT_NOTEBOOKS] = _point_notebooks(pt[POINT_NOTEBOOKS], names, f"points[{i}]")
+    for where, params in ([("grid", grid), ("common", common)]
+                          + [(f"points[{i}]", _point_params(pt)) for i, pt in enumerate(points)]
                           + [(e.notebook, e.params) for e in notebooks]):
         bad = [k for k in params if not _is_parameter_name(k)]
         if bad:
@@ -169,6 +182,24 @@ def parse_sweep(raw, default_name: str = "sweep") -> SweepSpec:
     return SweepSpec(name=name, notebooks=notebooks, grid=grid, common=dict(common),
                      out=str(raw["out"]) if raw.get("out") else None,
                      notebook_dir=str(raw["notebook_dir"]) if raw.get("notebook_dir") else None, points=points)
+
+
+def _point_notebooks(subset, names: list[str], where: str) -> dict[str, dict]:
+    """A point's notebook subset as name -> parameters replacing the fixed ones (validated against ``names``)."""
+    if isinstance(subset, list):
+        subset = {n: {} for n in subset} if all(isinstance(n, str) for n in subset) else None
+    if isinstance(subset, dict):
+        subset = {str(k): ({} if v is None else v) for k, v in subset.items()}
+    if (not isinstance(subset, dict) or not subset or any(n not in names for n in subset)
+            or not all(isinstance(v, dict) for v in subset.values())):
+        raise SweepError(f"{where}: 'notebooks' must be a non-empty list of names from the sweep's notebooks "
+                         f"({', '.join(names)}), or a mapping of such names to parameters")
+    return subset
+
+
+def _point_params(point: dict) -> dict:
+    """A point's parameters (without its notebook subset)."""
+    return {k: v for k, v in point.items() if k != POINT_NOTEBOOKS}
 
 
 def _is_parameter_name(key) -> bool:
@@ -206,7 +237,7 @@ def check_parameters(spec: SweepSpec, notebooks: list[RunNotebook]) -> None:
                              f"it takes {', '.join(sorted(known[nb.name])) or 'none'}")
     everywhere = set().union(*known.values()) if known else set()
     for where, params in [("grid", spec.grid), ("common", spec.common)] + [
-            (f"points[{i}]", pt) for i, pt in enumerate(getattr(spec, "points", []) or [])]:
+            (f"points[{i}]", _point_params(pt)) for i, pt in enumerate(getattr(spec, "points", []) or [])]:
         unknown = sorted(set(params) - everywhere)
         if unknown:
             raise SweepError(f"{where}: parameter(s) {unknown} are in no notebook's parameters cell; "
@@ -272,15 +303,21 @@ def expand(spec: SweepSpec | str | Path | dict, out: str | Path | None = None) -
     if spec.points and product == [{}]:  # no grid: the points are the runs
         product = []
     runs, seen = [], set()
-    for grid in [*product, *(dict(pt) for pt in spec.points)]:
-        key = run_key(notebooks, spec.common, grid)
+    for point in [*product, *(dict(pt) for pt in spec.points)]:
+        grid = _point_params(point)
+        subset = point.get(POINT_NOTEBOOKS)
+        run_notebooks = [nb if subset is None else dataclasses.replace(nb, params={**nb.params, **subset[e.notebook]})
+                         for e, nb in zip(spec.notebooks, notebooks) if subset is None or e.notebook in subset]
+        check_parameters(SweepSpec(spec.name, [NotebookEntry(nb.name, nb.params) for nb in run_notebooks]),
+                         run_notebooks)
+        key = run_key(run_notebooks, spec.common, grid)
         if key in seen:
             continue
         seen.add(key)
         slug = slugify(grid)
         name = f"{slug}-{key[:8]}"
         runs.append(RunSpec(sweep=spec.name, name=name, slug=slug, key=key, run_dir=str(root / name), grid=grid,
-                            common=dict(spec.common), notebooks=notebooks, workdir=str(Path.cwd())))
+                            common=dict(spec.common), notebooks=run_notebooks, workdir=str(Path.cwd())))
     return runs
 
 

@@ -1,12 +1,15 @@
-"""The default study (``make study``): the default sweep over the bundled Whisper and every trained grid model.
+"""The default study (``make study``): the bundled real models on the default corpora, and any trained grid model.
 
 Steps:
 1. with ``--train`` only, when no model of the offline grid is trained yet, train it first
    (``notebooks/00_train_models.ipynb`` through papermill, CPU-sized budgets; ``make models`` does the same): the
    default study needs no training;
-2. run ``sweeps/default.yaml`` (notebooks 01-06, CPU-sized) with its ``model`` grid extended by every trained
-   grid model present, through :func:`xattn_utils.runs.sweep.run_sweep` (resumable: finished runs are skipped);
-3. print where ``report.md`` is, the headline numbers beside the paper's and the wall time.
+2. build the corpora the sweep reads when missing: the default English corpus (on first use) and the English +
+   Italian one of ``sweeps/corpus_enit.json`` (into ``data/enit``);
+3. run ``sweeps/default.yaml`` (bundled Whisper tiny.en through notebooks 01-06; bundled Whisper base on the paper's
+   axes) with a ``model`` grid of every trained grid model present, through
+   :func:`xattn_utils.runs.sweep.run_sweep` (resumable: finished runs are skipped);
+4. print where ``report.md`` is, the headline numbers beside the paper's and the wall time.
 
     xattn study --out runs/study --workers 2 [--train]      # also python -m xattn_utils study / ...runs.study
 """
@@ -23,11 +26,13 @@ import yaml
 
 from .._entry import module_main
 from ..analysis.compare import paper_comparison
+from ..data.corpus import ensure_corpus
 from ..models.registry import grid_dir, load_registry
 from .sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SWEEP = REPO / "sweeps" / "default.yaml"
+STUDY_CORPORA = (REPO / "sweeps" / "corpus_enit.json",)  # built relative to the working directory (data/<name>)
 TRAIN_NOTEBOOK = REPO / "notebooks" / "00_train_models.ipynb"
 DESCRIPTION = ("Run the default xattn study: the default sweep over the bundled model and every trained grid model "
                "present.")
@@ -52,10 +57,11 @@ def train_first(out: Path) -> None:
 
 
 def study_sweep(models: list[str], sweep: Path = DEFAULT_SWEEP) -> dict:
-    """The default sweep's spec with its model grid extended by ``models``."""
+    """The default sweep's spec with its model grid extended by ``models`` (every notebook, default parameters)."""
     spec = yaml.safe_load(sweep.read_text())
-    grid = spec.setdefault("grid", {})
-    grid["model"] = list(dict.fromkeys([*grid.get("model", []), *models]))
+    if models:
+        grid = spec.setdefault("grid", {})
+        grid["model"] = list(dict.fromkeys([*grid.get("model", []), *models]))
     spec["name"] = spec.get("name", sweep.stem)
     return spec
 
@@ -77,12 +83,15 @@ def command(args: argparse.Namespace) -> int:
     if args.train and not trained_models():
         logger.info("no trained grid model found: training the grid first (notebooks/00_train_models.ipynb)")
         train_first(out / "train")
+    for config in STUDY_CORPORA:
+        logger.info("corpus %s: %s", config.name, ensure_corpus(config))
     result = run_sweep(study_sweep(trained_models()), out=out, workers=args.workers)
     print(result.summary(), flush=True)
     if result.collected is not None:
         table = pd.read_parquet(result.collected)
-        for model, part in table.groupby("model", sort=False):
-            print(f"\n{model}\n" + paper_comparison(part).to_string(index=False))
+        for run, part in table.groupby("run", sort=False):  # one model may run in several settings
+            if (part["level"] == "utterance").any():
+                print(f"\n{run}\n" + paper_comparison(part).to_string(index=False))
     print(f"\nreport: {result.report}\nstudy wall time: {(time.time() - t0) / 60:.1f} min")
     return 1 if result.failed else 0
 
