@@ -46,7 +46,9 @@ def fisher(r) -> float:
     return float(np.tanh(np.mean(np.arctanh(np.asarray(r)))))
 
 
-def main(run_dir: str) -> None:
+def per_utterance(run_dir) -> pd.DataFrame:
+    """Per utterance: Pearson(CA[all], map) on the comparison grid for SMX (three grids) and SMH, and each map's
+    split-half Pearson, from the stored zarr arrays alone."""
     store = Path(run_dir) / "store"
     rows = []
     for utt in sorted(p for p in store.iterdir() if p.is_dir()):
@@ -75,7 +77,11 @@ def main(run_dir: str) -> None:
             hha, hhb = (m[:-1, :t_enc] for m in sh.saliency_half.values)
             row.update(smh=pearson(zscore(ca), zscore(h)), smh_half=pearson(zscore(hha), zscore(hhb)))
         rows.append(row)
-    df = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def main(run_dir: str) -> None:
+    df = per_utterance(run_dir)
     print(f"{len(df)} utterances, numpy on the stored maps:")
     for ref, obs_col, half_col in (("smx", "mean+zscore", "smx_half"), ("smh", "smh", "smh_half")):
         if obs_col not in df:

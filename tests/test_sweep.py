@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ PROBE = "sweep_probe.ipynb"
 
 PROBE_PARAMS = '''a = 1             # grid parameters of the test sweeps
 b = "x"
+model = None      # a model to mark in the report (trained grid folders: on or past the loss plateau)
 fail = False      # raise on purpose
 manifest = None   # when given, read with the project's loader (a missing or bad manifest fails the run)
 run_dir = "."
@@ -142,7 +144,7 @@ def test_default_study_runs_the_real_models_on_the_papers_axes():
         ("tiny.en", "en", "transcribe", True, ["05"])]
     base = runs[1]
     p02 = base.params_for(base.notebooks[1])  # the point's notebook parameters replace the fixed ones
-    assert p02["n_utterances"] == 6 and p02["methods"] == ["spes-x", "spes-h"] and p02["n_masks"] == 256
+    assert p02["n_utterances"] == 5 and p02["methods"] == ["spes-x", "spes-h"] and p02["n_masks"] == 256
     assert runs[0].params_for(runs[0].notebooks[1])["n_utterances"] == 12
     assert "notebooks" not in base.grid and "notebooks" not in load_sweep(REPO / "sweeps" / "default.yaml").keys
 
@@ -313,3 +315,30 @@ def test_real_models_sweep_expands():
         {"model": "bundled:whisper-base", "language": "it", "task": "translate"}]
     p01 = runs[0].params_for(runs[0].notebooks[0])
     assert Path(p01["manifest"]).is_absolute() and p01["manifest"].endswith("data/enit/manifest.csv")
+
+
+def _grid_model(folder: Path, final_loss: float, wer: float) -> str:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    losses = [[s, 2.0] for s in range(0, 400, 100)] + [[400 + s, final_loss] for s in range(0, 500, 100)]
+    (folder / "training.json").write_text(json.dumps({"losses": losses, "scores": [
+        {"language": "en", "task": "transcribe", "split": "test", "wer": wer},
+        {"language": "en", "task": "transcribe", "split": "test_unseen_voice", "wer": wer + 20}]}))
+    return str(folder)
+
+
+@pytest.mark.slow
+def test_report_marks_trained_models_on_the_loss_plateau(probe_dir, client, tmp_path):
+    past = _grid_model(tmp_path / "m" / "past", 0.05, 6.8)
+    stuck = _grid_model(tmp_path / "m" / "stuck", 0.6, 77.4)
+    result = run_sweep(probe_spec(probe_dir, {"model": [stuck, past, "bundled:whisper-tiny.en"]}), out=tmp_path / "o",
+                       client=client)
+    report = result.report.read_text()
+    runs_table, rest = report.split("## Headline per run", 1)
+    assert "| trained model |" in runs_table
+    assert runs_table.count("ON THE LOSS PLATEAU (final loss 0.60, test WER 77 %)") == 1
+    assert runs_table.count("past the loss plateau (final loss 0.05, test WER 7 %)") == 1
+    figures = rest.split("## Figures and executed notebooks", 1)[1]
+    marks = {ln.split("**")[1].split("-")[-2]: ln for ln in figures.splitlines() if ln.startswith("**model=")}
+    assert "ON THE LOSS PLATEAU" in marks["stuck"] and "past the loss plateau" in marks["past"]
+    assert "plateau" not in marks["tiny.en"]  # models not trained here carry no mark

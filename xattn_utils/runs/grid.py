@@ -19,7 +19,7 @@ from ..data.audio import load_audio
 from ..data.corpus import REPO_MANIFEST, CorpusConfig, build_corpus
 from ..extraction.forced import transcribe
 from ..models.loader import LoadedModel
-from ..models.registry import grid_dir
+from ..models.registry import grid_dir, load_registry
 from ..models.training import (
     KINDS,
     Examples,
@@ -82,6 +82,53 @@ def meets_targets(scores: pd.DataFrame) -> pd.Series:
     return pd.Series(ok, index=scores.index, dtype=object)
 
 
+PLATEAU_LOSS = 0.3  # training loss: the plateau sits at 0.5-0.7 (fluent text, wrong words), a model reading the
+PLATEAU_WER = 50.0  # audio falls to ~0.05; and held-out ASR WER: on the plateau the text ignores the audio (71-89 %)
+
+
+def plateau_status(losses, scores) -> dict:
+    """Is a trained model past the loss plateau, i.e. does its decoder read the audio?
+
+    Args:
+        losses: ``[(step, loss), ...]`` (``training.json``); the mean of the last five is the final loss.
+        scores: score records (:func:`evaluate`); the worst held-out (``test``) transcription WER over languages.
+    Returns: ``past_plateau`` (final loss < ``PLATEAU_LOSS`` and, when the model transcribes, worst test WER <
+    ``PLATEAU_WER``), ``final_loss``, ``test_wer``, ``rule``.
+    """
+    tail = [float(loss) for _, loss in list(losses)[-5:]]
+    final = sum(tail) / len(tail) if tail else float("nan")
+    wers = [float(r["wer"]) for r in scores if r.get("split") == "test" and r.get("task", "transcribe") == "transcribe"]
+    wer = max(wers) if wers else float("nan")
+    past = bool(tail) and final < PLATEAU_LOSS and (not wers or wer < PLATEAU_WER)
+    return {"past_plateau": past, "final_loss": final, "test_wer": wer,
+            "rule": f"final training loss < {PLATEAU_LOSS} and held-out ASR WER < {PLATEAU_WER:g} %"}
+
+
+def model_plateau(folder: str | Path) -> dict | None:
+    """:func:`plateau_status` of a saved grid model (from its ``training.json``); None when it has none."""
+    info_path = Path(folder) / "training.json"
+    if not info_path.exists():
+        return None
+    info = json.loads(info_path.read_text())
+    return plateau_status(info.get("losses", []), info.get("scores", []))
+
+
+def plateau_label(status: dict | None) -> str:
+    """How tables mark a model: '' for a model not trained here, else past / on the plateau with the numbers."""
+    if status is None:
+        return ""
+    numbers = f"final loss {status['final_loss']:.2f}, test WER {status['test_wer']:.0f} %"
+    return (f"past the loss plateau ({numbers})" if status["past_plateau"]
+            else f"ON THE LOSS PLATEAU ({numbers}): its maps explain text that ignores the audio")
+
+
+def model_status(model) -> str:
+    """:func:`plateau_label` of a run's ``model`` (a trained registry name or a saved grid folder); '' otherwise."""
+    entry = load_registry().get(str(model))
+    folder = grid_dir() / entry.location if entry is not None and entry.source == "trained" else Path(str(model))
+    return plateau_label(model_plateau(folder)) if folder.is_dir() else ""
+
+
 # ---------------------------------------------------------------- saving
 
 
@@ -91,6 +138,7 @@ def model_card(cfg: TrainConfig, result: TrainResult, scores: pd.DataFrame, data
     table = scores.to_markdown(index=False, floatfmt=".1f") if len(scores) else "(not evaluated)"
     langs, tasks = KINDS[cfg.kind]
     budget = f", budget {cfg.minutes} min" if cfg.minutes else ""
+    status = plateau_status(result.losses, scores.to_dict("records"))
     return f"""# {cfg.name}
 
 A Whisper-architecture model trained from scratch by xattn on the synthetic espeak-ng corpus (no external data, so
@@ -100,6 +148,7 @@ no contamination). Languages: {', '.join(langs)}; tasks: {', '.join(tasks)}; sca
 ## Training
 - steps: {result.steps} (asked {cfg.steps}{budget}),
   wall time {result.seconds / 60:.1f} min, final loss {result.losses[-1][1]:.3f}
+- plateau: {plateau_label(status)} (rule: {status['rule']})
 - seed {cfg.seed}; config: `{json.dumps(asdict(cfg))}`
 - data: `{json.dumps(data)}`
 
@@ -122,7 +171,8 @@ def save_model(out: Path, result: TrainResult, processor, cfg: TrainConfig, scor
         n = n_parameters(result.model)
         (tmp / "README.md").write_text(model_card(cfg, result, scores, data, n))
         info = {"config": asdict(cfg), "steps": result.steps, "seconds": result.seconds, "parameters": n,
-                "losses": result.losses, "scores": scores.to_dict("records"), "data": data, "versions": versions()}
+                "losses": result.losses, "scores": scores.to_dict("records"), "data": data, "versions": versions(),
+                "plateau": plateau_status(result.losses, scores.to_dict("records"))}
         (tmp / "training.json").write_text(json.dumps(info, indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private
         replace_folder(tmp, out)

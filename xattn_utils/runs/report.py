@@ -20,6 +20,7 @@ from ..analysis.compare import PAPER, paper_comparison
 from ..analysis.plots import plot_axis, save_figure
 from ..errors import XattnError
 from ..provenance import provenance, to_jsonable
+from .grid import model_status
 from .spec import RunSpec, SweepSpec
 from .worker import RunResult, is_done, read_status, utc_now
 
@@ -143,7 +144,9 @@ def axes_section(root: Path) -> list[str]:
     return ["## The paper's axes: language, task, scale\n",
             "Pearson(CA averaged over all layers and heads, map) per level, Fisher mean over utterances with a "
             "bootstrap interval; the map's reliability and the noise-corrected value; then the difference between "
-            "the levels (paired bootstrap when both ran on the same utterances). Figure: `figures/axes.png`; "
+            "the levels. Levels that share utterances (task: the same Italian audio; scale: the English utterances "
+            "both models explained) are both reported on the shared ones, with a paired bootstrap of the difference. "
+            "Figure: `figures/axes.png` (a panel per axis); "
             "table: `axes.csv`.\n", notes,
             _md_table(show.to_dict("records"), ["axis", "reference", "level", "n_utterances", "pearson", "95% CI",
                                                 "reliability", "corrected [95% CI]"])]
@@ -152,6 +155,7 @@ def axes_section(root: Path) -> list[str]:
 def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: SweepResult) -> Path:
     """``report.md``: the runs and their status, the headline per run beside the paper, figures and notebooks."""
     this_time = {r.name: r for r in result.done + result.failed}
+    trained = {run.name: model_status(run.grid.get("model", "")) for run in runs}
     lo, hi = PAPER["pearson_ca_smh_range"]
     out = [f"# Sweep `{spec.name}`\n",
            f"{len(runs)} runs under `{root}` ({utc_now()}); {result.summary()}.\n",
@@ -163,9 +167,15 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
     for run in runs:
         st = read_status(run.run_dir)
         rows.append({"run": run.name, "status": st["state"] + (" (this time)" if run.name in this_time else ""),
-                     "seconds": st.get("seconds", ""), "error": st["error"],
+                     "seconds": st.get("seconds", ""), "error": st["error"], "trained model": trained[run.name],
                      **{k: _cell(v) for k, v in run.grid.items()}})
-    out.append(_md_table(rows, ["run", "status", *spec.keys, "seconds", "error"]))
+    marked = any(trained.values())
+    out.append(_md_table(rows, ["run", "status", *spec.keys, *(["trained model"] if marked else []), "seconds",
+                                "error"]))
+    if marked:
+        out.append("Models trained here are marked: one still on the loss plateau writes fluent text that ignores "
+                   "the audio, so its rows below answer another question and are kept apart (`runs.grid."
+                   "plateau_status`).\n")
     out.append("## Headline per run, beside the paper\n")
     out.append(f"Papi et al. (2025): best Pearson(CA, SMX) ≈ {PAPER['pearson_ca_smx_best']:.2f}; "
                f"Pearson(CA, SMH) {lo:.2f}–{hi:.2f}. Ours (`compare.paper_comparison`): dataset-level Pearson with "
@@ -173,11 +183,12 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
                "utterances (reported on the other half); the SPES map's split-half reliability; the noise-corrected "
                "Pearson (raw / sqrt(reliability)).\n")
     heads = []
-    for run in runs:
+    plateau = [run for run in runs if trained[run.name].startswith("ON THE")]
+    for run in sorted(runs, key=lambda r: r in plateau):  # models on the plateau last, marked, never mixed in
         if not is_done(run):
             continue
         for rec in run_headline(Path(run.run_dir)):
-            heads.append({"run": run.name, **rec})
+            heads.append({"run": run.name + (" — ON THE LOSS PLATEAU" if run in plateau else ""), **rec})
     out.append(_md_table(heads, ["run", "comparison", "aggregate", "selection", "n", "ours", "95% CI", "reliability",
                                 "corrected", "paper"]) if heads
                else "_no done run has tables/agreement.parquet_\n")
@@ -189,7 +200,8 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
         pages = sorted(folder.glob("*.html")) or sorted(folder.glob("*.ipynb"))
         if not figs and not pages:
             continue
-        out.append(f"**{run.name}** — " + " · ".join(f"[{p.name}]({run.name}/{p.name})" for p in pages) + "\n"
+        mark = f" ({trained[run.name]})" if trained[run.name] else ""
+        out.append(f"**{run.name}**{mark} — " + " · ".join(f"[{p.name}]({run.name}/{p.name})" for p in pages) + "\n"
                    + "".join(f"- [{p.stem}]({run.name}/figures/{p.name})\n" for p in figs))
     out.append("Collected table: `collected.parquet` / `collected.csv` (one row per run × agreement row).\n")
     path = root / "report.md"
