@@ -103,6 +103,14 @@ def test_store_maps_through_the_same_dtw(tmp_path):
     (tmp_path / "u0.json").write_text(__import__("json").dumps({"words": toy.ref_words()}))
     s = accuracy_summary(store_errors(store, items), n_boot=10).set_index("source")
     assert set(s.index) == {"attention", "all_heads", "smh"}
+    # a second utterance with attention but no map: attention and SMH must still be scored on the same words
+    store.write("u1", "attention", attention_dataset(
+        fp, 2, attrs={"provenance": {"model": {"alignment_heads": [[0, 0]]}}}), key="k")
+    both = pd.concat([items, items.assign(id="u1")], ignore_index=True)
+    same = accuracy_summary(store_errors(store, both), n_boot=10).set_index("source")
+    assert same.n_words.nunique() == 1 and same.loc["attention", "n_words"] == s.loc["attention", "n_words"]
+    ragged = accuracy_summary(store_errors(store, both, same_utterances=False), n_boot=10).set_index("source")
+    assert ragged.loc["attention", "n_words"] == 2 * ragged.loc["smh", "n_words"]
     assert s.loc["attention", "within_20ms"] >= 0.8 and s.loc["smh", "within_20ms"] >= 0.8
     rows = store_word_rows(store)
     assert {r["source"] for r in rows} == {"attention", "all_heads", "smh"}

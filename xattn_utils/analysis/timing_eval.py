@@ -278,12 +278,19 @@ def store_timestamps(store, heads: Sequence[tuple[int, int]] | None = None, medf
     return out
 
 
-def store_errors(store, items: pd.DataFrame, **kw) -> pd.DataFrame:
-    """Errors of every map of a store against the word times of the manifest rows with the same ids."""
+def store_errors(store, items: pd.DataFrame, same_utterances: bool = True, **kw) -> pd.DataFrame:
+    """Errors of every map of a store against the word times of the manifest rows with the same ids.
+
+    With ``same_utterances`` (default) only the utterances that hold every source are scored, so attention and each
+    saliency map are compared on the same words (a store often has attention for more utterances than maps).
+    """
     words = store_timestamps(store, **kw)
     by_id = {r["id"]: r for r in items.to_dict("records")}
-    frames = [utterance_errors(srcs, read_word_times(by_id[uid]), uid) for uid, srcs in words.items()
-              if uid in by_id and read_word_times(by_id[uid])]
+    words = {uid: srcs for uid, srcs in words.items() if uid in by_id and read_word_times(by_id[uid])}
+    if same_utterances and words:
+        every = set().union(*(srcs.keys() for srcs in words.values()))
+        words = {uid: srcs for uid, srcs in words.items() if set(srcs) == every}
+    frames = [utterance_errors(srcs, read_word_times(by_id[uid]), uid) for uid, srcs in words.items()]
     if not frames:
         raise XattnError("no stored utterance has word times in the given manifest rows (ids must match)")
     return pd.concat(frames, ignore_index=True)

@@ -36,9 +36,9 @@ atomically (temp file + rename). The command ends with exactly one line ``runs: 
 on stdout (skipped: already done before this invocation; progress lines go to the log, on stderr) and exits 1
 when a run failed.
 
-Execution: each run is one ``client.submit(run_one, run, pure=False)`` on a ``dask.distributed`` client (started in
-the sweep's order: runs listed first get the higher priority), collected
-with ``as_completed``. Without ``--scheduler`` an in-process ``LocalCluster(n_workers=N, threads_per_worker=1,
+Execution: each run is one ``client.submit(run_one, run, pure=False)`` on a ``dask.distributed`` client, collected
+with ``as_completed``; runs start in the sweep's order (list long runs first), never more in flight than the
+cluster has worker threads. Without ``--scheduler`` an in-process ``LocalCluster(n_workers=N, threads_per_worker=1,
 processes=True)`` is started (processes isolate papermill kernels and memory). Do not run two sweeps on the same
 root at once: each would treat the other's ``running`` runs as killed.
 
@@ -172,12 +172,22 @@ def _execute(todo: list[RunSpec], client, scheduler: str | None, workers: int):
             own_cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
             client = own_client = Client(own_cluster)
     try:
-        # priorities keep the sweep's order (Dask may otherwise start any queued run next): list long runs first
-        futures = {client.submit(run_one, run, pure=False, key=f"xattn-run-{run.name}-{uuid.uuid4().hex[:8]}",
-                                 priority=len(todo) - i): run
-                   for i, run in enumerate(todo)}
-        for fut in as_completed(futures):
-            run = futures[fut]
+        # runs start in the sweep's order: no more in flight than the cluster has threads, the next one submitted
+        # when one ends (Dask would otherwise assign every run to a worker up front, in an order of its own)
+        waiting = list(reversed(todo))
+        futures, done = {}, as_completed()
+
+        def submit_while_free():
+            while waiting and len(futures) < max(1, sum(client.nthreads().values())):
+                run = waiting.pop()
+                fut = client.submit(run_one, run, pure=False, key=f"xattn-run-{run.name}-{uuid.uuid4().hex[:8]}")
+                futures[fut] = run
+                done.add(fut)
+
+        submit_while_free()
+        for fut in done:
+            run = futures.pop(fut)
+            submit_while_free()
             try:
                 yield fut.result()
             except Exception as err:  # noqa: BLE001 - a worker died (memory, node lost): the run failed, go on
