@@ -308,8 +308,9 @@ def expand(spec: SweepSpec | str | Path | dict, out: str | Path | None = None) -
         subset = point.get(POINT_NOTEBOOKS)
         run_notebooks = [nb if subset is None else dataclasses.replace(nb, params={**nb.params, **subset[e.notebook]})
                          for e, nb in zip(spec.notebooks, notebooks) if subset is None or e.notebook in subset]
-        check_parameters(SweepSpec(spec.name, [NotebookEntry(nb.name, nb.params) for nb in run_notebooks]),
-                         run_notebooks)
+        if subset is not None:  # the point's own notebook parameters (the shared ones were checked above)
+            check_parameters(SweepSpec(spec.name, [NotebookEntry(nb.name, nb.params) for nb in run_notebooks]),
+                             run_notebooks)
         key = run_key(run_notebooks, spec.common, grid)
         if key in seen:
             continue

@@ -203,7 +203,7 @@ def _execute(todo: list[RunSpec], client, scheduler: str | None, workers: int):
 
 def _sweep_yaml(spec: SweepSpec, runs: list[RunSpec]) -> str:
     record = {"name": spec.name, "source": spec.source, "expanded": utc_now(),
-              "notebooks": [{nb.name: nb.params} for nb in (runs[0].notebooks if runs else [])],
+              "notebooks": [{e.notebook: e.params} for e in spec.notebooks],  # a point may run a subset (see runs)
               "common": spec.common, "grid": spec.grid, **({"points": spec.points} if spec.points else {}),
               "runs": {r.name: r.key for r in runs}}
     return yaml.safe_dump(to_jsonable(record), sort_keys=False)
