@@ -23,15 +23,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $@
 
-# System packages: espeak-ng synthesizes the default corpus (installed here when run as root).
+# System packages: the speech engines of the corpora (espeak-ng; flite; festival with its English HTS and diphone voices
+# and its two Italian diphone voices) and sox; installed here when run as root.
+DEBS := espeak-ng flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k festvox-italp16k festvox-itapc16k
 sysdeps:
-	@if ! command -v espeak-ng >/dev/null || ! ldconfig -p | grep -q libespeak-ng; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
-	  else echo "espeak-ng is missing: run 'sudo apt-get install -y espeak-ng' (or 'conda install -c conda-forge espeak-ng')" >&2; exit 1; fi; fi
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages: run 'sudo apt-get install -y $$missing' (conda users: see environment.yml)" >&2; exit 1; fi; fi
 
 data: env sysdeps
 	$(PY) -m xattn_utils corpus --default
 	$(PY) -m xattn_utils corpus --config sweeps/corpus_enit.json
+	$(PY) -m xattn_utils corpus --config sweeps/corpus_hard.json
 
 # The default study (sweeps/default.yaml): bundled Whisper tiny.en through notebooks 01-06, bundled Whisper base on
 # the paper's axes (language, task, scale), and every trained grid model present (none until `make models`);

@@ -1,6 +1,8 @@
-"""Synthetic corpus: word times, determinism, the committed manifest, translations, manifest validation, audio."""
+"""Synthetic corpora: natural sentences and their splits, word times, determinism, the committed manifest and a
+rebuild elsewhere, translations, manifest validation, audio."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -11,14 +13,17 @@ from xattn_utils._io import sha256_file
 from xattn_utils.data.audio import load_audio
 from xattn_utils.data.corpus import (
     REPO_MANIFEST,
+    VOICES,
     CorpusConfig,
     build_corpus,
+    default_config,
     ensure_default_corpus,
     plan_corpus,
 )
 from xattn_utils.data.espeak import Synthesizer
 from xattn_utils.data.grammar import NUMBERS, sentence, vocabulary
 from xattn_utils.data.manifest import load_manifest, read_word_times, validate_manifest
+from xattn_utils.data.sentences import load_pairs, split_of, split_pairs
 from xattn_utils.errors import InputError
 
 
@@ -77,17 +82,55 @@ def test_plan_is_deterministic_and_splits_are_disjoint():
     cfg = CorpusConfig(name="c", n_train=40, n_dev=5, n_test=10, n_test_unseen_voice=4, languages=("en", "it"))
     a, b = plan_corpus(cfg), plan_corpus(cfg)
     assert a == b
-    train = {r["text"] for r in a if r["split"] == "train" and r["language"] == "en"}
-    test = {r["text"] for r in a if r["split"] == "test" and r["language"] == "en"}
-    assert not train & test
+    for lang in ("en", "it"):
+        by = {sp: {r["text"] for r in a if r["split"] == sp and r["language"] == lang} for sp in ("train", "dev", "test")}
+        assert not by["train"] & by["test"] and not by["dev"] & by["test"] and not by["train"] & by["dev"]
     unseen = [r for r in a if r["split"] == "test_unseen_voice"]
     assert len(unseen) == 8 and all(r["voice"] not in cfg.voices[r["language"]] for r in unseen)
-    assert all(r["translation"] for r in a if r["language"] == "en")
-    # Italian utterances carry their English sentence (Whisper translates into English): the same grammar pair
-    it_rows = [r for r in a if r["language"] == "it"]
-    english = {"the", "a", *(n[0] for n in NUMBERS)}
-    assert it_rows and all(r["tasks"] == "asr;st" and r["translation"].split()[0] in english
-                           and r["text"].split()[0] not in english for r in it_rows)
+    # the unseen voice shares nothing with train: for English not even the engine
+    train_voices = {r["voice"] for r in a if r["split"] == "train"}
+    assert not train_voices & {r["voice"] for r in unseen}
+    assert {r["voice"].split(":")[0] for r in unseen if r["language"] == "en"}.isdisjoint(
+        {r["voice"].split(":")[0] for r in a if r["split"] == "train" and r["language"] == "en"})
+    # Italian utterances say the translations of the English ones and carry the English sentence as translation
+    pairs = {s.english: s.italian for _, s in load_pairs()}
+    for en, it in zip([r for r in a if r["language"] == "en"], [r for r in a if r["language"] == "it"]):
+        assert it["text"] == pairs[en["text"]] == en["translation"] and it["translation"] == en["text"]
+        assert en["split"] == it["split"] and en["tasks"] == "asr;st"
+
+
+def test_sentence_set_is_natural_bilingual_and_split_by_sentence():
+    pairs = load_pairs()
+    assert len(pairs) >= 300
+    ids = [i for i, _ in pairs]
+    english = [s.english for _, s in pairs]
+    assert len(set(ids)) == len(ids) and len(set(english)) == len(english)
+    for _, s in pairs:
+        assert 4 <= len(s.english.split()) <= 15 and 4 <= len(s.italian.split()) <= 15
+        assert not any(c.isdigit() for c in s.english + s.italian)  # numbers spelled as a speaker says them
+    assert sum(s.english.endswith("?") for _, s in pairs) >= 30
+    pools = split_pairs()
+    assert sorted(len(v) for v in pools.values()) and sum(len(v) for v in pools.values()) == len(pairs)
+    seen = [{i for i, _ in v} for v in pools.values()]
+    assert all(not (x & y) for k, x in enumerate(seen) for y in seen[k + 1:])
+    assert 0.15 < len(pools["test"]) / len(pairs) < 0.35  # a quarter, by hash
+    assert all(split_of(i) == sp for sp, v in pools.items() for i, _ in v)
+    # a test sentence never becomes training data, however many training utterances are asked for
+    plan = plan_corpus(CorpusConfig(name="big", n_train=600, n_test=5, languages=("en",)))
+    test = {s.english for _, s in pools["test"]}
+    assert not test & {r["text"] for r in plan if r["split"] == "train"}
+    assert len({r["text"] for r in plan if r["split"] == "train"}) == len(pools["train"])  # repeats, all used
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"unseen_voices": {"en": ["flite:rms"]}, "n_test_unseen_voice": 1}, "both voices and unseen_voices"),
+    ({"voices": {"en": ["nope:x"]}}, "nope"),
+    ({"sentences": "poems"}, "sentences"),
+    ({"speed": [1.2, 0.9]}, "speed"),
+])
+def test_bad_corpus_configs_say_what_is_wrong(kw, match):
+    with pytest.raises(InputError, match=match):
+        CorpusConfig(name="bad", **kw)
 
 
 def test_build_is_byte_identical_and_resumable(tmp_path):
@@ -108,15 +151,39 @@ def test_build_is_byte_identical_and_resumable(tmp_path):
 def test_a_changed_config_resynthesizes_instead_of_relabelling(tmp_path):
     cfg = CorpusConfig(name="t", out_dir=str(tmp_path), n_test=2, languages=("en", "it"))
     first = build_corpus(cfg, progress=False).set_index("id")
-    # an unseen-voice split for English draws from the shared generator: the Italian rows get other sentences
-    changed = build_corpus(CorpusConfig(**{**cfg.__dict__, "n_test_unseen_voice": 1}), progress=False).set_index("id")
-    fresh = build_corpus(CorpusConfig(**{**cfg.__dict__, "n_test_unseen_voice": 1, "out_dir": str(tmp_path / "f")}),
-                         progress=False).set_index("id")
+    # other speeds: the same sentences, other audio -> every file re-synthesized, none kept under its old label
+    slower = {**cfg.__dict__, "speed": (0.8, 0.85)}
+    changed = build_corpus(CorpusConfig(**slower), progress=False).set_index("id")
+    fresh = build_corpus(CorpusConfig(**{**slower, "out_dir": str(tmp_path / "f")}), progress=False).set_index("id")
     assert list(changed.sha256) == list(fresh.sha256)  # identical to a build from scratch
-    moved = [i for i in first.index if first.at[i, "transcript"] != changed.at[i, "transcript"]]
-    assert moved and all(first.at[i, "sha256"] != changed.at[i, "sha256"] for i in moved)
-    for i in changed.index:  # every kept or rebuilt file's words are its row's transcript
+    assert list(changed.transcript) == list(first.transcript)
+    assert all(first.at[i, "sha256"] != changed.at[i, "sha256"] for i in first.index)
+    assert (changed.duration_s > first.duration_s).all()  # slower speech is longer
+    for i in changed.index:  # every rebuilt file's words are its row's transcript
         assert [w["word"] for w in read_word_times(changed.loc[i])] == changed.at[i, "transcript"].split()
+
+
+def test_a_rebuild_with_other_engine_bytes_warns_with_the_difference_and_goes_on(tmp_path):
+    """A committed manifest made elsewhere (other engine version: other bytes) -> re-synthesize here, warn with
+    the measured difference, return this machine's manifest; the committed file is left as it is."""
+    built = build_corpus(default_config(tmp_path), progress=False)
+    committed = built.copy()
+    committed.loc[:2, "sha256"] = "0" * 64
+    committed.loc[:2, "duration_s"] = committed.loc[:2, "duration_s"] + 0.25
+    committed["source"] = [s.replace("flite 2.2", "flite 2.1") for s in committed.source]
+    committed["audio_path"] = [os.path.relpath(p, tmp_path) for p in committed.audio_path]
+    committed["word_times_path"] = [os.path.relpath(p, tmp_path) for p in committed.word_times_path]
+    committed.to_csv(tmp_path / "data_manifest.csv", index=False)
+    before = (tmp_path / "data_manifest.csv").read_bytes()
+    for p in built.audio_path[:3]:
+        os.remove(p)
+    with pytest.warns(UserWarning, match=r"differs from data_manifest.csv in 3 of 24 rows.*0\.250 s at most.*flite 2\.1"):
+        path = ensure_default_corpus(tmp_path / "data_manifest.csv", progress=False)
+    assert path == tmp_path / "data" / "default" / "manifest.csv"
+    local = load_manifest(path)
+    assert list(local.sha256) == list(built.sha256)  # this machine's bytes, recorded
+    assert (tmp_path / "data_manifest.csv").read_bytes() == before
+    assert ensure_default_corpus(tmp_path / "data_manifest.csv", progress=False) == path  # and again, silently
 
 
 def test_committed_manifest_reproduces():
@@ -124,7 +191,8 @@ def test_committed_manifest_reproduces():
     df = load_manifest(path)
     assert len(df) == 24 and set(df.split) == {"test"} and (df.language == "en").all()
     assert all(sha256_file(p) == s for p, s in zip(df.audio_path, df.sha256))
-    assert df.duration_s.between(1.0, 5.0).all()
+    assert df.duration_s.between(1.0, 8.0).all()
+    assert df.source.str.startswith("flite").all() and set(df.voice) <= set(VOICES["en"])
 
 
 def test_manifest_validation_names_every_bad_row(tmp_path):

@@ -4,8 +4,8 @@
 the manifest's utterances spoken in each language and scores them against the manifest's ``transcript``
 (transcription) or ``translation`` (translation into English; the corpus builder gives Italian items their English
 sentence). Real models write cased, punctuated text with digits while the synthetic references are lower case words
-without punctuation, so both sides go through :func:`normalize_text` first (lower case, punctuation removed, the
-grammar's numbers spelled out); WER is jiwer's corpus WER, BLEU and chrF are sacrebleu's corpus scores on the
+without punctuation, so both sides go through :func:`normalize_text` first (lower case, punctuation removed,
+numbers spelled out); WER is jiwer's corpus WER, BLEU and chrF are sacrebleu's corpus scores on the
 normalized text.
 
     xattn evaluate --model bundled:whisper-base --manifest M.csv --setting it:translate
@@ -20,6 +20,7 @@ import unicodedata
 import jiwer
 import pandas as pd
 import sacrebleu
+from num2words import num2words
 
 from .._entry import module_main
 from ..data.audio import load_audio
@@ -28,22 +29,32 @@ from ..errors import InputError, XattnError
 from ..extraction.forced import transcribe
 from ..models.loader import load_model
 
-_DIGITS = {"en": {"2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven", "8": "eight",
-                  "10": "ten"},
-           "it": {"2": "due", "3": "tre", "4": "quattro", "5": "cinque", "6": "sei", "7": "sette", "8": "otto",
-                  "10": "dieci"}}
+def _spell_number(match: re.Match, language: str) -> str:
+    """A run of digits as words, as a speaker says it: num2words in ``language`` (English four-digit numbers
+    1100-2099 as years: "nineteen ninety-five")."""
+    n = int(match.group(0))
+    lang = language if language in ("en", "it") else "en"
+    if lang == "en" and len(match.group(0)) == 4 and 1100 <= n <= 2099:
+        return f" {num2words(n, to='year')} "
+    return f" {num2words(n, lang=lang)} "
 
 
 def normalize_text(text: str, language: str = "en") -> str:
-    """Lower case, punctuation to spaces (apostrophes kept), whitespace collapsed, the grammar's numbers as words.
+    """Lower case, numbers as words, punctuation to spaces (apostrophes kept), whitespace collapsed.
+
+    Whisper writes digits where the references spell numbers out (as a speaker says them), so digits become words
+    (:func:`_spell_number`; "25" and "twenty-five" both give "twenty five").
 
     >>> normalize_text(" The red car sees 2 small dogs, in the garden.")
     'the red car sees two small dogs in the garden'
+    >>> normalize_text("Ho 25 anni.", "it")
+    'ho venticinque anni'
     """
-    text = unicodedata.normalize("NFC", text).lower()
+    text = unicodedata.normalize("NFC", text).lower().replace("\u2019", "'")
+    text = re.sub(r"(?<=\d)[,.](?=\d{3}\b)", "", text)  # 1,000 -> 1000
+    text = re.sub(r"\d+", lambda m: _spell_number(m, language), text)
     text = "".join(" " if unicodedata.category(c).startswith(("P", "S")) and c != "'" else c for c in text)
-    digits = _DIGITS.get(language, {})
-    return " ".join(digits.get(w, w) for w in re.split(r"\s+", text) if w)
+    return " ".join(w for w in re.split(r"\s+", text) if w)
 
 
 def score_texts(refs: list[str], hyps: list[str], task: str = "transcribe") -> dict:

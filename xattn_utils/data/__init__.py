@@ -1,6 +1,7 @@
 """Data: the speech the study runs on.
 
-Audio loading and checks (``audio``), the manifest format and its validation (``manifest``), the synthetic corpus
-with exact word times (``corpus``, built from the sentence ``grammar`` and spoken by ``espeak``). Nothing here knows
+Audio loading and checks (``audio``), the manifest format and its validation (``manifest``), the synthetic corpora
+with word times (``corpus``: natural ``sentences`` or the template ``grammar``, spoken by the speech ``engines`` —
+flite, festival, espeak-ng through ``espeak``). Nothing here knows
 about models; every later stage reads utterances through the manifest.
 """

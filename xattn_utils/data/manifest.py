@@ -1,7 +1,8 @@
 """The data manifest: one row per utterance, the single index of every data set the study reads.
 
 Columns (:data:`COLUMNS`): id, audio_path, sample_rate, duration_s, language, tasks (";"-separated: asr, st),
-transcript, translation, word_times_path, sha256, source, licence, split. Relative paths resolve against the
+transcript, translation, word_times_path, sha256, source, licence, split, voice (``engine:name`` for synthetic
+speech; optional: the quality table groups by it when present). Relative paths resolve against the
 manifest's folder (or ``root``). User data sets (LibriSpeech, CoVoST 2, FLEURS, ...) follow the same schema with their
 own audio.
 
@@ -21,7 +22,7 @@ from ..errors import InputError
 from .audio import MAX_SECONDS
 
 COLUMNS = ("id", "audio_path", "sample_rate", "duration_s", "language", "tasks", "transcript", "translation",
-           "word_times_path", "sha256", "source", "licence", "split")
+           "word_times_path", "sha256", "source", "licence", "split", "voice")
 
 
 def load_manifest(path: str | Path, root: str | Path | None = None, split: str | None = None,

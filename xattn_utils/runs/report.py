@@ -114,6 +114,42 @@ def run_headline(run_dir: Path) -> list[dict]:
         return []
 
 
+def run_quality(run_dir: Path) -> pd.DataFrame:
+    """A run's quality gate (``tables/01_quality.csv``: per voice and ``all``); empty when notebook 01 wrote none."""
+    path = run_dir / "tables" / "01_quality.csv"
+    return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else pd.DataFrame()
+
+
+def quality_label(q: pd.DataFrame) -> str:
+    """The error rate beside a headline: ``WER 4.2 %`` (transcription) or ``chrF 55.1`` (translation), loops."""
+    if q.empty:
+        return "not scored"
+    row = q[q.voice == "all"].iloc[0]
+    label = f"chrF {row.chrf:.1f}" if row.task == "translate" and pd.notna(row.get("chrf")) else \
+        f"WER {row.wer:.1f} %" if pd.notna(row.get("wer")) else "no hypothesis"
+    return label + (f", {int(row.loops)} loop(s)" if row.loops else "")
+
+
+def quality_section(runs: list[RunSpec]) -> list[str]:
+    """The quality gate of every done run: per voice and overall, beside the targets."""
+    rows = []
+    for run in runs:
+        q = run_quality(Path(run.run_dir))
+        for r in q.to_dict("records"):
+            rows.append({"run": run.name, **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}})
+    if not rows:
+        return []
+    cols = ["run", "language", "task", "voice", "scored", "loops", "wer", "cer",
+            *(["bleu", "chrf"] if any("chrf" in r for r in rows) else []), "target", "gate"]
+    return ["## Did the models understand their input? (quality gate)\n",
+            "Greedy hypotheses (as the study decodes) against the references, text normalized (lower case, no "
+            "punctuation, numbers as words): WER/CER for transcription, BLEU/chrF against the English sentence for "
+            "translation; loops are decoding loops (recorded, never explained). Each run's `tables/01_hypotheses.csv` "
+            "shows every hypothesis beside its reference.\n",
+            _md_table([{k: ("" if (isinstance(v, float) and np.isnan(v)) else v) for k, v in r.items()}
+                       for r in rows], cols)]
+
+
 def axes_section(root: Path) -> list[str]:
     """The paper's axes (language, task, scale) when the collected runs span them: ``axes.csv``, ``axes.png`` and a
     table; nothing when they do not."""
@@ -188,10 +224,12 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
         if not is_done(run):
             continue
         for rec in run_headline(Path(run.run_dir)):
-            heads.append({"run": run.name + (" — ON THE LOSS PLATEAU" if run in plateau else ""), **rec})
-    out.append(_md_table(heads, ["run", "comparison", "aggregate", "selection", "n", "ours", "95% CI", "reliability",
-                                "corrected", "paper"]) if heads
+            heads.append({"run": run.name + (" — ON THE LOSS PLATEAU" if run in plateau else ""),
+                          "quality": quality_label(run_quality(Path(run.run_dir))), **rec})
+    out.append(_md_table(heads, ["run", "quality", "comparison", "aggregate", "selection", "n", "ours", "95% CI",
+                                "reliability", "corrected", "paper"]) if heads
                else "_no done run has tables/agreement.parquet_\n")
+    out.extend(quality_section(runs))
     out.extend(axes_section(root))
     out.append("## Figures and executed notebooks\n")
     for run in runs:

@@ -4,10 +4,11 @@ Steps:
 1. with ``--train`` only, when no model of the offline grid is trained yet, train it first
    (``notebooks/00_train_models.ipynb`` through papermill, CPU-sized budgets; ``make models`` does the same): the
    default study needs no training;
-2. build the corpora the sweep reads when missing: the default English corpus (on first use) and the English +
-   Italian one of ``sweeps/corpus_enit.json`` (into ``data/enit``);
-3. run ``sweeps/default.yaml`` (bundled Whisper tiny.en through notebooks 01-06; bundled Whisper base on the paper's
-   axes) with a ``model`` grid of every trained grid model present, through
+2. build the corpora the sweep reads when missing: the default English corpus (on first use), the English +
+   Italian one of ``sweeps/corpus_enit.json`` (into ``data/enit``) and the hard-speech one of
+   ``sweeps/corpus_hard.json`` (espeak-ng voices, grammar sentences; into ``data/hard``);
+3. run ``sweeps/default.yaml`` (bundled Whisper tiny.en through notebooks 01-06 and on hard speech; bundled Whisper
+   base on the paper's axes) with a ``model`` grid of every trained grid model present, through
    :func:`xattn_utils.runs.sweep.run_sweep` (resumable: finished runs are skipped);
 4. print where ``report.md`` is, the headline numbers beside the paper's and the wall time.
 
@@ -32,7 +33,7 @@ from .sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SWEEP = REPO / "sweeps" / "default.yaml"
-STUDY_CORPORA = (REPO / "sweeps" / "corpus_enit.json",)  # built relative to the working directory (data/<name>)
+STUDY_CORPORA = (REPO / "sweeps" / "corpus_enit.json", REPO / "sweeps" / "corpus_hard.json")  # built relative to the working directory (data/<name>)
 TRAIN_NOTEBOOK = REPO / "notebooks" / "00_train_models.ipynb"
 DESCRIPTION = ("Run the default xattn study: the default sweep over the bundled model and every trained grid model "
                "present.")
