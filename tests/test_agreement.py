@@ -29,6 +29,8 @@ from xattn_utils.analysis.agreement import (
 )
 from xattn_utils.errors import XattnError
 
+from tolerances import f64
+
 CORR = ["pearson", "spearman", "kendall"]
 
 
@@ -194,7 +196,10 @@ def test_r2_interval_from_squared_bootstrap():
 
 # ------------------------------------------------------------------------------------------------ pinned numbers
 # Values computed before the bootstrap helper was shared and agreement_table was split into small functions
-# (same seeds, same synthetic input): the refactor must reproduce them.
+# (same seeds, same synthetic input): the refactor must reproduce them, up to float64 rounding in another order.
+# Fisher z, sums over ≤ 14 values, tanh and percentile interpolation: ≤ 64 roundings (a transcendental counted as 4),
+# amplified ≤ 2× (measured: outputs move ≤ 1.1 × a relative input perturbation)
+PINNED_REL = f64(n_ops=64, scale=2)
 def _fixed_groups():
     rng = np.random.default_rng(123)
     obs = [np.tanh(rng.normal(0.4, 0.3, size=n)) for n in (1, 3, 2, 1, 4)]
@@ -215,18 +220,18 @@ def test_bootstraps_reproduce_the_values_before_they_shared_one_helper():
         "spearman": (0.376943068017725, 0.24133186892220296, 0.46240247573308846, 10, 1, 5),
     }
     for measure, want in pinned.items():
-        assert _summary(dataset_aggregate(obs, measure, n_boot=200, seed=7)) == pytest.approx(want, rel=1e-12)
+        assert _summary(dataset_aggregate(obs, measure, n_boot=200, seed=7)) == pytest.approx(want, rel=PINNED_REL)
     cor = dataset_corrected(obs, halves, n_boot=200, seed=7)
     assert _summary(cor["split_half"]) == pytest.approx(
-        (0.5414493979569744, 0.4491400702826696, 0.6218521922979326, 10, 1, 4), rel=1e-12)
+        (0.5414493979569744, 0.4491400702826696, 0.6218521922979326, 10, 1, 4), rel=PINNED_REL)
     assert _summary(cor["reliability"]) == pytest.approx(
-        (0.7025198474560468, 0.6198711628960205, 0.7668407304206795, 10, 1, 4), rel=1e-12)
+        (0.7025198474560468, 0.6198711628960205, 0.7668407304206795, 10, 1, 4), rel=PINNED_REL)
     assert _summary(cor["pearson_corrected"]) == pytest.approx(
-        (0.4884035934508093, 0.3068551195973121, 0.5746276402168524, 9, 1, 4), rel=1e-12)
+        (0.4884035934508093, 0.3068551195973121, 0.5746276402168524, 9, 1, 4), rel=PINNED_REL)
     only = dataset_corrected(None, halves, n_boot=200, seed=3, ci=0.9)
     assert only["pearson_corrected"] is None
     assert _summary(only["reliability"]) == pytest.approx(
-        (0.7025198474560468, 0.6207802916876568, 0.7666407119202637, 10, 1, 4), rel=1e-12)
+        (0.7025198474560468, 0.6207802916876568, 0.7666407119202637, 10, 1, 4), rel=PINNED_REL)
 
 
 def _named_maps():
@@ -265,7 +270,10 @@ def test_agreement_table_reproduces_the_values_before_its_refactor():
         row = df[(df.level == level) & (df.attention == att) & (df.reference == ref) & (df.measure == measure)]
         assert len(row) == 1
         r = row.iloc[0]
-        assert (r.value, r.ci_low, r.ci_high, r.n) == pytest.approx(want, rel=1e-12)
+        # float64 per-row correlations (≤ 4 length-10 reductions) and the dataset steps: ≤ 64 roundings; measured
+        # amplification ≤ 6, except ρ² = 2.8e-5, the square of a mean of opposite-sign values (≤ 470): ×2 margin
+        rel = f64(n_ops=64, scale=1000 if measure == "pearson_r2" else 12)
+        assert (r.value, r.ci_low, r.ci_high, r.n) == pytest.approx(want, rel=rel)
 
 
 # ------------------------------------------------------------------------------------------------ attention columns

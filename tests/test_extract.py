@@ -26,6 +26,13 @@ from xattn_utils.extraction.forced import (
     forced_pass,
 )
 
+from tolerances import f32, measured
+
+# Batch 1 vs batch 3 through the whole float32 tiny.en (other BLAS blockings, 1500-frame softmaxes): measured max
+# differences over 3 utterances, 1 and 2 threads (see test_batch_equals_one_by_one), with a ×10 margin or more
+BATCH_CA_ATOL = measured(2e-6, margin=10)  # cross-attention weights: measured max 1.6e-6
+BATCH_LP_ATOL = measured(5e-6, margin=40)  # log-probs: measured max 4.1e-6
+
 
 def _items(speech_dir, n=3):
     return pd.DataFrame({"id": [f"utt{i}" for i in range(n)],
@@ -49,8 +56,8 @@ def test_batch_equals_one_by_one(bundled, speech_dir, tmp_path):
     for uid in items.id:
         a, b = s1.load(uid, "attention"), s3.load(uid, "attention")
         assert list(a.token_id.values) == list(b.token_id.values)
-        np.testing.assert_allclose(a.cross_attention.values, b.cross_attention.values, atol=2e-5)
-        np.testing.assert_allclose(a.log_probs.values, b.log_probs.values, atol=2e-4)
+        np.testing.assert_allclose(a.cross_attention.values, b.cross_attention.values, rtol=0, atol=BATCH_CA_ATOL)
+        np.testing.assert_allclose(a.log_probs.values, b.log_probs.values, rtol=0, atol=BATCH_LP_ATOL)
 
 
 def test_forced_pass_shapes_and_values(bundled, speech_dir, tmp_path):
@@ -65,7 +72,8 @@ def test_forced_pass_shapes_and_values(bundled, speech_dir, tmp_path):
     assert (ds.log_probs.values <= 0).all() and ds.log_probs.values.mean() > -1.5
     # rows were softmax over 1500 frames: the mass on the audio frames is at most 1 (Whisper also looks at padding)
     mass = ds.cross_attention.sum("enc_frame").values
-    assert (mass <= 1 + 1e-4).all() and mass.mean() > 0.3
+    # float32 softmax normalizer over 1500 frames plus this sum over up to 1500 of them
+    assert (mass <= 1 + f32(n_ops=2 * 1500)).all() and mass.mean() > 0.3
     prov = ds.attrs["provenance"]
     assert prov["model"]["model_id"] == "bundled:whisper-tiny.en" and len(prov["model"]["weights_sha256"]) == 64
     assert prov["model"]["input_mode"] == "padded" and len(prov["data"]["sha256"]) == 64
@@ -81,7 +89,9 @@ def test_scorer_agrees_with_forced_pass(bundled, speech_dir):
     with torch.inference_mode():
         lp = scorer.log_probs(feats.values[None])[0]
     assert scorer.n_tokens == len(hyp) + 1 == lp.shape[0]
-    np.testing.assert_allclose(lp.gather(-1, scorer.target_ids[:, None])[:, 0].numpy(), fp.log_probs, atol=1e-4)
+    # the same decoder on the same input through two code paths (one item each): at most the batch-shape difference
+    np.testing.assert_allclose(lp.gather(-1, scorer.target_ids[:, None])[:, 0].numpy(), fp.log_probs,
+                               rtol=0, atol=BATCH_LP_ATOL)
     # greedy: every hypothesis token is the forced pass's argmax (suppressed tokens aside)
     assert (lp[:-1].argmax(-1) == scorer.target_ids[:-1]).float().mean() == 1.0
     # padding frames hold the silence floor, which is the occlusion value
@@ -97,7 +107,9 @@ def test_value_norms_match_explicit_head_computation(bundled):
         d = attn.head_dim
         v = attn.v_proj(hidden)[0, :, 3 * d:4 * d]  # head 3
         fx = v @ attn.out_proj.weight[:, 3 * d:4 * d].T
-    np.testing.assert_allclose(norms[0, 2, 3].numpy(), fx.norm(dim=-1).numpy(), rtol=1e-5)
+    # float32, two orders: the value projection (D = 384), the head's output projection (d_h = 64), the norm (D)
+    d_model = bundled.model.config.d_model
+    np.testing.assert_allclose(norms[0, 2, 3].numpy(), fx.norm(dim=-1).numpy(), rtol=f32(n_ops=2 * d_model + d))
 
 
 def test_trimmed_mode(bundled, bundled_trimmed, speech_dir, tmp_path):
@@ -255,7 +267,7 @@ def test_storage_options_reuse_the_hypothesis(bundled, speech_dir, tmp_path, mon
         assert new.attrs["hypothesis_key"] == old.attrs["hypothesis_key"]
         assert list(new.token_id.values) == list(old.token_id.values)
         assert new.encoder_hidden.shape == (new.sizes["enc_frame"], bundled.model.config.d_model)
-        np.testing.assert_allclose(new.cross_attention.values, old.cross_attention.values, atol=2e-5)
+        np.testing.assert_allclose(new.cross_attention.values, old.cross_attention.values, rtol=0, atol=BATCH_CA_ATOL)
     third = extract_cross_attention(bundled, items, tmp_path, ExtractConfig(batch_size=3, with_hidden=True,
                                                                           max_compression_ratio=None), progress=False)
     assert sorted(third.skipped) == ["utt0", "utt1"]  # hidden states stored: nothing to do

@@ -22,6 +22,8 @@ from xattn_utils.extraction.extract import attention_dataset
 from xattn_utils.extraction.forced import ForcedPass
 from xattn_utils.store import ResultStore
 
+from tolerances import f32, f64
+
 # what compute_saliency writes (tests/test_saliency.py checks the store holds exactly these after a run)
 WRITTEN = {"spes-x": ["spes_x"], "spes-h": ["spes_h"], "saliency": ["saliency_x", "saliency_h"],
            "ixg": ["ixg_x", "ixg_h"], "ig": ["ig_x", "ig_h"]}
@@ -132,8 +134,9 @@ def test_from_store_reads_every_map_with_its_frames_and_tokens(planted):
     assert list(m.references) == ["smx", "smh", "ig_x"]  # the registry's order
     assert m.references["smx"].shape == (N_TOK - 1, T_AUDIO, N_MEL) and m.references["smh"].shape == (N_TOK - 1, T_ENC)
     assert set(m.halves) == {"smx"}
-    np.testing.assert_allclose(m.attention["all"], ca.mean((0, 1))[:-1], rtol=1e-6)
-    np.testing.assert_allclose(m.attention["alignment_heads"], (ca[1, 2] + ca[0, 1])[:-1] / 2, rtol=1e-6)
+    # float32 means of nonnegative terms in two orders: L·H terms, then 2 (relative error ≤ n eps on each side)
+    np.testing.assert_allclose(m.attention["all"], ca.mean((0, 1))[:-1], rtol=f32(n_ops=2 * L * H))
+    np.testing.assert_allclose(m.attention["alignment_heads"], (ca[1, 2] + ca[0, 1])[:-1] / 2, rtol=f32(n_ops=2 * 2))
     assert "L1H2" in m.attention and "norm:all" in m.attention
     assert m.pools == {"smx": "mean", "smh": "mean", "ig_x": "sum"}
     everything = UtteranceMaps.from_store(st, "u", MapsConfig(special="include", per_head=False))
@@ -144,19 +147,33 @@ def test_planted_signal_survives_the_grid_and_normalization_with_an_odd_frame_co
     st, signal, mass, _ = planted
     grid = UtteranceMaps.from_store(st, "u").on_encoder_grid()
     rows = signal[:-1]
+    smx_max = 4.0 + N_TOK + float(np.abs(rows).max())  # largest SMX cell
     # SPES cells are means: mean pooling gives offset + signal, the ragged last column included
-    np.testing.assert_allclose(grid.references["smx"], 4.0 + np.arange(N_TOK - 1)[:, None] + rows, atol=1e-9)
-    for half, sign in zip(grid.halves["smx"], (1, -1)):
-        np.testing.assert_allclose(half, grid.references["smx"] + sign * 0.01, atol=1e-9)
+    # (float64: the cell sums, a mean over K·N_MEL cells and this addition)
+    np.testing.assert_allclose(grid.references["smx"], 4.0 + np.arange(N_TOK - 1)[:, None] + rows,
+                               rtol=0, atol=f64(n_ops=K * N_MEL + 2, scale=smx_max))
+    for half, sign in zip(grid.halves["smx"], (1, -1)):  # ± 0.01 and both grids' means
+        np.testing.assert_allclose(half, grid.references["smx"] + sign * 0.01,
+                                   rtol=0, atol=f64(n_ops=2 * K * N_MEL + 4, scale=smx_max))
     # gradient cells are amounts: sum pooling gives back each encoder frame's mass, the ragged one too
-    np.testing.assert_allclose(grid.references["ig_x"], mass[:-1], atol=1e-9)
-    np.testing.assert_allclose(grid.references["smh"], rows, atol=1e-6)
+    # (float64: mass / cells present, then a sum of up to K·N_MEL positive cells)
+    np.testing.assert_allclose(grid.references["ig_x"], mass[:-1], rtol=0,
+                               atol=f64(n_ops=K * N_MEL + 1, scale=float(mass.max())))
+    # SMH was stored in float32: one rounding
+    np.testing.assert_allclose(grid.references["smh"], rows, rtol=0, atol=f32(n_ops=1, scale=float(np.abs(rows).max())))
     assert all(a.shape == (N_TOK - 1, T_ENC) for a in (*grid.attention.values(), *grid.references.values()))
     z = grid.normalized()
     assert z.normalization == "zscore"
+    # the z-score of x + δ moves by ≤ (|δx| + mean|δx| + |z|·rms δx) / σ per row; the float32 SMH (|δx| ≤ eps·|x|)
+    # bounds it, the float64 grids are far below
+    want = normalize_rows(rows)
+    z_scale = float(((np.abs(rows).max(1) + np.abs(rows).mean(1) + np.abs(want).max(1) * np.sqrt((rows ** 2).mean(1)))
+                     / rows.std(1)).max())
     for name in ("smx", "smh", "ig_x"):
-        np.testing.assert_allclose(z.references[name], normalize_rows(rows), atol=1e-5)
-        np.testing.assert_allclose(z.references[name].mean(1), 0, atol=1e-9)
+        np.testing.assert_allclose(z.references[name], want, rtol=0, atol=f32(n_ops=1, scale=z_scale))
+        # float64 row mean and its subtraction (T' terms each) on values ≤ smx_max over the smallest row std
+        np.testing.assert_allclose(z.references[name].mean(1), 0,
+                                   rtol=0, atol=f64(n_ops=2 * T_ENC, scale=smx_max / float(rows.std(1).min())))
     # the old grid (sum pooling of SPES cells) loses the planted signal in the ragged column
     summed = UtteranceMaps.from_store(st, "u", MapsConfig(pool="sum")).on_encoder_grid().normalized()
     assert np.abs(summed.references["smx"][:, -1] - normalize_rows(rows)[:, -1]).max() > 1.0

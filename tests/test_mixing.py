@@ -20,6 +20,22 @@ from xattn_utils.attribution.mixing import (
 )
 from xattn_utils.errors import XattnError
 
+from tolerances import f32, f64
+
+# _whisper_encoder's defaults: T' = 12 frames, width D = 16, 2 heads of d_h = 8, FFN 2D, 4 mel bins
+T_ENC, D, D_H, MELS = 12, 16, 8, 4
+
+
+def layer_ops(d: int, ffn: int, d_h: int, t_enc: int) -> int:
+    """Reductions one residual-stream value passes through in a pre-LN encoder layer: LN1, the q/k/v and output
+    projections, LN2 and fc1 (length D each), fc2 (FFN width), the scores (d_h), the softmax normalizer and the
+    attention mixing (T' each)."""
+    return 5 * d + ffn + d_h + 2 * t_enc
+
+
+LAYER_OPS = layer_ops(D, 2 * D, D_H, T_ENC)
+FRONT_OPS = 3 * MELS + 3 * D  # the two kernel-3 convolutions
+
 
 def _whisper_encoder(t_enc=12, d=16, heads=2, layers=2, mels=4, seed=0, scale=0.4):
     """A tiny random Whisper encoder (real `transformers` modules), weights drawn larger than the default init."""
@@ -74,12 +90,21 @@ def test_trace_matches_the_encoder():
     tr = trace_encoder(enc, x)
     with torch.no_grad():
         ref = enc(x, output_attentions=True)
-    torch.testing.assert_close(tr.output, ref.last_hidden_state, atol=1e-5, rtol=1e-4)
+    # float32 in two summation orders: front end, 2 layers and the final LN; outputs of magnitude max|output|
+    torch.testing.assert_close(tr.output, ref.last_hidden_state, rtol=0,
+                               atol=f32(n_ops=FRONT_OPS + 2 * LAYER_OPS + D, scale=float(tr.output.abs().max())))
     assert ref.attentions is not None and len(ref.attentions) == 2
-    for layer, att in zip(tr.layers, ref.attentions):
-        torch.testing.assert_close(layer.attention, att, atol=1e-6, rtol=1e-5)
+    for k, (layer, att) in enumerate(zip(tr.layers, ref.attentions)):
+        # softmax: δα ≤ α·2·max|δscore| + normalizer (T'); scores (|s| ≤ 13 in this seeded encoder) inherit the
+        # rounding of the front end, k layers, LN1, the q/k projections and the d_h-long dot product
+        score_ops = FRONT_OPS + k * LAYER_OPS + 2 * D + D_H
+        torch.testing.assert_close(layer.attention, att, atol=f32(n_ops=T_ENC),
+                                   rtol=2 * f32(n_ops=score_ops, scale=13.0))
         with torch.no_grad():
-            torch.testing.assert_close(layer.z, layer.layer(layer.x, None), atol=1e-5, rtol=1e-4)
+            # one layer, same input, two summation orders; residual-stream values ≤ max(|y|, |z|)
+            scale = float(torch.maximum(layer.y.abs().max(), layer.z.abs().max()))
+            torch.testing.assert_close(layer.z, layer.layer(layer.x, None), rtol=0,
+                                       atol=f32(n_ops=LAYER_OPS, scale=scale))
 
 
 # ---------------------------------------------------------------------------------------- known answers
@@ -90,11 +115,18 @@ def test_identity_attention_gives_identity_mixing_and_leaves_ca_unchanged():
     enc = _routing_encoder(perm)
     res = encoder_mixing(enc, _features(enc), MixingConfig(chunk=4))
     eye = torch.eye(6)
+    # off-diagonal scores are 0 in exact arithmetic; in float32 value zeroing's 1 − cos of two equal width-8
+    # vectors rounds in 2 length-8 reductions (ALTI's ‖y‖₁ − ‖y‖₁ in 1, on ‖y‖₁ ≤ 1.8 × its diagonal score).
+    # Row normalization puts the 5 off-diagonal errors, over the diagonal score (≥ 0.40 here, vzero), on the diagonal.
+    # One layer: undone[-1] is that layer's map, no product.
+    tol = f32(n_ops=(6 - 1) * 2 * 8, scale=1 / 0.40)
     for m in METHODS:
-        torch.testing.assert_close(res.layers[m][0, 0], eye, atol=1e-6, rtol=0)
-        torch.testing.assert_close(res.undone[m][0, -1], eye, atol=1e-6, rtol=0)
+        torch.testing.assert_close(res.layers[m][0, 0], eye, atol=tol, rtol=0)
+        torch.testing.assert_close(res.undone[m][0, -1], eye, atol=tol, rtol=0)
     ca = np.random.default_rng(0).dirichlet(np.ones(6), size=3)  # (I, T')
-    np.testing.assert_allclose(compose_attention(ca, res.undone["rollout"][0, -1].double().numpy()), ca, atol=1e-6)
+    # float32 rollout map: softmax normalizer and row normalization (length-6 sums) on entries ≤ 1; CA rows sum to 1
+    np.testing.assert_allclose(compose_attention(ca, res.undone["rollout"][0, -1].double().numpy()), ca,
+                               rtol=0, atol=f32(n_ops=2 * 6))
     torch.testing.assert_close(compose_attention(torch.as_tensor(ca), torch.eye(6, dtype=torch.float64)),
                                torch.as_tensor(ca))
 
@@ -109,19 +141,25 @@ def test_routing_encoder_moves_ca_mass_under_rollout():
     m = res.undone["rollout"][0, -1].double().numpy()
     want = 0.5 * np.eye(6)
     want[np.arange(6), perm] += 0.5
-    np.testing.assert_allclose(m, want, atol=1e-6)
+    # score gap s²a²/√d ≈ 320: the other α are e^-320, 0 in float32; what rounds is the softmax normalizer and the
+    # row normalization (length-6 sums) on entries ≤ 1
+    np.testing.assert_allclose(m, want, rtol=0, atol=f32(n_ops=2 * 6))
     # a token attending only to frame 0 (which holds frame 3's content) gets half its mass moved to frame 3
     ca = np.zeros((1, 6))
     ca[0, 0] = 1.0
-    np.testing.assert_allclose(compose_attention(ca, m)[0], [0.5, 0, 0, 0.5, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(compose_attention(ca, m)[0], [0.5, 0, 0, 0.5, 0, 0], rtol=0,
+                               atol=f32(n_ops=2 * 6))  # as m
     # every method puts its off-diagonal mass only on the routed frame
     allowed = np.eye(6, dtype=bool)
     allowed[np.arange(6), perm] = True
     for method in METHODS:
         mm = res.layers[method][0, 0].double().numpy()
-        assert np.abs(mm[~allowed]).max() < 1e-6, method
+        # a score that is 0 in exact arithmetic: vzero's 1 − cos of equal width-8 vectors (2 length-8 reductions),
+        # over its row's total score (≥ 0.30 here); ALTI's ‖y‖₁ − ‖y‖₁ (1 reduction, ‖y‖₁ ≤ 2.6 × the row total)
+        assert np.abs(mm[~allowed]).max() < f32(n_ops=2 * 8, scale=1 / 0.30), method
         assert mm[np.arange(6), perm].min() > 0 or method == "alti", (method, mm)
-        np.testing.assert_allclose(mm.sum(-1), 1.0, atol=1e-6)
+        # row normalizer (6 terms) and the division
+        np.testing.assert_allclose(mm.sum(-1), 1.0, rtol=0, atol=f32(n_ops=6 + 1))
 
 
 def test_compose_layers_order():
@@ -178,13 +216,20 @@ def test_batched_methods_equal_per_position_loops():
                 c = y[i] - y_neg[0, i] + (x[0, i] if i == j else 0.0)  # contribution of j to frame i
                 alti[i, j] = torch.clamp(y[i].abs().sum() - (y[i] - c).abs().sum(), min=0)
                 norm[i, j] = (ln2.weight * (c - c.mean())).norm() / s[i]
-        torch.testing.assert_close(got_vz, vz / vz.sum(-1, keepdim=True), atol=1e-9, rtol=1e-7)
-        torch.testing.assert_close(got_alti, alti / alti.sum(-1, keepdim=True), atol=1e-9, rtol=1e-7)
-        torch.testing.assert_close(got_norm, norm / norm.sum(-1, keepdim=True), atol=1e-9, rtol=1e-7)
+        # float64, batched vs per-position forward: a layer's reductions (LAYER_OPS) on the raw scores' inputs,
+        # relative to each row's total score after normalization (vz: 1 − cos is O(1) per unit of drift; ALTI: on
+        # ‖y‖₁; norm: on the largest norm)
+        torch.testing.assert_close(got_vz, vz / vz.sum(-1, keepdim=True), rtol=0,
+                                   atol=f64(n_ops=LAYER_OPS, scale=1 / float(vz.sum(-1).min())))
+        torch.testing.assert_close(got_alti, alti / alti.sum(-1, keepdim=True), rtol=0,
+                                   atol=f64(n_ops=LAYER_OPS, scale=float(y.abs().sum(-1).max() / alti.sum(-1).min())))
+        torch.testing.assert_close(got_norm, norm / norm.sum(-1, keepdim=True), rtol=0,
+                                   atol=f64(n_ops=LAYER_OPS, scale=float(norm.max() / norm.sum(-1).min().detach())))
         assert float((vz / vz.sum(-1, keepdim=True)).diagonal().mean()) < 0.9  # real mixing, not a near-identity
     # the block size never changes the maps
-    torch.testing.assert_close(layer_maps(tr, "vzero", MixingConfig(chunk=1)), layer_maps(tr, "vzero"),
-                               atol=1e-12, rtol=1e-10)
+    # float64, same arithmetic in other batch shapes: the FFN pass and cosine (LAYER_OPS) over the smallest row total
+    torch.testing.assert_close(layer_maps(tr, "vzero", MixingConfig(chunk=1)), layer_maps(tr, "vzero"), rtol=0,
+                               atol=f64(n_ops=LAYER_OPS, scale=1 / 0.01))  # row totals of raw vzero ≥ 0.011 here
 
 
 # ---------------------------------------------------------------------------------------- store and comparison
@@ -201,7 +246,8 @@ def test_composed_maps_from_a_dataset():
     assert set(out) == {"rollout∘all", "alti∘all", "rollout∘smh", "alti∘smh", "rollout[1]∘all", "alti[1]∘all",
                         "rollout[1]∘smh", "alti[1]∘smh"}
     full = res.undone["rollout"][0, -1, :10, :10].double().numpy()
-    np.testing.assert_allclose(out["rollout∘all"], maps["all"] @ full, rtol=1e-5)
+    # the same float64 product of the same values: nonnegative length-10 sums, each within 10 eps relative
+    np.testing.assert_allclose(out["rollout∘all"], maps["all"] @ full, rtol=f64(n_ops=10))
     with pytest.raises(XattnError, match="not in the store"):
         composed_maps(maps, ds, methods=("vzero",))
 
@@ -223,7 +269,13 @@ def test_bundled_tiny_en_store_and_compare(bundled_trimmed, speech_dir, tmp_path
     tr = trace_encoder(loaded.encoder_for(feats.shape[-1]), feats)
     with torch.no_grad():
         ref = loaded.encode(feats)
-    assert float((tr.output - ref).abs().max()) < 1e-3 * float(ref.abs().max())  # parity with the model's encoder
+    # parity with the model's encoder: float32 in two summation orders through the front end, every layer and the
+    # final LN, on outputs of magnitude max|ref|
+    cfg = loaded.model.config
+    t_enc, d = tr.output.shape[1], cfg.d_model
+    enc_ops = (3 * cfg.num_mel_bins + 3 * d + d + cfg.encoder_layers
+               * layer_ops(d, cfg.encoder_ffn_dim, d // cfg.encoder_attention_heads, t_enc))
+    assert float((tr.output - ref).abs().max()) < f32(n_ops=enc_ops, scale=float(ref.abs().max()))
 
     cfg = MixingConfig(methods=("rollout", "normmix", "alti"))
     store = ResultStore(tmp_path / "store")
@@ -236,18 +288,25 @@ def test_bundled_tiny_en_store_and_compare(bundled_trimmed, speech_dir, tmp_path
     assert mix.undone.shape == (3, 4, t_a, t_a) and (mix.seconds.values > 0).all()
     full = loaded_mixing(loaded, feats, cfg).undone
     for method in cfg.methods:  # stored maps: composed on every frame the encoder ran on, then cut to the audio
+        # float32, L layers: each map's row normalizer (T' terms) and each product's length-T' sums, entries ≤ 1
+        n_l, t_full = full[method].shape[1], full[method].shape[-1]
         np.testing.assert_allclose(mix.undone.sel({"method": method}).values,
-                                   full[method][0, :, :t_a, :t_a].numpy(), atol=1e-6)
+                                   full[method][0, :, :t_a, :t_a].numpy(), rtol=0, atol=f32(n_ops=2 * n_l * t_full))
         rows = full[method][0].sum(-1)
-        torch.testing.assert_close(rows, torch.ones_like(rows), atol=1e-4, rtol=0)
+        torch.testing.assert_close(rows, torch.ones_like(rows), atol=f32(n_ops=2 * n_l * t_full), rtol=0)
     # encoder mixing is real on tiny.en: the composed maps are far from the identity
     assert float(mix.undone.sel({"method": "rollout"}).values[-1].diagonal().mean()) < 0.5
 
     maps = utterance_maps(store, "utt1", CompareConfig(per_head=False, mixing=("rollout", "alti"), mixing_depths=True))
     assert {"rollout∘all", "alti∘last_layer", "rollout[2]∘all", "alti∘alignment_heads"} <= set(maps)
     ca = ca_all(att.cross_attention.values)[:-1]
-    want = normalize_rows(ca @ mix.undone.sel({"method": "rollout"}).values[-1])
-    np.testing.assert_allclose(maps["rollout∘all"], want, atol=1e-5)  # z-scores: values up to ~5
+    x = ca @ mix.undone.sel({"method": "rollout"}).values[-1]
+    want = normalize_rows(x)
+    # float32 here (head mean over L·H, product over T') against the library's float64: nonnegative sums, so
+    # |δx| ≤ n·eps·x; through the z-score |δz| ≤ n·eps·(max x + mean x + |z|·rms x) / σ, per row
+    z_scale = float(((x.max(1) + x.mean(1) + np.abs(want).max(1) * np.sqrt((x ** 2).mean(1))) / x.std(1)).max())
+    np.testing.assert_allclose(maps["rollout∘all"], want,
+                               rtol=0, atol=f32(n_ops=att.sizes["layer"] * att.sizes["head"] + t_a, scale=z_scale))
     with pytest.raises(XattnError, match="not in the store"):
         utterance_maps(store, "utt1", CompareConfig(mixing=("vzero",)))
 
@@ -266,7 +325,11 @@ def test_bundled_tiny_en_store_and_compare(bundled_trimmed, speech_dir, tmp_path
                  "--n-boot", "10", "--mixing", "rollout", "--quiet"]) == 0
     table = pd.read_parquet(tmp_path / "tables" / "agreement.parquet")
     d = table[(table.level == "utterance") & (table.measure == "pearson")].set_index(["attention", "reference"])
-    assert d.loc[("last_layer", "smh"), "value"] == pytest.approx(1.0, abs=1e-6)
+    # Pearson of a map with its float32 head mean (6 terms): 1 − r ≈ ½(δ/σ)² with δ that rounding and σ the smallest
+    # row std; plus the 1 − 1e-12 clip before Fisher's z
+    s = smh.saliency.values
+    tol = 0.5 * (f32(n_ops=6, scale=float(np.abs(s).max())) / float(s.std(1).min())) ** 2 + 1e-12
+    assert d.loc[("last_layer", "smh"), "value"] == pytest.approx(1.0, abs=tol)
     assert d.loc[("rollout∘last_layer", "smh"), "value"] < 0.999  # composing moved the attention
 
 

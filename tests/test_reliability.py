@@ -36,6 +36,8 @@ from xattn_utils.errors import (
 )
 from xattn_utils.store import ResultStore
 
+from tolerances import measured
+
 KIND = "attention"
 
 
@@ -174,8 +176,10 @@ def test_damaged_group_is_named_on_load_and_recomputed_on_resume(case, bundled_t
     again = store.load("utt0", KIND)
     original = ResultStore(base_store).load("utt0", KIND)
     assert list(again.token_id.values) == list(original.token_id.values)
-    # recomputed alone, not in the batch it was first computed in: equal within the batch tolerance (item 7)
-    np.testing.assert_allclose(again.cross_attention.values, original.cross_attention.values, atol=1e-4)
+    # recomputed alone, not in the batch it was first computed in: equal within the batch tolerance (item 7), the
+    # batch 1 vs batch 3 difference through tiny.en measured in test_extract (max 1.6e-6 over 3 utterances) ×10
+    np.testing.assert_allclose(again.cross_attention.values, original.cross_attention.values, rtol=0,
+                               atol=measured(2e-6, margin=10))
 
 
 def test_damaged_saliency_never_reaches_a_correlation(store_copy, tmp_path, capsys):

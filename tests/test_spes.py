@@ -39,6 +39,8 @@ from xattn_utils.attribution.spes import (
 )
 from xattn_utils.errors import XattnError
 
+from tolerances import f32, f64
+
 SMX = SPESConfig(n_masks=512, n_segments=(20, 40), reference_duration=None, batch_size=64)
 
 
@@ -51,6 +53,19 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def toy() -> BlockToyScorer:
     return BlockToyScorer(n_features=8, pad_frames=6)
+
+
+def _fwd_ops(toy: BlockToyScorer) -> int:
+    """float32 roundings of one toy log-prob: its reductions (frame pair, features, block mean, W1, W2, log-softmax)."""
+    return 2 + toy.A.shape[1] + toy.block + 2 * toy.W1.shape[0] + toy.W2.shape[0]
+
+
+def _kl_tol(toy: BlockToyScorer, base: torch.Tensor, logp: torch.Tensor, recomputed: bool = True) -> float:
+    """Absolute float32 rounding of a KL score or of a mean of them: the V-term sum Σ p·(b − q) on Σ p·|b − q|, and,
+    when the perturbed log-probs were recomputed in another batch shape, their rounding (_fwd_ops on |q|)."""
+    terms = float((base.exp() * (base - logp).abs()).sum(-1).max())
+    return f32(n_ops=toy.W2.shape[0], scale=terms) + (f32(n_ops=_fwd_ops(toy), scale=float(logp.abs().max()))
+                                                      if recomputed else 0.0)
 
 
 def _blocks(m: torch.Tensor, width: int, n_blocks: int) -> torch.Tensor:
@@ -114,8 +129,12 @@ def test_gemm_accumulation_equals_reference(toy, which):
     ref = reference_accumulate(plan.base, logp, occ, half)
     assert (ref.count[0] > 0).any() and (ref.count[1] > 0).any()
     assert torch.equal(fast.count, ref.count) and fast.n_masks == ref.n_masks == 50
-    assert torch.allclose(fast.numerator, ref.numerator, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(relevance(fast), relevance(ref), rtol=1e-5, atol=1e-6)
+    # the same float32 scores summed over 50 masks: the GEMM accumulates nonnegative terms in float32 (50 roundings,
+    # relative), each score's V-term sum may round in another order (absolute, 50 of them)
+    kl_tol = _kl_tol(toy, plan.base, logp, recomputed=False)
+    assert torch.allclose(fast.numerator, ref.numerator, rtol=f32(n_ops=50), atol=50 * kl_tol)
+    # relevance: those sums over counts ≥ 1, one more rounding
+    assert torch.allclose(relevance(fast), relevance(ref), rtol=f32(n_ops=50 + 2), atol=50 * kl_tol)
 
 
 @pytest.mark.parametrize("which", ["smx", "smh"])
@@ -129,15 +148,17 @@ def test_halves_are_independent_maps_that_merge_into_the_full_map(toy, which):
     occ = build_occlusion(plan.labels, bits, 0)
     half = mask_halves(0, 96, n_gran)
     ref = reference_accumulate(plan.base, plan.perturb(occ), occ, half)
+    # means of KL scores recomputed in other batch shapes (_kl_tol), accumulated over 96 masks in float32
+    kl_tol = _kl_tol(toy, plan.base, plan.perturb(occ))
     for h in (0, 1):  # each half map is the SPES map of exactly its own masks
         own = reference_accumulate(plan.base, plan.perturb(occ[half == h]), occ[half == h])
         assert torch.allclose(res.halves[h][:, : plan.cell_shape[0]].reshape(toy.n_tokens, -1), relevance(own),
-                              rtol=1e-4, atol=1e-6)
+                              rtol=f32(n_ops=96), atol=kl_tol)
     assert torch.allclose(relevance_halves(ref), relevance_halves(ref), rtol=0)
     # the full map is the merge of the halves' sums (not the mean of the two half maps)
     full = ref.numerator.sum(0) / ref.count.sum(0).clamp_min(1)
-    assert torch.allclose(res.map[:, : plan.cell_shape[0]].reshape(toy.n_tokens, -1), full.float(), rtol=1e-4,
-                          atol=1e-6)
+    assert torch.allclose(res.map[:, : plan.cell_shape[0]].reshape(toy.n_tokens, -1), full.float(),
+                          rtol=f32(n_ops=96 + 2), atol=kl_tol)  # as the halves, one more rounding (float32 cast)
 
 
 def test_mask_build_matches_per_mask_gather(toy):
@@ -154,8 +175,11 @@ def test_kl_fast_path_equals_kl_div(toy):
     occ = build_occlusion(plan.labels, MaskBits(1, max(plan.n_labels), 0.5).rows(0, 9), 0)
     logp = plan.perturb(occ)
     ref = torch.nn.functional.kl_div(logp, plan.base.expand_as(logp), reduction="none", log_target=True).sum(-1)
-    assert torch.allclose(kl_scores(plan.base, logp), ref, atol=1e-6)
-    assert torch.allclose(kl_scores(plan.base, plan.base[None]), torch.zeros(1, toy.n_tokens), atol=1e-6)
+    # the same V-term float32 sum in two orders (kl_div's exp(b)·(b − q) rounds once more per term)
+    assert torch.allclose(kl_scores(plan.base, logp), ref, rtol=0, atol=2 * _kl_tol(toy, plan.base, logp, False))
+    # b − b is exactly 0: a sum of zeros
+    assert torch.allclose(kl_scores(plan.base, plan.base[None]), torch.zeros(1, toy.n_tokens), rtol=0,
+                          atol=_kl_tol(toy, plan.base, plan.base[None], False))
 
 
 def test_kl_is_accurate_over_a_large_vocabulary():
@@ -163,10 +187,21 @@ def test_kl_is_accurate_over_a_large_vocabulary():
     base = torch.log_softmax(4 * torch.randn(6, 50000, generator=g), -1)
     pert = torch.log_softmax(base[None] + torch.randn(3, 6, 50000, generator=g), -1)
     exact = (base.double().exp() * (base.double() - pert.double())).sum(-1)
-    assert torch.allclose(kl_scores(base, pert).double(), exact, rtol=1e-5, atol=1e-5)
+    # float32 against float64 on the same float32 log-probs: exp, subtraction and product (3 roundings), torch's
+    # cascade sum within each 4096-entry block (≤ 12 levels) and 13 block additions, on Σ p·|b − q|
+    terms = float((base.double().exp() * (base.double() - pert.double()).abs()).sum(-1).max())
+    assert torch.allclose(kl_scores(base, pert).double(), exact, rtol=0, atol=f32(n_ops=3 + 12 + 13, scale=terms))
 
 
 # ---------------------------------------------------------------- determinism and sharding
+
+
+def _map_tol(toy: BlockToyScorer) -> float:
+    """Absolute tolerance of a SPES map of the toy computed in other batches: a mean of KL scores whose perturbed
+    log-probs were recomputed in another batch shape (see _kl_tol); the float32 accumulation of a batch's masks
+    is the relative part (rtol, batch size + 2)."""
+    base = toy.log_probs(toy.features[None])[0]
+    return _kl_tol(toy, base, toy.log_probs(torch.full_like(toy.features, toy.occlusion_value)[None]))
 
 
 def test_same_seed_same_map_other_seed_differs(toy):
@@ -186,7 +221,7 @@ def test_batch_size_does_not_change_the_map(toy, which):
     else:
         a, b = (spes_smh(toy, SMHConfig(n_masks=n, batch_size=bs), progress=False) for bs in (7, 64))
     assert a.n_masks_done == b.n_masks_done == n
-    assert torch.allclose(a.map, b.map, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(a.map, b.map, rtol=f32(n_ops=64 + 2), atol=_map_tol(toy))  # batches of 7 vs 64 masks
 
 
 def test_mask_bits_do_not_depend_on_how_they_are_read():
@@ -206,7 +241,8 @@ def test_shards_merged_equal_single_run(toy, n_shards):
     plan = plan_smx(toy, cfg)  # each worker rebuilds the same plan
     parts = [partial_sums(plan, a, b, batch_size=32) for a, b in shard_ranges(cfg.n_masks, n_shards)]
     assert sum(p.n_masks for p in parts) == cfg.n_masks
-    assert torch.allclose(map_from_partials(plan, parts[::-1]), single.map, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(map_from_partials(plan, parts[::-1]), single.map, rtol=f32(n_ops=64 + 2),
+                          atol=_map_tol(toy))  # batches of 32 vs 64 masks, float64 merges
 
 
 # ---------------------------------------------------------------- padding, convergence, configs
@@ -242,10 +278,12 @@ def test_split_half_trace_and_early_stop(toy):
     # independent halves agree more as masks accumulate; the toy's block signal is strong
     assert rs[-1] > 0.8 and rs[-1] > rs[2] > rs[0] and np.isfinite(rs).all()
     target = 2 * rs[3] / (1 + rs[3])  # Spearman-Brown reliability reached at 32 masks
-    stopped = spes_smx(toy, dataclasses.replace(SMX, n_masks=256, tolerance=1 - target + 1e-9), progress=False)
+    # the run recomputes this r bit for bit; 1 − (1 − target) rounds twice in float64 (values ≤ 1)
+    stopped = spes_smx(toy, dataclasses.replace(SMX, n_masks=256, tolerance=1 - target + f64(n_ops=4)),
+                       progress=False)
     assert stopped.n_masks_done <= 32 and len(stopped.convergence) <= 4
     assert torch.allclose(stopped.map, spes_smx(toy, dataclasses.replace(SMX, n_masks=stopped.n_masks_done),
-                                                progress=False).map, rtol=1e-5, atol=1e-7)
+                                                progress=False).map, rtol=f32(n_ops=64 + 2), atol=_map_tol(toy))
     off = spes_smx(toy, dataclasses.replace(SMX, n_masks=64, convergence=False), progress=False)
     assert off.convergence is None
 

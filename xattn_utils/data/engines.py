@@ -52,7 +52,7 @@ import soundfile as sf
 
 from ..errors import InputError, XattnError
 from .audio import SAMPLE_RATE, resample
-from .espeak import Speech, Word, espeak_version
+from .espeak import Speech, Word, _library, espeak_version
 
 __all__ = ["ENGINES", "Engine", "Speech", "Word", "available_voices", "engine_version", "parse_voice", "speak"]
 
@@ -196,8 +196,6 @@ sys.stdout.buffer.write(json.dumps(head).encode() + b"\\n" + s.audio.astype("<f4
 
 def _espeak_lib():
     """libespeak-ng loaded (and initialized) once in this process, only to check voices: synthesis runs in a child."""
-    from .espeak import _library  # noqa: PLC0415 - the loader of the module this wraps
-
     return _library()[0]
 
 
