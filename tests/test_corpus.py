@@ -127,6 +127,7 @@ def test_sentence_set_is_natural_bilingual_and_split_by_sentence():
     ({"voices": {"en": ["nope:x"]}}, "nope"),
     ({"sentences": "poems"}, "sentences"),
     ({"speed": [1.2, 0.9]}, "speed"),
+    ({"speed": {"en": [0.9, 1.0]}, "languages": ("en", "it")}, "no range for"),
 ])
 def test_bad_corpus_configs_say_what_is_wrong(kw, match):
     with pytest.raises(InputError, match=match):
@@ -152,7 +153,7 @@ def test_a_changed_config_resynthesizes_instead_of_relabelling(tmp_path):
     cfg = CorpusConfig(name="t", out_dir=str(tmp_path), n_test=2, languages=("en", "it"))
     first = build_corpus(cfg, progress=False).set_index("id")
     # other speeds: the same sentences, other audio -> every file re-synthesized, none kept under its old label
-    slower = {**cfg.__dict__, "speed": (0.8, 0.85)}
+    slower = {**cfg.__dict__, "speed": {"en": (0.8, 0.85), "it": (0.7, 0.75)}}
     changed = build_corpus(CorpusConfig(**slower), progress=False).set_index("id")
     fresh = build_corpus(CorpusConfig(**{**slower, "out_dir": str(tmp_path / "f")}), progress=False).set_index("id")
     assert list(changed.sha256) == list(fresh.sha256)  # identical to a build from scratch
