@@ -581,8 +581,9 @@ def test_saliency_mask_budget_is_checked_before_the_model_loads(argv, said, spee
     ({"name": "/abs"}, "corpus name '/abs' must be a plain folder name"),
     ({"name": "ok", "languages": ["xx"]}, "languages ['xx']"),
     ({"name": "ok", "n_test": -1}, "n_test must be a whole number >= 0"),
-    ({"name": "ok", "rate": [160, 115]}, "rate must be [low, high]"),
-    ({"name": "ok", "speed": 3}, "unknown field(s) ['speed']"),
+    ({"name": "ok", "speed": [1.2, 0.9]}, "speed must be [low, high]"),
+    ({"name": "ok", "rate": 3}, "unknown field(s) ['rate']"),
+    ({"name": "ok", "voices": {"en": ["flite:nobody"]}}, "flite has no voice 'nobody' here; installed: flite:rms"),
     ("{ not json", "not valid JSON"),
     ([1, 2], "must be a JSON object"),
 ])

@@ -43,9 +43,9 @@ from tqdm.auto import tqdm
 
 from .._entry import module_main
 from .._io import atomic_write, atomic_write_json, sha256_file
-from ..errors import InputError
+from ..errors import InputError, XattnError
 from .audio import SAMPLE_RATE
-from .engines import engine_version, parse_voice, speak
+from .engines import ENGINES, engine_version, parse_voice, speak
 from .grammar import sentence
 from .manifest import COLUMNS, load_manifest
 from .sentences import split_pairs
@@ -239,6 +239,7 @@ def build_corpus(cfg: CorpusConfig, expected: dict[str, str] | None = None, prog
     root.mkdir(parents=True, exist_ok=True)
     manifest_path = root / cfg.name / "manifest.csv"
     jobs = [{**j, "root": str(root)} for j in plan_corpus(cfg)]
+    check_voices(cfg.name, {j["voice"] for j in jobs})
     if expected is None and manifest_path.exists():
         old = pd.read_csv(manifest_path, dtype=str, keep_default_na=False).set_index("id")
         expected = {j["id"]: old.at[j["id"], "sha256"] for j in jobs if j["id"] in old.index
@@ -270,6 +271,20 @@ def build_corpus(cfg: CorpusConfig, expected: dict[str, str] | None = None, prog
     _write_csv(df, manifest_path)
     (root / cfg.name / "corpus.json").write_text(json.dumps(asdict(cfg), indent=1))
     return load_manifest(manifest_path)
+
+
+def check_voices(name: str, voices) -> None:
+    """Every voice spec's engine and voice installed here, before anything is synthesized: else one
+    :class:`InputError` naming the corpus, the voice and the command that installs it."""
+    for spec in sorted(voices):
+        engine, voice = parse_voice(spec)
+        e = ENGINES[engine]
+        if not e.installed():
+            raise InputError(f"corpus {name}: voice {spec}: {engine} is not installed: run '{e.install}'")
+        if not e.has_voice(voice):
+            known = ", ".join(f"{engine}:{v}" for vs in e.voices.values() for v in vs if e.has_voice(v))
+            raise InputError(f"corpus {name}: {engine} has no voice {voice!r} here; installed: {known or 'none'} "
+                             f"('{e.install}' installs the study's voices)")
 
 
 def _source_of(job: dict) -> str:
@@ -396,7 +411,11 @@ def command(args: argparse.Namespace) -> int:
         except InputError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        df = build_corpus(cfg)
+        try:
+            df = build_corpus(cfg)
+        except XattnError as err:
+            print(f"error: corpus config {args.config}: {err}", file=sys.stderr)
+            return 2
         print(f"{Path(cfg.out_dir) / cfg.name / 'manifest.csv'}: {len(df)} utterances")
     else:
         print("error: give --default (the study's corpus) or --config FILE (another corpus); see --help",
