@@ -70,3 +70,9 @@ def test_agreement_split_by_correctness_recovers_a_planted_difference():
     assert out.at["wrong", "value"] == pytest.approx(0.2, abs=0.03)
     assert out.at["wrong − right", "ci_high"] < -0.3
     assert out.at["right", "n_tokens"] == 12 * 6 and out.at["wrong", "n_tokens"] == 12 * 4
+    # one wrong token in one utterance: a value, no interval
+    one = pd.DataFrame(right).assign(correct=lambda d: ((d.utterance != "u0") | (d.token != 0)).astype(float))
+    few = agreement_by_correctness(pd.DataFrame(rows), one, attention=("all",), references=("smx",),
+                                   n_boot=200).set_index("group")
+    assert few.at["wrong", "n_tokens"] == 1 and np.isfinite(few.at["wrong", "value"])
+    assert np.isnan(few.at["wrong", "ci_low"]) and np.isnan(few.at["wrong − right", "ci_high"])

@@ -177,7 +177,8 @@ def agreement_by_correctness(table: pd.DataFrame, correctness: pd.DataFrame, att
                              seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
     """Token-level agreement split by whether the token is right: per (attention, reference), the mean over right
     tokens and over wrong tokens (Fisher z for Pearson) and their difference ``wrong − right``, each with a
-    percentile bootstrap over utterances (paired: the same draws for both groups).
+    percentile bootstrap over utterances (paired: the same draws for both groups). A group found in fewer than two
+    utterances has no interval (NaN): resampling one utterance says nothing about others.
 
     Returns columns attention, reference, measure, group (``right``, ``wrong``, ``wrong − right``), value, ci_low,
     ci_high, n_tokens, n_utterances.
@@ -206,8 +207,11 @@ def agreement_by_correctness(table: pd.DataFrame, correctness: pd.DataFrame, att
             counts_r, counts_w = series[0][1], series[1][1]
             for group, value, boot, counts in (("right", v_r, b_r, counts_r), ("wrong", v_w, b_w, counts_w),
                                                ("wrong − right", v_w - v_r, b_w - b_r, counts_r + counts_w)):
-                lo, hi = (np.nanpercentile(boot, [100 * alpha, 100 * (1 - alpha)]) if np.isfinite(boot).any()
-                          else (np.nan, np.nan))
+                # an interval over utterances needs two of them in each group it uses
+                used = (counts_r, counts_w) if group == "wrong − right" else (counts,)
+                resolvable = all((c > 0).sum() >= 2 for c in used)
+                lo, hi = (np.nanpercentile(boot, [100 * alpha, 100 * (1 - alpha)])
+                          if resolvable and np.isfinite(boot).any() else (np.nan, np.nan))
                 out.append({"attention": a, "reference": ref, "measure": measure, "group": group,
                             "value": float(value), "ci_low": float(lo), "ci_high": float(hi),
                             "n_tokens": int(counts.sum()), "n_utterances": int((counts > 0).sum())})
