@@ -14,7 +14,7 @@ from xattn_utils.analysis.aligner import (
 from xattn_utils.data.audio import load_audio
 from xattn_utils.errors import XattnError
 
-from tolerances import f32, f64, printed
+from tolerances import f32, f64, measured, printed
 
 TINY_EN_HEADS = [(1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)]
 
@@ -46,7 +46,9 @@ def test_ctranslate2_align_parity(bundled, corpus):
     assert len(df) == 3 and df.n_tokens.min() >= 5
     assert df.path_identical.all(), df
     assert (df.start_frames_equal == 1.0).all() and (df.max_frame_diff == 0).all()
-    assert df.prob_max_abs_diff.max() < 1e-4  # float32 runtimes, same weights
+    # float32 runtimes, same weights, other kernels: token probabilities measured at most 2.8e-5 apart (1 and 2
+    # threads); ×10
+    assert df.prob_max_abs_diff.max() < measured(3e-5, margin=10)
 
 
 def test_align_reference_text_gives_ordered_words(bundled, corpus):

@@ -8,9 +8,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tolerances import f64, printed
+from tolerances import f64, measured, printed
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+# a correlation recomputed from the stored float32 maps by another route (float32 head and mel means here, float64
+# in the library): measured 4.7e-8 on notebook 03's utterance; ×20
+RECOMPUTED = measured(5e-8, margin=20)
+PRINTED_3 = printed(3)  # a number printed with 3 decimals is this close to the one computed
 pytestmark = pytest.mark.slow
 
 
@@ -99,7 +103,7 @@ def test_03_alignment_analysis(run_dir):
     table = pd.read_parquet(run_dir / "tables" / "agreement.parquet")
     got = table[(table.level == "utterance") & (table.utterance == uid) & (table.attention == "all")
                 & (table.reference == "smx") & (table.measure == "pearson")].value.item()
-    assert got == pytest.approx(expected, abs=1e-6)
+    assert got == pytest.approx(expected, abs=RECOMPUTED)
     ablation = pd.read_csv(run_dir / "tables" / "03_grid_ablation.csv")
     assert set(ablation.variant) == {"sum+minmax", "mean+zscore", "max+zscore"}
 
@@ -132,8 +136,11 @@ def test_00_tour(run_dir):
     assert set(r) == {"SMX", "SMH", "SALIENCY_X"}, text
     # the printed number is the library's number on the maps the tour stored, and CA does resemble SMH
     maps = utterance_maps(open_store(run_dir / "store_00_tour"), "default-en-test-00000", CompareConfig(per_head=False))
-    assert r["SMH"] == pytest.approx(utterance_agreement(maps["all"], maps["smh"], "pearson"), abs=1e-3)
-    assert r["SMX"] == pytest.approx(utterance_agreement(maps["all"], maps["smx"], "pearson"), abs=1e-3)
+    # printed to 3 decimals, recomputed from the stored maps
+    assert r["SMH"] == pytest.approx(utterance_agreement(maps["all"], maps["smh"], "pearson"),
+                                     abs=PRINTED_3 + RECOMPUTED)
+    assert r["SMX"] == pytest.approx(utterance_agreement(maps["all"], maps["smx"], "pearson"),
+                                     abs=PRINTED_3 + RECOMPUTED)
     assert 0.1 < r["SMH"] < 1
     assert re.search(r"layers = last +Pearson\(CA, SMX\) = +-?\d\.\d{3}", text)
     # masks exercise: a quarter, n_masks and four times n_masks; the largest map is its own reference
@@ -150,7 +157,7 @@ def test_00_tour(run_dir):
             re.findall(r"(\w+) +Pearson\(CA∘M_k, SMX\), k = 0\.\.4: ((?: +-?\d\.\d+)+)", text)}
     assert set(undo) == {"rollout", "normmix", "alti"} and all(len(v) == 5 for v in undo.values()), text
     # two numbers each printed to 3 decimals: one printed step apart at most
-    assert all(v[0] == pytest.approx(r["SMX"], abs=2 * printed(3)) for v in undo.values())
+    assert all(v[0] == pytest.approx(r["SMX"], abs=2 * PRINTED_3) for v in undo.values())
     assert len({round(v[-1], 3) for v in undo.values()}) > 1  # the methods disagree once layers are undone
     for fig in ("00_input", "00_attention_grid", "00_cross_attention", "00_saliency", "00_layers", "00_masks",
                 "00_sanity"):
@@ -197,9 +204,11 @@ def test_06_context_mixing(run_dir):
     st = open_store(run_dir / "store")
     uid = [u for u in st.utterances() if "mixing" in st.kinds(u)][0]
     maps = utterance_maps(st, uid, CompareConfig(per_head=False, mixing=("rollout",)))
+    # printed to 3 decimals, recomputed from the stored maps
     assert got["rollout∘all"] == pytest.approx(utterance_agreement(maps["rollout∘all"], maps["smx"], "pearson"),
-                                               abs=1e-3)
-    assert got["CA[all]"] == pytest.approx(utterance_agreement(maps["all"], maps["smx"], "pearson"), abs=1e-3)
+                                               abs=PRINTED_3 + RECOMPUTED)
+    assert got["CA[all]"] == pytest.approx(utterance_agreement(maps["all"], maps["smx"], "pearson"),
+                                           abs=PRINTED_3 + RECOMPUTED)
     cost = pd.read_csv(run_dir / "tables" / "06_mixing_cost.csv").set_index("explanation")
     assert cost.loc["SPES-X (32 masks)", "ratio_to_spes"] == 1.0
     assert cost.loc["CA∘rollout", "seconds"] < cost.loc["CA∘vzero", "seconds"]
@@ -209,7 +218,7 @@ def test_06_context_mixing(run_dir):
     assert re.search(r"best composed: \S+∘\S+ Pearson = -?\d\.\d{3}", text)
     gain = pd.read_csv(run_dir / "tables" / "06_mixing_gain.csv")
     # the table rounds gain, composed and ca to 3 decimals (gain = composed − ca before rounding)
-    assert len(gain) == 4 * 8 and (gain.gain - (gain.composed - gain.ca)).abs().max() < 3 * printed(3) + f64(1, 2)
+    assert len(gain) == 4 * 8 and (gain.gain - (gain.composed - gain.ca)).abs().max() < 3 * PRINTED_3 + f64(1, 2)
     assert {"rollout-blur", "vzero-blur"} <= set(gain.method)  # the smoothing control beside each method
     for fig in ("06_mixing_bars", "06_mixing_depth"):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000
@@ -227,7 +236,7 @@ def test_05_word_timestamps(run_dir):
     assert set(printed) == {"alignment", "discovered", "all"}, text
     table = pd.read_csv(run_dir / "tables" / "05_timestamp_accuracy.csv").set_index("source")
     for name, value in printed.items():  # the printed number is the table's
-        assert value == pytest.approx(table.loc[name, "within_50ms"], abs=printed(3))  # printed to 3 decimals
+        assert value == pytest.approx(table.loc[name, "within_50ms"], abs=PRINTED_3)  # printed to 3 decimals
     assert table.loc["all", "n_words"] > 5 and len(table) == 24 + 4 + 1 + 2  # heads, layers, all, official, found
     assert "discovered heads (k = " in text
     for fig in ("05_boundaries", "05_head_grid", "05_sources"):

@@ -128,7 +128,9 @@ def test_save_load_identical_logits(smoke, corpus):
         b = loaded.model(input_features=x, decoder_input_ids=ids).logits
     for (k, v), w in zip(model.state_dict().items(), loaded.model.state_dict().values()):
         assert torch.equal(v, w), k  # identical weights ...
-    assert torch.allclose(a, b, atol=1e-5)  # ... and logits (training ran sdpa attention, the loader eager)
+    # ... and logits (training ran sdpa attention, the loader eager): float32, other kernels; measured max 1.4e-6
+    # (1 and 2 threads), ×10
+    assert torch.allclose(a, b, rtol=0, atol=measured(1.5e-6, margin=10))
     info = json.loads((folder / "training.json").read_text())
     assert info["parameters"] == n_parameters(model) and 0.9e6 < info["parameters"] < 1.2e6
     curves = training_curves(smoke["root"])
@@ -167,9 +169,9 @@ def test_multitask_model_accepts_both_task_prompts(smoke, corpus):
         fp = forced_pass(loaded, [loaded.features(audio)], prompt, [target])[0]
         assert fp.cross_attention.shape[:3] == (2, 4, len(target) + 1)  # layers, heads, tokens + EOT
         assert fp.cross_attention.shape[-1] == fp.n_encoder_frames == 90  # 3.6 s of audio at 40 ms per frame
-        # float32 softmax over the frames the encoder ran on (the audio's, padded up to a 50-frame input quantum),
-        # summed over the audio's: two sums of at most that many terms
-        t_run = fp.n_encoder_frames + 50 // loaded.frames_per_encoder_frame
+        # float32 softmax over the frames the encoder ran on (the audio's, padded up to the input quantum of
+        # trim_quantum = 50 frames), summed over the audio's: two sums of at most that many terms
+        t_run = fp.n_encoder_frames + loaded.trim_quantum // loaded.frames_per_encoder_frame
         assert (fp.cross_attention.sum(-1) <= 1 + f32(n_ops=t_run + fp.n_encoder_frames)).all() \
             and len(fp.log_probs) == len(target) + 1
     scores = smoke["scores"]
