@@ -23,6 +23,8 @@ audio, then falls to ~0.05; do not judge a run on that plateau.
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import time
 import warnings
@@ -300,6 +302,20 @@ class TrainResult:
     resumed_from: int = 0
 
 
+@contextlib.contextmanager
+def deterministic():
+    """Deterministic kernels for the duration (then the caller's setting again). Needed for "same seed -> same
+    weights": with two CPU threads the decoder's position-embedding gradient (an index_put with accumulate) sums
+    repeated positions in thread order once a batch's target length passes the kernel's grain (measured: 83 tokens
+    differ run to run, short targets do not)."""
+    prev, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=warn)
+
+
 def train(cfg: TrainConfig, examples: Examples, processor, checkpoint: Path | None = None,
           progress: bool = True, until: int | None = None) -> TrainResult:
     """Train one model from scratch, or resume from ``checkpoint`` when it holds this config's run.
@@ -325,7 +341,7 @@ def train(cfg: TrainConfig, examples: Examples, processor, checkpoint: Path | No
     pad = special_ids(processor.tokenizer)["<|endoftext|>"]
     model.train()
     t0 = time.time() - spent
-    with tqdm(total=steps, initial=start, desc=cfg.name, unit="step", disable=not progress) as bar:
+    with deterministic(), tqdm(total=steps, initial=start, desc=cfg.name, unit="step", disable=not progress) as bar:
         step = start
         while step < min(steps, until or steps):
             x, inp, lab = collate(examples, batch_indices(len(examples), cfg.batch_size, step, cfg.seed), pad)
