@@ -125,7 +125,7 @@ def test_shipped_sweeps_expand():
     for name in ("smoke", "default", "paper"):
         spec = load_sweep(REPO / "sweeps" / f"{name}.yaml")
         runs = expand(spec)
-        assert spec.name == name and len(runs) == (6 if name == "default" else 1)
+        assert spec.name == name and len(runs) == (7 if name == "default" else 1)
         assert [nb.name[:2] for nb in runs[0].notebooks][:4] == ["01", "02", "03", "04"]
         assert ("06" in [nb.name[:2] for nb in runs[0].notebooks]) == (name == "default")  # context mixing
         assert runs[0].grid["model"] == "bundled:whisper-tiny.en"
@@ -140,6 +140,7 @@ def test_default_study_runs_the_real_models_on_the_papers_axes():
         ("base", "en", "transcribe", False, ["01", "02", "03"]),  # scale: tiny.en's first utterances
         ("base", "it", "transcribe", True, ["01", "02", "03", "05"]),  # language; task (same audio)
         ("base", "it", "translate", True, ["01", "02", "03"]),
+        ("tiny.en", "en", "transcribe", True, ["01", "02", "03"]),  # hard speech: right vs wrong tokens
         ("base", "en", "transcribe", True, ["05"]),  # timestamps with the unseen-voice split
         ("tiny.en", "en", "transcribe", True, ["05"])]
     base = runs[1]
@@ -236,7 +237,7 @@ def test_bad_input_fails_alone(probe_dir, client, tmp_path, monkeypatch):
     errors = sorted(st["error"] for st in failed.values())
     assert errors[0] == f"{PROBE}: InputError: manifest {tmp_path / 'bad.csv'} lacks column(s) ['id', 'audio_path']; " \
         "expected id, audio_path, sample_rate, duration_s, language, tasks, transcript, translation, " \
-        "word_times_path, sha256, source, licence, split"
+        "word_times_path, sha256, source, licence, split, voice"
     assert errors[1] == f"{PROBE}: InputError: manifest {tmp_path / 'missing.csv'} does not exist"
     for r in res.failed:  # the executed copy keeps the traceback
         executed = nbformat.read(Path(r.run_dir) / PROBE, as_version=4)
@@ -286,7 +287,7 @@ def test_study_sweeps_the_bundled_model_and_every_trained_one(tmp_path, monkeypa
     spec = study_sweep(trained_models())
     assert spec["grid"]["model"] == ["xattn-en-asr-s"]
     runs = expand(spec, tmp_path / "out")
-    assert len(runs) == 7 and len({r.key for r in runs}) == 7
+    assert len(runs) == 8 and len({r.key for r in runs}) == 8
     assert runs[0].grid == {"model": "xattn-en-asr-s"}  # every notebook, default settings
     assert [nb.name for nb in runs[0].notebooks][:2] == ["01_extract_cross_attention.ipynb", "02_saliency_maps.ipynb"]
 
