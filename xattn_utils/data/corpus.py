@@ -7,7 +7,7 @@
   split by sentence (a test sentence is never in train or dev), spoken by voices the bundled models understand
   (:mod:`xattn_utils.data.engines`: flite and festival for English, festival's Italian diphone voices);
 * ``grammar``: seeded template sentences (:mod:`xattn_utils.data.grammar`; controlled structure) — with the
-  espeak-ng voices of :func:`hard_speech_config` this is the study's *hard speech* condition.
+  espeak-ng voices of ``sweeps/corpus_hard.json`` this is the study's *hard speech* condition.
 
 Splits: ``train``, ``dev``, ``test`` and ``test_unseen_voice`` (test sentences spoken by a voice never used in train:
 for English a voice of another engine, for Italian the second festival voice). Every utterance carries its
@@ -57,11 +57,6 @@ VOICES = {"en": ("flite:rms", "flite:slt", "flite:awb"), "it": ("festival:lp_dip
 # Never used in train: English from another engine; Italian has two festival voices, the second one is held out.
 UNSEEN_VOICES = {"en": ("festival:cmu_us_slt_arctic_hts",), "it": ("festival:pc_diphone",)}
 SPEEDS = {"en": (0.95, 1.05), "it": (0.78, 0.82)}
-# The hard-speech condition: espeak-ng formant voices (the grammar's sentences).
-ESPEAK_VOICES = {"en": ("espeak-ng:en-us", "espeak-ng:en-us+f3", "espeak-ng:en", "espeak-ng:en+m3",
-                        "espeak-ng:en-gb-x-rp+f2", "espeak-ng:en-029+m5"),
-                 "it": ("espeak-ng:it", "espeak-ng:it+f3", "espeak-ng:it+m3", "espeak-ng:it+f2")}
-ESPEAK_UNSEEN = {"en": ("espeak-ng:en-gb-scotland+f4",), "it": ("espeak-ng:it+m5",)}
 
 
 @dataclass
@@ -140,14 +135,6 @@ class CorpusConfig:
             if shared and self.n_test_unseen_voice:
                 raise InputError(f"corpus {self.name}: {sorted(shared)} are in both voices and unseen_voices for "
                                  f"{lang!r}; an unseen voice must never speak train")
-
-
-def hard_speech_config(name: str = "hard", out_dir: str = "data", **kw) -> CorpusConfig:
-    """The *hard speech* condition: the grammar's sentences spoken by espeak-ng formant voices (66-91 % of
-    espeak-ng's default rate of 175 words per minute, pitch 35-65)."""
-    return CorpusConfig(name=name, out_dir=out_dir, sentences="grammar", speed=(0.66, 0.91),
-                        voices={k: list(v) for k, v in ESPEAK_VOICES.items()},
-                        unseen_voices={k: list(v) for k, v in ESPEAK_UNSEEN.items()}, **kw)
 
 
 def default_config(out_dir: str | Path = REPO_MANIFEST.parent) -> CorpusConfig:
