@@ -28,7 +28,6 @@ from .agreement import _bootstrap_means, _value_sums
 from .evaluation import normalize_text
 
 # The gate's targets on the default test split (greedy decoding, as the study decodes).
-TARGETS = {"transcribe": {"wer": 15.0}, "translate": {"chrf": 50.0}}
 TARGETS_BY_LANGUAGE = {("en", "transcribe"): {"wer": 10.0}, ("it", "transcribe"): {"wer": 15.0},
                        ("it", "translate"): {"chrf": 50.0}}
 LOOP_MARK = "repeats itself"
@@ -94,10 +93,10 @@ def gate(scores: dict, language: str, task: str) -> str:
 
 
 def quality_table(store, data: pd.DataFrame, language: str = "en", task: str = "transcribe",
-                  model: str = "") -> pd.DataFrame:
+                  model: str = "", hyps: pd.DataFrame | None = None) -> pd.DataFrame:
     """The quality gate of one run: one row per voice and an ``all`` row (model, language, task, voice, n, scored,
-    loops, empty, wer, cer[, bleu, chrf], target, gate)."""
-    hyps = hypotheses_table(store, data, language, task)
+    loops, empty, wer, cer[, bleu, chrf], target, gate). ``hyps``: its :func:`hypotheses_table`, when already read."""
+    hyps = hypotheses_table(store, data, language, task) if hyps is None else hyps
     groups = [("all", hyps)] + ([(v, g) for v, g in hyps.groupby("voice", sort=True)]
                                 if hyps.voice.astype(bool).any() else [])
     target = TARGETS_BY_LANGUAGE.get((language, task), {})
@@ -223,8 +222,8 @@ def quality_gate(store, data: pd.DataFrame, language: str | None = None, task: s
     """The run's quality gate: (:func:`quality_table`, :func:`hypotheses_table`), written to ``out_dir`` as
     ``01_quality.*`` and ``01_hypotheses.*`` when given. ``language``/``task`` None: English, transcription."""
     language, task = language or "en", task or "transcribe"
-    summary = quality_table(store, data, language, task, model)
     hyps = hypotheses_table(store, data, language, task)
+    summary = quality_table(store, data, language, task, model, hyps=hyps)
     if out_dir is not None:
         prov = provenance(data={"store": str(getattr(store, "path", store)), "utterances": list(hyps.id)},
                           params={"language": language, "task": task, "targets": TARGETS_BY_LANGUAGE.get(
