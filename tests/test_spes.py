@@ -370,3 +370,70 @@ def test_sanity_ratio_passes_spes_and_fails_an_input_only_explanation():
     assert abs(res.loc["decoder", "ratio"]) < 0.3  # SPES follows the model
     res_e = sanity_check(toy, energy, grid=grid, parts_list=(("decoder",),), randomize=rewire).set_index("check")
     assert res_e.loc["trained", "r"] == pytest.approx(1.0) and res_e.loc["decoder", "ratio"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- fast paths on the real model (bundled tiny.en)
+
+
+@pytest.fixture(scope="module")
+def real_scorer(bundled_trimmed, speech_dir):
+    """The forced scorer of the bundled tiny.en's own hypothesis of a real (espeak-ng) utterance, trimmed input."""
+    import soundfile as sf
+
+    from xattn_utils.extraction.forced import Seq2SeqScorer, decode
+
+    audio, _ = sf.read(speech_dir / "utt0.wav", dtype="float32")
+    prompt = bundled_trimmed.prompt_ids()
+    hyp = decode(bundled_trimmed, bundled_trimmed.features(audio, "padded").values[None], prompt)[0]
+    return Seq2SeqScorer(bundled_trimmed, bundled_trimmed.features(audio), prompt, hyp)
+
+
+def _token_r(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(I,) Pearson r of each token's row of two maps (flattened over time and features)."""
+    return _pearson(a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double())
+
+
+def _decoder_tol(scorer, scale: float) -> float:
+    """float32 rounding of a forced log-prob: per decoder layer the D-long projections (q, k, v, out, both
+    attentions), the 4D-long feed-forward sums and the T'- and S-long attention sums, then the D-long vocabulary
+    projection, on values of magnitude ``scale``."""
+    cfg = scorer.loaded.model.config
+    d, t_enc = cfg.d_model, scorer.features.shape[1] // scorer.frames_per_encoder_frame
+    per_layer = 6 * d + 2 * cfg.decoder_ffn_dim + t_enc + len(scorer.prompt) + scorer.n_tokens
+    return f32(n_ops=cfg.decoder_layers * per_layer + d, scale=scale)
+
+
+def test_bf16_map_matches_fp32_per_token_on_a_real_utterance(real_scorer):
+    # the paper's segments (SMX) and SMH widths, equal masks and seed: only the precision differs
+    smx = SPESConfig(n_masks=64, batch_size=32, convergence=False)
+    smh = SMHConfig(n_masks=128, convergence=False)
+    for run, cfg in ((spes_smx, smx), (spes_smh, smh)):
+        maps = {p: run(real_scorer, dataclasses.replace(cfg, precision=p), progress=False).map for p in ("fp32", "bf16")}
+        r = _token_r(maps["fp32"], maps["bf16"])
+        assert len(r) == real_scorer.n_tokens and float(r.min()) >= 0.99, (type(cfg).__name__, r)
+    # the precision is a recorded parameter: it is in the dict that keys the store and fills provenance
+    assert dataclasses.asdict(smx)["precision"] == SPESConfig().precision
+    assert {"precision", "kv_once"} <= set(dataclasses.asdict(smh))
+    assert real_scorer.at_precision("bf16") is real_scorer.at_precision("bf16")  # one cast copy per scorer
+    with pytest.raises(XattnError, match="precision"):
+        spes_smh(real_scorer, dataclasses.replace(smh, precision="fp16"), progress=False)
+
+
+def test_kv_once_smh_equals_plain_smh(real_scorer):
+    with torch.inference_mode():
+        hidden = real_scorer.encode(real_scorer.features[None])
+        occ = torch.rand(6, hidden.shape[1], generator=torch.Generator().manual_seed(0)) < 0.5
+        fast = real_scorer.cross_kv_decoder(hidden)
+        plain = {"zero": real_scorer.log_probs_from_encoder(hidden.masked_fill(occ[:, :, None], 0.0)),
+                 "remove": real_scorer.log_probs_from_encoder(hidden.expand(6, -1, -1), removed=occ)}
+        for occlusion, want in plain.items():
+            got = fast.log_probs(occ, remove=occlusion == "remove")
+            torch.testing.assert_close(got, want, rtol=0, atol=_decoder_tol(real_scorer, float(want.abs().max())))
+    for occlusion in ("zero", "remove"):
+        cfg = SMHConfig(n_masks=64, occlusion=occlusion, convergence=False, precision="fp32")
+        a = spes_smh(real_scorer, dataclasses.replace(cfg, kv_once=True), progress=False).map
+        b = spes_smh(real_scorer, dataclasses.replace(cfg, kv_once=False), progress=False).map
+        # a KL score Σ p (log p − log q) moves by at most max |δ log q| (Σ p = 1); a map value is a mean of them
+        tol = _decoder_tol(real_scorer, float(plain["zero"].abs().max()))
+        torch.testing.assert_close(a, b, rtol=0, atol=tol)
+        assert float(_token_r(a, b).min()) > 0.9999

@@ -42,6 +42,8 @@ from .scorer import ForcedScorer
 from .segmentation import slic_segments, time_segments
 
 CHUNK = 256  # masks per generator seed; fixed so the bits of mask m never depend on how masks are batched
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_PRECISION = "fp32"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class SPESConfig:
             per-token Pearson between the two half maps on the comparison grid) reaches ``1 - tolerance``.
         autocast: bfloat16 autocast of the forward passes on CUDA (ignored on CPU).
         convergence: keep the convergence trace (split-half agreement at each checkpoint).
+        precision: ``fp32``, or ``bf16``: weights and activations of the encoder and decoder body in bfloat16,
+            vocabulary projection, log-softmax and KL in float32 (needs a scorer with ``at_precision``).
     """
 
     n_masks: int = 20000
@@ -75,6 +79,7 @@ class SPESConfig:
     tolerance: float | None = None
     autocast: bool = False
     convergence: bool = True
+    precision: str = DEFAULT_PRECISION
 
     @classmethod
     def published(cls) -> SPESConfig:
@@ -94,7 +99,10 @@ class SMHConfig:
     Attributes as :class:`SPESConfig`; ``widths`` replaces the SLIC parameters; ``occlusion``: ``zero`` sets an
     occluded frame's encoder output to 0 (it still takes part in the cross-attention softmax, with a zero key),
     ``remove`` masks it out of every cross-attention softmax (as if deleted; needs a scorer whose
-    ``log_probs_from_encoder`` takes ``removed``, as :class:`~xattn_utils.extraction.forced.Seq2SeqScorer` does).
+    ``log_probs_from_encoder`` takes ``removed``, as :class:`~xattn_utils.extraction.forced.Seq2SeqScorer` does);
+    ``kv_once``: the decoder's cross-attention keys and values of the encoder output are computed once and only
+    occluded frames' rows replaced, where the scorer offers ``cross_kv_decoder`` (Whisper; same map to float
+    rounding; other scorers run the plain path).
     """
 
     n_masks: int = 1024
@@ -106,6 +114,8 @@ class SMHConfig:
     tolerance: float | None = None
     autocast: bool = False
     convergence: bool = True
+    precision: str = DEFAULT_PRECISION
+    kv_once: bool = True
 
     @classmethod
     def published(cls) -> SMHConfig:
@@ -337,8 +347,21 @@ def _autocast(enabled: bool, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
+def at_precision(scorer: ForcedScorer, precision: str) -> ForcedScorer:
+    """``scorer`` in ``precision`` (``fp32``: itself unless it offers ``at_precision``)."""
+    if precision not in PRECISIONS:
+        raise XattnError(f"precision {precision!r} is not one of {PRECISIONS}")
+    cast = getattr(scorer, "at_precision", None)
+    if cast is None:
+        if precision != "fp32":
+            raise XattnError(f"{type(scorer).__name__} has no at_precision: use precision='fp32' with it")
+        return scorer
+    return cast(precision)
+
+
 def plan_smx(scorer: ForcedScorer, cfg: SPESConfig) -> OcclusionPlan:
     """SLIC-segment the audio frames and bind the input-space perturbation of ``scorer``."""
+    scorer = at_precision(scorer, cfg.precision)
     x = scorer.features  # (F, T)
     n_audio = int(scorer.n_audio_frames)
     dev = x.device
@@ -364,6 +387,7 @@ def plan_smx(scorer: ForcedScorer, cfg: SPESConfig) -> OcclusionPlan:
 
 def plan_smh(scorer: ForcedScorer, cfg: SMHConfig) -> OcclusionPlan:
     """Encode once and bind the encoder-output perturbation of ``scorer`` (occluded frames set to 0)."""
+    scorer = at_precision(scorer, cfg.precision)
     dev = scorer.device
     with torch.inference_mode(), _autocast(cfg.autocast, dev):
         hidden = scorer.encode(scorer.features[None])  # (1, T', D)
@@ -375,11 +399,17 @@ def plan_smh(scorer: ForcedScorer, cfg: SMHConfig) -> OcclusionPlan:
 
     if cfg.occlusion not in ("zero", "remove"):
         raise XattnError(f"SMHConfig.occlusion={cfg.occlusion!r}: use 'zero' or 'remove'")
+    fast = None
+    if cfg.kv_once and hasattr(scorer, "cross_kv_decoder"):
+        with torch.inference_mode():
+            fast = scorer.cross_kv_decoder(hidden)  # None where the scorer's model has no such path
 
     def perturb(occ: torch.Tensor) -> torch.Tensor:
         b = occ.shape[0]
         if n_audio < t_enc:
             occ = torch.cat([occ, occ.new_zeros(b, t_enc - n_audio)], 1)
+        if fast is not None:
+            return fast.log_probs(occ, remove=cfg.occlusion == "remove")
         with _autocast(cfg.autocast, dev):
             if cfg.occlusion == "remove":
                 return scorer.log_probs_from_encoder(hidden.expand(b, -1, -1), removed=occ).float()
@@ -508,7 +538,9 @@ __all__ = [
     "SMHConfig",
     "SPESConfig",
     "SPESResult",
+    "PRECISIONS",
     "accumulate",
+    "at_precision",
     "build_occlusion",
     "checkpoints",
     "kl_scores",

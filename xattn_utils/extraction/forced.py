@@ -7,6 +7,8 @@ no-timestamps), ``N`` hypothesis tokens, ``I = N + 1`` scored positions (the hyp
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +16,7 @@ import torch
 from transformers import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutput
 
-from ..errors import HypothesisError
+from ..errors import HypothesisError, InputError
 from ..models.loader import Features, LoadedModel
 
 
@@ -80,16 +82,32 @@ def _cross_attention_mask(loaded: LoadedModel, removed: torch.Tensor | None, dty
             h.remove()
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _cast_model(loaded: LoadedModel, dtype: torch.dtype) -> LoadedModel:
+    """A copy of ``loaded`` with its weights in ``dtype`` (own trimmed encoders; the original is untouched)."""
+    return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model).to(dtype), _trimmed_encoders={})
+
+
 class Seq2SeqScorer:
     """:class:`xattn_utils.attribution.scorer.ForcedScorer` for a `transformers` encoder-decoder and one forced hypothesis.
 
     Scored positions are the N hypothesis tokens and end-of-text (I = N + 1).
+
+    The forced pass is lean: the decoder body runs without a key/value cache, and only the I scored rows are
+    projected onto the vocabulary (the P - 1 prompt rows before them are never scored). ``precision="bf16"``
+    (:meth:`at_precision`) runs the encoder and the decoder body with bfloat16 weights and activations; the
+    vocabulary projection, the log-softmax (and SPES's KL) stay in float32.
     """
 
     def __init__(self, loaded: LoadedModel, features: Features, prompt: list[int], hypothesis: list[int]):
         if not hypothesis:
             raise HypothesisError("empty hypothesis: the model produced no tokens for this input, nothing to explain")
         self.loaded = loaded
+        self.precision = "fp32"
+        self.dtype = torch.float32
+        self._source = features
         self._features = features.values.to(loaded.device)
         self.n_audio_frames = int(features.n_audio_frames)
         self.occlusion_value = float(features.occlusion_value)
@@ -99,6 +117,30 @@ class Seq2SeqScorer:
         self.target_ids = torch.tensor(self.hypothesis + [loaded.eos_id], device=loaded.device)
         self.n_tokens = len(self.target_ids)
         self._decoder_ids = torch.tensor(self.prompt + self.hypothesis, device=loaded.device)
+        self._casts: dict[str, Seq2SeqScorer] = {"fp32": self}
+        self._fp32_head: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def at_precision(self, precision: str) -> Seq2SeqScorer:
+        """This scorer with weights and activations in ``precision`` (``fp32`` or ``bf16``; the cast copy of the
+        model is made once per scorer). The vocabulary projection keeps the float32 weights of the original."""
+        if precision not in PRECISIONS:
+            raise InputError(f"precision {precision!r} is not one of {PRECISIONS}")
+        if precision not in self._casts:
+            root = self._casts["fp32"]
+            other = copy.copy(root)
+            other.loaded = _cast_model(root.loaded, torch.bfloat16)
+            other.precision, other.dtype = precision, torch.bfloat16
+            other._fp32_head = root._head()
+            self._casts[precision] = other
+        return self._casts[precision]
+
+    def _head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(V, D) float32 weight and (V,) bias (or None) of the vocabulary projection."""
+        if self._fp32_head is None:
+            head = self.loaded.model.get_output_embeddings()
+            bias = getattr(head, "bias", None)
+            self._fp32_head = (head.weight.float(), None if bias is None else bias.float())
+        return self._fp32_head
 
     @property
     def device(self) -> torch.device:
@@ -110,8 +152,13 @@ class Seq2SeqScorer:
         return self._features
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, F, T) -> (B, T', D)."""
-        return self.loaded.encode(features)
+        """(B, F, T) -> (B, T', D) (in the scorer's precision)."""
+        return self.loaded.encode(features.to(self.dtype))
+
+    def scored_log_probs(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, I, D) decoder output at the scored rows -> (B, I, V) float32 log-softmax (projection in float32)."""
+        weight, bias = self._head()
+        return torch.log_softmax(torch.nn.functional.linear(rows.float(), weight, bias), dim=-1)
 
     def log_probs_from_encoder(self, hidden: torch.Tensor, removed: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T', D) -> (B, I, V) log-softmax at the scored positions.
@@ -119,14 +166,101 @@ class Seq2SeqScorer:
         ``removed``: (B, T') bool, encoder frames the decoder may not attend to: their cross-attention keys are
         masked out of the softmax in every layer, which is the same as deleting those frames from ``hidden``.
         """
+        hidden = hidden.to(self.dtype)
         ids = self._decoder_ids.expand(hidden.shape[0], -1)
+        model = self.loaded.model
         with _cross_attention_mask(self.loaded, removed, hidden.dtype):
-            logits = self.loaded.model(encoder_outputs=(hidden,), decoder_input_ids=ids).logits
-        return torch.log_softmax(logits[:, len(self.prompt) - 1:].float(), dim=-1)
+            if hasattr(model, "final_logits_bias"):  # a head with more than a projection: the full model
+                logits = model(encoder_outputs=(hidden,), decoder_input_ids=ids).logits
+                return torch.log_softmax(logits[:, len(self.prompt) - 1:].float(), dim=-1)
+            body = model.get_decoder()(input_ids=ids, encoder_hidden_states=hidden, use_cache=False)
+        return self.scored_log_probs(body.last_hidden_state[:, len(self.prompt) - 1:])
 
     def log_probs(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F, T) -> (B, I, V)."""
         return self.log_probs_from_encoder(self.encode(features))
+
+    def cross_kv_decoder(self, hidden: torch.Tensor) -> CrossKVDecoder | None:
+        """The decoder of SM^H with the cross-attention keys and values of ``hidden`` (1, T', D) computed once
+        (:class:`CrossKVDecoder`); None for a model other than Whisper."""
+        return CrossKVDecoder(self, hidden) if self.loaded.is_whisper else None
+
+
+class CrossKVDecoder:
+    """Whisper's decoder for occlusions of one encoder output, with its cross-attention K/V computed once.
+
+    An occluded encoder frame (set to 0) has key ``k_proj(0)`` and value ``v_proj(0)`` in every layer, so the
+    perturbed keys and values are the unperturbed ones with occluded rows replaced; no projection of the encoder
+    output is repeated per mask. Scores against the shared keys are one GEMM per layer, occluded scores are replaced
+    by ``q · k_proj(0)``, and the output is ``(w ⊙ kept) @ V + (Σ_occluded w) v_proj(0)``. Layer 0's
+    self-attention sees only the forced tokens, so its output is computed once too. Equals the plain decoder to
+    float rounding (``tests/test_spes.py``).
+    """
+
+    def __init__(self, scorer: Seq2SeqScorer, hidden: torch.Tensor):
+        if not scorer.loaded.is_whisper:
+            raise InputError(f"the K/V-once SM^H decoder is Whisper's; model type {scorer.loaded.family!r} "
+                             "needs SMHConfig(kv_once=False)")
+        self.scorer = scorer
+        self.dec = scorer.loaded.model.get_decoder()
+        hidden = hidden.to(scorer.dtype)
+        zero = hidden.new_zeros(1, 1, hidden.shape[-1])
+        self.kv = []  # per layer: K (H, d, T'), V (H, T', d), k0 (H, d), v0 (H, d)
+        for layer in self.dec.layers:
+            att = layer.encoder_attn
+            h, d = att.num_heads, att.head_dim
+            k = att.k_proj(hidden)[0].view(-1, h, d).permute(1, 2, 0).contiguous()
+            v = att.v_proj(hidden)[0].view(-1, h, d).transpose(0, 1).contiguous()
+            self.kv.append((k, v, att.k_proj(zero).view(h, d), att.v_proj(zero).view(h, d)))
+        ids = scorer._decoder_ids[None]
+        s = ids.shape[1]
+        x = self.dec.embed_tokens(ids) + self.dec.embed_positions.weight[:s]
+        self.causal = torch.full((s, s), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)
+        self.h0 = x + self._self_attention(self.dec.layers[0], x)  # (1, S, D): layer 0 after its self-attention
+
+    def _self_attention(self, layer, x: torch.Tensor) -> torch.Tensor:
+        att = layer.self_attn
+        b, s, _ = x.shape
+        y = layer.self_attn_layer_norm(x)
+        q = (att.q_proj(y) * att.scaling).view(b, s, att.num_heads, -1).transpose(1, 2)
+        k = att.k_proj(y).view(b, s, att.num_heads, -1).transpose(1, 2)
+        v = att.v_proj(y).view(b, s, att.num_heads, -1).transpose(1, 2)
+        w = torch.softmax(q @ k.transpose(2, 3) + self.causal, dim=-1)
+        return att.out_proj((w @ v).transpose(1, 2).reshape(b, s, -1))
+
+    def _cross_attention(self, layer, x: torch.Tensor, kv, occ: torch.Tensor, remove: bool) -> torch.Tensor:
+        att = layer.encoder_attn
+        k, v, k0, v0 = kv
+        b, s, _ = x.shape
+        nh = att.num_heads
+        y = layer.encoder_attn_layer_norm(x)
+        q = (att.q_proj(y) * att.scaling).view(b, s, nh, -1).permute(2, 0, 1, 3)  # (H, B, S, d)
+        scores = (q.reshape(nh, b * s, -1) @ k).view(nh, b, s, -1)  # (H, B, S, T')
+        occ4 = occ[None, :, None, :]
+        if remove:
+            scores = scores.masked_fill(occ4, torch.finfo(scores.dtype).min)
+        else:
+            scores = torch.where(occ4, (q * k0[:, None, None, :]).sum(-1, keepdim=True), scores)
+        w = torch.softmax(scores, dim=-1)
+        kept = w.masked_fill(occ4, 0.0)
+        out = (kept.reshape(nh, b * s, -1) @ v).view(nh, b, s, -1)
+        if not remove:
+            out = out + w.masked_fill(~occ4, 0.0).sum(-1, keepdim=True) * v0[:, None, None, :]
+        return att.out_proj(out.permute(1, 2, 0, 3).reshape(b, s, -1))
+
+    def log_probs(self, occluded: torch.Tensor, remove: bool = False) -> torch.Tensor:
+        """(B, T') bool occluded encoder frames (set to 0, or removed from the softmax with ``remove``) ->
+        (B, I, V) float32 log-softmax at the scored positions."""
+        b = occluded.shape[0]
+        x = self.h0.expand(b, -1, -1)
+        for li, (layer, kv) in enumerate(zip(self.dec.layers, self.kv)):
+            if li > 0:
+                x = x + self._self_attention(layer, x)
+            x = x + self._cross_attention(layer, x, kv, occluded, remove)
+            y = layer.final_layer_norm(x)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(y)))
+        x = self.dec.layer_norm(x)
+        return self.scorer.scored_log_probs(x[:, len(self.scorer.prompt) - 1:])
 
 
 @dataclass
