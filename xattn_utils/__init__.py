@@ -17,66 +17,81 @@ Your own data: ``load_manifest("my_manifest.csv")`` (the ``data_manifest.csv`` s
 Many runs: ``run_sweep("sweeps/smoke.yaml", workers=2)`` (or ``xattn sweep``). Progress goes to ``logging``
 (``logging.basicConfig(level="INFO")`` shows it); the ``xattn`` command line shows it by default.
 
-Importing the package loads torch and the pipeline's modules, not papermill or dask (a sweep imports them when it
-runs).
+The names below are loaded on first use (``xattn_utils.load_model`` imports the models step, and torch with it, when
+it is first touched): ``import xattn_utils`` itself loads neither torch nor any other heavy library, so
+``xattn --version`` answers at once.
 """
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from .analysis.compare import CompareConfig, compare_store, paper_comparison
-from .analysis.faithfulness import FaithfulnessConfig, faithfulness_store
-from .attribution.saliency import SaliencyConfig, compute_saliency
-from .data.corpus import study_data
-from .data.manifest import load_manifest
-from .errors import HypothesisError, InputError, ModelError, XattnError
-from .extraction.extract import (
-    DecodeConfig,
-    ExtractConfig,
-    RunReport,
-    extract_cross_attention,
-)
-from .extraction.forced import (
-    ForcedPass,
-    Seq2SeqScorer,
-    decode,
-    forced_pass,
-    transcribe,
-)
-from .models.loader import LoadedModel, load_model
-from .runs.sweep import run_sweep
-from .store import ResultStore, open_store
+import importlib
+from importlib.metadata import PackageNotFoundError, version
 
 try:
     __version__ = version("xattn_utils")
 except PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
     __version__ = "0+unknown"
 
-__all__ = [
-    "CompareConfig",
-    "DecodeConfig",
-    "ExtractConfig",
-    "FaithfulnessConfig",
-    "ForcedPass",
-    "HypothesisError",
-    "InputError",
-    "LoadedModel",
-    "ModelError",
-    "ResultStore",
-    "RunReport",
-    "SaliencyConfig",
-    "Seq2SeqScorer",
-    "XattnError",
-    "__version__",
-    "compare_store",
-    "compute_saliency",
-    "decode",
-    "extract_cross_attention",
-    "faithfulness_store",
-    "forced_pass",
-    "load_manifest",
-    "load_model",
-    "open_store",
-    "paper_comparison",
-    "run_sweep",
-    "study_data",
-    "transcribe",
-]
+# public name -> the module (relative to this package) that defines it; imported on first access
+_EXPORTS: dict[str, str] = {
+    # configs
+    "DecodeConfig": "extraction.extract",
+    "ExtractConfig": "extraction.extract",
+    "SPESConfig": "attribution.spes",
+    "SMHConfig": "attribution.spes",
+    "GradientConfig": "attribution.gradients",
+    "SaliencyConfig": "attribution.saliency",
+    "MixingConfig": "attribution.mixing",
+    "CompareConfig": "analysis.compare",
+    "FaithfulnessConfig": "analysis.faithfulness",
+    "CorpusConfig": "data.corpus",
+    "TrainConfig": "models.training",
+    "GridConfig": "runs.grid",
+    # data and models
+    "study_data": "data.corpus",
+    "load_manifest": "data.manifest",
+    "load_audio": "data.audio",
+    "load_model": "models.loader",
+    "LoadedModel": "models.loader",
+    # one call per step (the README's table of notebooks)
+    "extract_cross_attention": "extraction.extract",
+    "compute_saliency": "attribution.saliency",
+    "compute_mixing": "attribution.mixing",
+    "compare_store": "analysis.compare",
+    "paper_comparison": "analysis.compare",
+    "faithfulness_store": "analysis.faithfulness",
+    "timestamp_study": "analysis.timing_eval",
+    "train_grid": "runs.grid",
+    "run_sweep": "runs.sweep",
+    # lower level
+    "decode": "extraction.forced",
+    "transcribe": "extraction.forced",
+    "forced_pass": "extraction.forced",
+    "ForcedPass": "extraction.forced",
+    "Seq2SeqScorer": "extraction.forced",
+    "open_store": "store",
+    "ResultStore": "store",
+    # results
+    "RunReport": "extraction.extract",
+    "SweepResult": "runs.report",
+    # errors
+    "XattnError": "errors",
+    "InputError": "errors",
+    "ModelError": "errors",
+    "HypothesisError": "errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str):
+    """Import the module that defines ``name`` on first access (PEP 562) and keep the value here."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xattn_utils' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -44,13 +44,14 @@ from tqdm.auto import tqdm
 from .._entry import module_main
 from .._io import atomic_write, atomic_write_json, sha256_file
 from ..errors import InputError, XattnError
+from ..paths import resource
 from .audio import SAMPLE_RATE
 from .engines import ENGINES, engine_version, parse_voice, speak
 from .grammar import sentence
 from .manifest import COLUMNS, load_manifest
 from .sentences import split_pairs
 
-REPO_MANIFEST = Path(__file__).resolve().parents[2] / "data_manifest.csv"
+REPO_MANIFEST = resource("data_manifest.csv")
 SOURCES = ("natural", "grammar")
 # Voices the bundled models understand (greedy WER on the natural test sentences in the README's quality table).
 VOICES = {"en": ("flite:rms", "flite:slt", "flite:awb"), "it": ("festival:lp_diphone",)}

@@ -11,15 +11,16 @@ Every tool takes a registry name, a local ``save_pretrained`` folder or a hub id
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import ModelError
-from ..paths import cache_dir
+from ..paths import cache_dir, resource
 
-REGISTRY = Path(__file__).resolve().parents[2] / "models.csv"
+REGISTRY = resource("models.csv")
 SOURCES = ("bundled", "trained", "hub")
 
 
@@ -69,6 +70,19 @@ def trained_path(entry: ModelEntry, root: Path | None = None) -> Path:
         raise ModelError(f"model {entry.name!r} is not trained yet ({folder} is missing): train it first with "
                          "`make models` (or run notebooks/00_train_models.ipynb)")
     return folder
+
+
+def suggest(name: str, registry: dict[str, ModelEntry] | None = None, n: int = 3) -> list[str]:
+    """Registry names close to a mistyped ``name`` (``tiny.en`` -> ``bundled:whisper-tiny.en``): difflib over each
+    name and its short forms (without ``bundled:``, without ``whisper-``), nearest first."""
+    registry = registry if registry is not None else load_registry()
+    aliases: dict[str, str] = {}
+    for full in registry:
+        short = full.split(":", 1)[-1]
+        for alias in (full, short, short.removeprefix("whisper-")):
+            aliases.setdefault(alias.lower(), full)
+    hits = difflib.get_close_matches(name.lower(), list(aliases), n=3 * n, cutoff=0.6)
+    return list(dict.fromkeys(aliases[h] for h in hits))[:n]
 
 
 def resolve(name: str, registry: dict[str, ModelEntry] | None = None) -> Path | str | None:

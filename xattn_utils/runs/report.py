@@ -103,13 +103,39 @@ def key_figures(run_dir: Path, limit: int = 8) -> list[Path]:
     return ranked[:limit]
 
 
+RELIABILITY_WARN = 0.5  # a corrected value from a reliability below this is marked and explained
+
+
+def readable_comparison(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``compare.paper_comparison`` for people, with the warnings to print beside it: from fewer than 2 utterances
+    there is no interval ("interval n/a", not ``[0.18, 0.18]``), and a corrected value whose reliability is below
+    ``RELIABILITY_WARN`` is marked ``(!)`` with a warning (dividing by the square root of a small, noisy reliability
+    inflates the value)."""
+    shown = paper_comparison(table)
+    warnings = []
+    for i, row in shown.iterrows():
+        if int(row["n"]) < 2:
+            shown.loc[i, "95% CI"] = "interval n/a"
+            for col in ("reliability", "corrected"):
+                if row[col]:
+                    shown.loc[i, col] = f"{row[col].split()[0]} (interval n/a)"
+        reliability = pd.to_numeric(str(row["reliability"]).split(" ")[0], errors="coerce")
+        if row["corrected"] and reliability < RELIABILITY_WARN:
+            shown.loc[i, "corrected"] = f"{shown.loc[i, 'corrected']} (!)"
+            warnings.append(f"{row['comparison']} ({row['aggregate']}): the corrected {row['corrected'].split()[0]} "
+                            f"comes from a reliability of {reliability:.2f} (below {RELIABILITY_WARN}): the SPES map is "
+                            "mostly noise at this mask count and the correction inflates it; read the raw value, or "
+                            "raise the masks (--n-masks, --n-masks-h) and the utterances")
+    return shown, warnings
+
+
 def run_headline(run_dir: Path) -> list[dict]:
-    """``compare.paper_comparison`` of a run's agreement table as records (empty when there is none)."""
+    """:func:`readable_comparison` of a run's agreement table as records (empty when there is none)."""
     table = run_dir / "tables" / "agreement.parquet"
     if not table.exists():
         return []
     try:
-        return paper_comparison(pd.read_parquet(table)).to_dict("records")
+        return readable_comparison(pd.read_parquet(table))[0].to_dict("records")
     except Exception:  # noqa: BLE001 - a table without the expected columns has no headline
         return []
 

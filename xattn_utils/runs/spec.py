@@ -48,9 +48,10 @@ import yaml
 
 from .._io import sha256_file
 from ..errors import SweepError
+from ..paths import resource
 from ..provenance import stable_hash
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOK_DIR = resource("notebooks")
 TOP_LEVEL_KEYS = ("name", "out", "notebook_dir", "notebooks", "common", "grid", "points")
 RESERVED = ("run_dir", "store")
 POINT_NOTEBOOKS = "notebooks"  # a point's subset of the sweep's notebooks (not a parameter)
