@@ -167,3 +167,13 @@ def test_dataset_corrected_pairs_the_bootstrap_and_skips_missing():
     assert out["pearson_corrected"]["value"] == pytest.approx(0.3 / np.sqrt(spearman_brown(0.5)))
     rel_only = dataset_corrected(None, halves, n_boot=50)
     assert rel_only["pearson_corrected"] is None and rel_only["split_half"]["n_utterances"] == 2
+
+
+def test_zscore_map_normalizes_the_whole_map_and_keeps_token_offsets():
+    m = np.array([[1.0, 2.0], [3.0, 4.0]])
+    z = normalize_rows(m, "zscore_map")
+    sd = np.sqrt(1.25)  # population std of 1, 2, 3, 4 around 2.5
+    # mean, std (sum of 4 squares, sqrt), subtract, divide: ~10 float64 roundings on values of magnitude ~2
+    np.testing.assert_allclose(z, (m - 2.5) / sd, rtol=0, atol=f64(10, scale=2))
+    assert z[1].mean() - z[0].mean() == pytest.approx(2 / sd)  # the second token's offset survives
+    assert not normalize_rows(np.full((2, 3), 7.0), "zscore_map").any()  # a constant map carries no "where"

@@ -26,7 +26,7 @@ import torch
 from ..errors import XattnError
 
 POOLS = ("mean", "sum", "max")
-NORMALIZATIONS = ("zscore", "minmax", "sum", "none")
+NORMALIZATIONS = ("zscore", "zscore_map", "minmax", "sum", "none")
 
 
 def pool_to_encoder_frames(m, k: int, pool: str = "mean", magnitude: bool = False):
@@ -71,15 +71,19 @@ def pool_to_encoder_frames(m, k: int, pool: str = "mean", magnitude: bool = Fals
 def normalize_rows(m, how: str = "zscore"):
     """Per-token normalization of an ``(I, ...)`` map (numpy float64 result).
 
-    ``zscore``: zero mean and unit population std per row; ``minmax``: [0, 1] per row; ``sum``: unit mass per row
-    (of magnitudes); ``none``: unchanged. A constant row becomes zeros (it carries no "where").
+    ``zscore``: zero mean and unit population std per row; ``zscore_map``: the same over the whole map (one mean
+    and std: the paper's mean-variance normalization of a map, which keeps each token's offset); ``minmax``: [0, 1]
+    per row; ``sum``: unit mass per row (of magnitudes); ``none``: unchanged. A constant row (map) becomes zeros.
     """
     x = (m.detach().to("cpu", torch.float64).numpy() if isinstance(m, torch.Tensor)
          else np.asarray(m, dtype=np.float64))
     if how == "none":
         return x
     flat = x.reshape(x.shape[0], -1)
-    if how == "zscore":
+    if how == "zscore_map":
+        mu, sd = flat.mean(), flat.std()
+        out = (flat - mu) / sd if sd > 1e-12 * max(1.0, abs(mu)) else np.zeros_like(flat)
+    elif how == "zscore":
         mu, sd = flat.mean(1, keepdims=True), flat.std(1, keepdims=True)
         ok = sd > 1e-12 * np.maximum(1.0, np.abs(mu))
         out = np.divide(flat - mu, sd, out=np.zeros_like(flat), where=ok)
