@@ -24,8 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # System packages: the speech engines of the corpora (espeak-ng; flite; festival with its English HTS and diphone voices
-# and its two Italian diphone voices) and sox; installed here when run as root.
-DEBS := espeak-ng flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k festvox-italp16k festvox-itapc16k
+# and its two Italian diphone voices), sox, and chromium (the test that renders a study's report.html headless);
+# installed here when run as root.
+DEBS := espeak-ng flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k festvox-italp16k festvox-itapc16k \
+	chromium
 sysdeps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
