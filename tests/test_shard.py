@@ -29,6 +29,7 @@ from xattn_utils.runs.shard import (
     merge_shards,
     recipe_from_store,
     score_shard,
+    spes_processes,
     spes_sharded,
 )
 
@@ -181,3 +182,26 @@ def test_mismatched_plans_and_bad_configs_are_refused(one_worker):
         spes_sharded(recipe, TOY_X, one_worker, space="z")
     with pytest.raises(XattnError):
         grid_shards(10, 4, 0)
+
+
+# ---------------------------------------------------------------- N one-thread processes, no Dask
+
+
+@pytest.mark.parametrize("space,cfg", [("x", TOY_X), ("h", TOY_H)])
+def test_toy_processes_equal_one_process_bit_for_bit(space, cfg):
+    recipe = ToyRecipe(pad_frames=6)
+    single = _single(recipe, cfg, space)
+    procs = spes_processes(recipe, cfg, n_processes=2, space=space, n_shards=3)
+    assert torch.equal(procs.map, single.map) and torch.equal(procs.halves, single.halves)
+    assert procs.n_masks_done == cfg.n_masks and procs.n_labels == single.n_labels
+
+
+def test_whisper_processes_equal_one_process_bit_for_bit(whisper_recipe):
+    # SM^H with the defaults' fast paths (K/V once, the default precision) and SM^X, two one-thread processes
+    for space, cfg in (("h", WHISPER_H), ("x", WHISPER_X)):
+        single = _single(whisper_recipe, cfg, space)
+        procs = spes_processes(whisper_recipe, cfg, n_processes=2, space=space)
+        assert float(single.map.abs().sum()) > 0
+        assert torch.equal(procs.map, single.map), space
+    with pytest.raises(XattnError, match="n_processes"):
+        spes_processes(whisper_recipe, WHISPER_H, n_processes=0, space="h")

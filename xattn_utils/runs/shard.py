@@ -29,6 +29,9 @@ utterances on one worker load the model once; ``_cached_plan`` keeps the last 2 
 ``(recipe, space, config)``, so a worker scoring several shards of one utterance segments and encodes it once.
 Clear them with ``_load_cached.cache_clear()`` / ``_cached_plan.cache_clear()``.
 
+Without Dask, :func:`spes_processes` runs the same shards as N one-thread processes on this machine (a long
+map, e.g. the paper's 20 000 masks, on a loaded multi-core machine) and merges them the same way.
+
 Not supported here: early stopping (``tolerance``) and the convergence trace, which need the checkpoints in
 sequence; the result has ``convergence=None`` and always scores all ``n_masks`` masks.
 """
@@ -36,13 +39,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .._io import sha256_file
 from ..attribution.scorer import ForcedScorer
 from ..attribution.spes import (
     OcclusionPlan,
@@ -58,8 +62,8 @@ from ..attribution.spes import (
     plan_smh,
     plan_smx,
 )
-from ..data.audio import load_audio
-from ..errors import InputError, XattnError
+from ..data.audio import load_utterance_audio
+from ..errors import XattnError
 from ..extraction.extract import KIND as ATTENTION
 from ..extraction.forced import Seq2SeqScorer
 from ..models.loader import LoadedModel, load_model
@@ -107,13 +111,9 @@ class ScorerRecipe:
 
     def __call__(self) -> Seq2SeqScorer:
 
-        if self.audio_sha256 is not None:
-            digest = sha256_file(self.audio_path)
-            if digest != self.audio_sha256:
-                raise InputError(f"{self.audio_path}: checksum {digest[:12]}… differs from the recipe's "
-                                 f"{self.audio_sha256[:12]}…; the workers must read the audio that was explained")
+        audio, _ = load_utterance_audio({"id": Path(self.audio_path).stem, "audio_path": self.audio_path,
+                                         "sha256": self.audio_sha256})  # the audio that was explained, checked
         loaded = cached_model(self.model, self.input_mode, self.device, self.trim_quantum)
-        audio = load_audio(self.audio_path)
         return Seq2SeqScorer(loaded, loaded.features(audio), list(self.prompt_ids), list(self.hypothesis_ids))
 
 
@@ -303,6 +303,42 @@ def spes_sharded(make_scorer: Callable[[], ForcedScorer], cfg: SPESConfig | SMHC
     return SPESResult(full, sums.n_masks, None, results[0].n_labels, halves)
 
 
+# ---------------------------------------------------------------- N one-thread processes on this machine
+
+
+def _one_thread() -> None:
+    """Worker initializer: one torch thread (two threads per op run slower than one on a loaded machine)."""
+    torch.set_num_threads(1)
+
+
+def spes_processes(make_scorer: Callable[[], ForcedScorer], cfg: SPESConfig | SMHConfig | None,
+                   n_processes: int = 2, space: str = "x", n_shards: int | None = None) -> SPESResult:
+    """SPES of one utterance as ``n_processes`` one-thread processes on this machine (no Dask), merged.
+
+    The same shards and merge as :func:`spes_sharded` (the batch grid of the single run, float64 sums), so the map
+    equals the single-process one bit for bit. Each process loads the model and builds the plan once
+    (``spawn`` start: no torch thread pool is inherited).
+
+    Args:
+        make_scorer: picklable zero-argument callable building the scorer (e.g. :class:`ScorerRecipe`).
+        cfg: as :func:`spes_sharded` (``tolerance`` must be None).
+        n_processes: worker processes, one torch thread each.
+        n_shards: tasks (default ``n_processes``; more shards balance unequal workers).
+    """
+    cfg = _check_config(space, cfg)
+    if n_processes < 1:
+        raise XattnError(f"n_processes must be >= 1, got {n_processes}")
+    shards = grid_shards(cfg.n_masks, cfg.batch_size, n_shards or n_processes)
+    with ProcessPoolExecutor(min(n_processes, len(shards)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread) as pool:
+        results = list(pool.map(score_shard, *zip(*[(make_scorer, space, cfg, r) for r in shards])))
+    full, sums = merge_shards(results)
+    if sums.n_masks != cfg.n_masks:
+        raise XattnError(f"shards scored {sums.n_masks} masks, expected {cfg.n_masks}")
+    halves = halves_from_partials(_Geometry(results[0].cell_shape, results[0].full_len), [sums])
+    return SPESResult(full, sums.n_masks, None, results[0].n_labels, halves)
+
+
 __all__ = [
     "ScorerRecipe",
     "ShardResult",
@@ -313,5 +349,6 @@ __all__ = [
     "merge_shards",
     "recipe_from_store",
     "score_shard",
+    "spes_processes",
     "spes_sharded",
 ]
