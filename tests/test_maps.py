@@ -16,7 +16,8 @@ from xattn_utils.analysis.utterance_maps import (
     alignment_heads,
 )
 from xattn_utils.attribution.grids import normalize_rows
-from xattn_utils.attribution.saliency import METHODS, SaliencyConfig, kinds_for
+from xattn_utils.attribution.methods import compute_function
+from xattn_utils.attribution.saliency import SaliencyConfig, kinds_for
 from xattn_utils.errors import XattnError
 from xattn_utils.extraction.extract import attention_dataset
 from xattn_utils.extraction.forced import ForcedPass
@@ -33,7 +34,7 @@ ANALYSIS_NAME = {"spes_x": "smx", "spes_h": "smh", "saliency_x": "saliency_x", "
 
 # ------------------------------------------------------------------------------------------------ the registry
 def test_every_written_kind_round_trips_method_kind_name():
-    assert set(METHODS) == set(WRITTEN) and METHODS == registry.METHODS
+    assert registry.methods() == tuple(WRITTEN)
     for method, kinds in WRITTEN.items():
         assert kinds_for(method) == kinds
         for kind in kinds:
@@ -42,7 +43,17 @@ def test_every_written_kind_round_trips_method_kind_name():
             back = registry.by_name(mk.name)
             assert back is mk and back.method == method and back.kind == kind
             assert kind in [m.kind for m in registry.by_method(back.method)]
-    assert set(registry.KINDS) == set(ANALYSIS_NAME) and len(set(registry.NAMES)) == len(registry.NAMES)
+    assert set(registry.kinds()) == set(ANALYSIS_NAME) and len(set(registry.names())) == len(registry.names())
+    # the analysis lists references SPES first, then gradients on X, then on H
+    assert registry.names() == ("smx", "smh", "saliency_x", "ixg_x", "ig_x", "saliency_h", "ixg_h", "ig_h")
+
+
+def test_every_entry_names_a_compute_function_that_resolves():
+    for entry in registry.REGISTRY:
+        assert callable(compute_function(entry)) and entry.compute.startswith("xattn_utils.attribution.methods.")
+    broken = registry.Method("broken", "", (), "xattn_utils.attribution.methods.no_such_function")
+    with pytest.raises(XattnError, match="broken.*xattn_utils.maps.REGISTRY"):
+        compute_function(broken)
 
 
 def test_registry_properties_say_how_each_map_is_pooled():
@@ -54,7 +65,7 @@ def test_registry_properties_say_how_each_map_is_pooled():
     assert (ixg_h.space, ixg_h.pool) == ("h", "sum")
     # the compare defaults are the registry's pools
     cfg = MapsConfig()
-    assert all(cfg.pool_for(m.name) == m.pool for m in registry.MAP_KINDS)
+    assert all(cfg.pool_for(m.name) == m.pool for m in registry.map_kinds())
 
 
 def test_gradient_spaces_choose_kinds_and_spes_ignores_them():
@@ -75,6 +86,8 @@ def test_unknown_names_raise_and_list_the_choices():
         kinds_for("ig", ("z",))
     with pytest.raises(XattnError, match="unknown saliency method"):
         SaliencyConfig(methods=("spes_x",))
+    with pytest.raises(XattnError, match="unknown saliency method"):
+        SaliencyConfig(options={"lrp": {"epsilon": 0.1}})  # options of a method the registry does not hold
 
 
 # ------------------------------------------------------------------------------------------------ UtteranceMaps

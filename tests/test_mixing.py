@@ -11,13 +11,13 @@ from xattn_utils.attribution.mixing import (
     MixingConfig,
     compose_attention,
     compose_layers,
-    composed_maps,
     encoder_mixing,
     layer_maps,
     mixing_dataset,
     row_normalize,
     trace_encoder,
 )
+from xattn_utils.analysis.composed import composed_maps
 from xattn_utils.errors import XattnError
 
 from tolerances import f32, f64
@@ -336,7 +336,7 @@ def test_mixing_gain_is_paired():
     """A composed map that is better by the same amount on every utterance has a gain with a tight interval."""
     import pandas as pd
 
-    from xattn_utils.attribution.mixing import mixing_gain
+    from xattn_utils.analysis.composed import mixing_gain
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.0, 0.6, 20)  # utterances differ a lot; the composition adds 0.05 in z to each
@@ -352,7 +352,7 @@ def test_mixing_gain_is_paired():
 
 
 def test_diagonal_average_control():
-    from xattn_utils.attribution.mixing import diagonal_average
+    from xattn_utils.analysis.composed import diagonal_average
 
     np.testing.assert_allclose(diagonal_average(np.eye(5)), np.eye(5))
     band = np.eye(5) + 0.5 * np.eye(5, k=1) + 0.25 * np.eye(5, k=-1)  # constant along its diagonals already
@@ -367,3 +367,39 @@ def test_diagonal_average_control():
     out = composed_maps({"all": np.eye(12)[:3]}, ds, control=True)
     assert set(out) == {"rollout∘all", "rollout-blur∘all"}
     np.testing.assert_allclose(out["rollout-blur∘all"], diagonal_average(ds.undone.values[0, -1])[:3])
+
+
+def test_answer_read_from_a_known_table():
+    """mixing_answer and the sentences and heuristic built on it, on a dataset table whose values are set by hand."""
+    import pandas as pd
+
+    from xattn_utils.analysis.composed import (
+        answer_lines,
+        best_composed,
+        mixing_answer,
+        mixing_headline,
+        through_mixing_lines,
+    )
+
+    values = {"all": 0.30, "rollout[1]∘all": 0.35, "rollout∘all": 0.40, "rollout-blur∘all": 0.32, "alti∘all": 0.50,
+              "alti-blur∘all": 0.45, "last_layer": 0.25, "rollout∘last_layer": 0.28, "smh": 0.60, "rollout∘smh": 0.70}
+    rows = [{"level": "dataset", "measure": "pearson", "reference": "smx", "attention": a, "value": v,
+             "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 5} for a, v in values.items()]
+    rows.append({**rows[0], "measure": "spearman", "value": 0.9})  # another measure: not read
+    answer = mixing_answer(pd.DataFrame(rows), n_layers=2)
+    curve = answer[(answer.attention == "all") & (answer.method == "rollout")]
+    assert list(curve.depth) == [0, 1, 2] and curve.value.tolist() == pytest.approx([0.30, 0.35, 0.40])
+    assert set(answer.method) == {"rollout", "rollout-blur", "alti", "alti-blur"}
+    head = mixing_headline(answer).set_index("attention")
+    assert head.loc["all", "CA"] == "0.300 [0.200, 0.400]" and head.loc["all", "alti∘"] == "0.500 [0.400, 0.600]"
+    assert answer_lines(answer, ["all"])[:2] == ["Pearson(CA[all], SMX) = 0.300 [0.200, 0.400]",
+                                                 "  Pearson(alti∘all, SMX) = 0.500 [0.400, 0.600]"]
+    assert through_mixing_lines(answer) == ["Pearson(SMH, SMX) = 0.600 [0.500, 0.700]",
+                                            "Pearson(rollout∘SMH, SMX) = 0.700 [0.600, 0.800]"]
+    cost = pd.DataFrame({"explanation": ["CA (forced pass)", "CA∘rollout", "CA∘alti", "SPES-X (256 masks)"],
+                         "seconds": [0.1, 0.2, 0.5, 10.0]})
+    cost["ratio_to_spes"] = cost.seconds / 10.0
+    best = best_composed(answer, cost)  # smh∘M (0.70) is not a CA aggregate: left out
+    assert (best["best"].method, best["best"].attention, best["best_ca"].attention) == ("alti", "all", "all")
+    assert best["ratio_to_spes"] == pytest.approx(0.05) and best["control"].value == pytest.approx(0.45)
+    assert "0.0500 x the cost of SPES-X (256 masks)" in best["line"]

@@ -176,3 +176,54 @@ def test_other_decoding_options_on_a_stored_hypothesis_are_refused(bundled_trimm
                        DecodeConfig(num_beams=2, max_new_tokens=16), progress=False)
     st = open_store(tmp_path)
     assert st.key("utt1", "attention") == key and st.kinds("utt1") == ["attention"]  # nothing replaced or added
+
+
+# ------------------------------------------------------------------------------ a method added in one place
+def _head_mean_map(scorer, kind, cfg, attention, progress):
+    """A toy method with a known answer: every layer's and head's cross-attention averaged, times ``scale`` (its
+    option), on encoder frames — the CA aggregate ``all`` itself, so Pearson(all, toy) is 1."""
+    import xarray as xr
+
+    from xattn_utils.attribution.methods import map_coords
+
+    ca = attention.cross_attention.values.astype(np.float64).mean((0, 1))  # (I, T')
+    return xr.Dataset({kind.variable: (("token", "enc_frame"), cfg.options["toy"]["scale"] * ca)},
+                      coords=map_coords(attention))
+
+
+def test_a_method_added_to_the_registry_reaches_the_cli_the_run_and_the_table(bundled_trimmed, one_item, tmp_path,
+                                                                               monkeypatch, capsys):
+    from xattn_utils import maps
+    from xattn_utils.analysis.compare import CompareConfig, compare_store
+    from xattn_utils.cli import build_parser, main
+
+    toy = maps.Method("toy", "the head-mean attention as a map (a test's toy)", (maps.gradient_kind("toy", "h"),),
+                      _head_mean_map, format=1)
+    monkeypatch.setattr(maps, "REGISTRY", (*maps.REGISTRY, toy))  # the one place a method is added
+
+    # the command line: a choice, with its help line
+    args = build_parser().parse_args(["saliency", "x.wav", "--out", str(tmp_path), "--method", "toy", "ig"])
+    assert args.method == ["toy", "ig"]
+    with pytest.raises(SystemExit):
+        main(["saliency", "--help"])
+    assert "toy: the head-mean attention as a map" in " ".join(capsys.readouterr().out.split())
+
+    # the saliency run: stored under its kind, keyed by its option and format
+    cfg = SaliencyConfig(methods=("toy",), options={"toy": {"scale": 3.0}})
+    report = compute_saliency(bundled_trimmed, one_item, tmp_path, cfg, progress=False)
+    assert report.done == ["utt1"] and not report.failed
+    st = open_store(tmp_path)
+    assert set(st.kinds("utt1")) == {"attention", "toy_h"}
+    toy_map, att = st.load("utt1", "toy_h"), st.load("utt1", "attention")
+    assert toy_map.attrs["provenance"]["params"] == {"method": "toy", "kind": "toy_h", "scale": 3.0, "format": 1}
+    want = 3.0 * att.cross_attention.values.astype(np.float64).mean((0, 1))
+    np.testing.assert_array_equal(toy_map.absolute.values, want)
+    again = compute_saliency(bundled_trimmed, one_item, tmp_path, cfg, progress=False)
+    assert again.skipped == ["utt1"]
+
+    # the agreement table: a reference named by the registry, agreeing perfectly with the CA it is made of
+    table = compare_store(st, None, CompareConfig(per_head=False, n_boot=10, measures=("pearson",)), progress=False)
+    assert set(table.reference) >= {"toy_h"}
+    r = table[(table.level == "utterance") & (table.attention == "all") & (table.reference == "toy_h")]
+    # the same head mean in float32 (the analysis) and float64 (the toy) over L·H terms: 1 − r is second order
+    assert float(r.value.iloc[0]) == pytest.approx(1.0, abs=1e-6)

@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 
 from ..attribution.grids import normalize_rows, pool_to_encoder_frames  # noqa: F401  (re-exported: the grid lives in grids.py)
-from ..attribution.mixing import parse_composed
 from ..errors import XattnError
-from ..maps import NAMES as MAP_NAMES
+from ..maps import names as map_names
+from .composed import parse_composed
 
 MEASURES = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
 LEVELS = ("token", "utterance", "dataset", "dataset_token")
@@ -38,6 +38,13 @@ _META_KEYS = ("n_frames", "tokens", "utterance", "halves")
 # split_half = Pearson(half A, half B); reliability = Spearman-Brown of it (the full map's reliability);
 # pearson_corrected = pearson / sqrt(reliability) (disattenuated: the correlation with the converged map).
 RELIABILITY_MEASURES = ("split_half", "reliability", "pearson_corrected")
+
+
+def _torch_of(x):
+    """torch when ``x`` is a torch tensor, else None. Maps may be tensors or arrays; a tensor means torch is already
+    imported by whoever made it, so this module never imports torch itself."""
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and isinstance(x, torch.Tensor) else None
 
 
 # --------------------------------------------------------------------------------------------------- grids
@@ -59,8 +66,8 @@ def smx_to_encoder_frames(smx, frames_per_encoder_frame: int, reduce: str = "sum
     n_i, t = x.shape
     pad = (-t) % k
     if pad:
-        x = (torch.nn.functional.pad(x, (0, pad)) if isinstance(x, torch.Tensor)
-             else np.pad(x, ((0, 0), (0, pad))))
+        torch = _torch_of(x)
+        x = torch.nn.functional.pad(x, (0, pad)) if torch else np.pad(x, ((0, 0), (0, pad)))
     return x.reshape(n_i, (t + pad) // k, k).sum(-1)
 
 
@@ -76,7 +83,7 @@ def ca_aggregate(ca, layers: Sequence[int] | None = None, heads: Iterable | None
         raise XattnError(f"cross-attention must be (L, H, I, T'), got shape {tuple(ca.shape)}")
     n_l, n_h = ca.shape[:2]
     heads = None if heads is None else list(heads)
-    if heads and not np.isscalar(heads[0]) and not (isinstance(heads[0], torch.Tensor) and heads[0].ndim == 0):
+    if heads and not np.isscalar(heads[0]) and getattr(heads[0], "ndim", None) != 0:
         if layers is not None:
             raise XattnError("pass either layers (+ head indices) or a set of (layer, head) pairs, not both")
         pairs = [(int(l) % n_l, int(h) % n_h) for l, h in heads]
@@ -133,8 +140,8 @@ def ca_selections(ca, per_head: bool = False, per_layer: bool = True,
 
 # --------------------------------------------------------------------------------------------------- measures
 def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
+    if _torch_of(x):
+        x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
 
 
@@ -360,13 +367,13 @@ def attention_columns(name: str, references: Iterable[str] = ()) -> dict[str, An
     ``L3H2`` -> aggregate ``head``, layer 3, head 2, weighting ``attention``; ``norm:layer1`` -> ``layer``, 1, None,
     ``norm``; ``all``, ``last_layer``, ``alignment_heads`` and user-named sets -> themselves (layer and head None);
     ``rollout[2]∘norm:all`` (CA carried back through encoder mixing, see
-    :func:`xattn_utils.attribution.mixing.composed_name`) -> the aggregate's columns and mixing ``rollout[2]``.
+    :func:`xattn_utils.analysis.composed.composed_name`) -> the aggregate's columns and mixing ``rollout[2]``.
     Reliability rows (``""``) and a saliency map compared as attention (``smh`` vs ``smx``: a name of
     :mod:`xattn_utils.maps` or of ``references``) -> None but for mixing.
     """
     aggregate, method, depth = parse_composed(name)
     mixing = None if method is None else (method if depth is None else f"{method}[{depth}]")
-    if not aggregate or aggregate in MAP_NAMES or aggregate in set(references):
+    if not aggregate or aggregate in map_names() or aggregate in set(references):
         return {**dict.fromkeys(ATTENTION_COLUMNS), "mixing": mixing}
     weighting = "norm" if aggregate.startswith(NORM_PREFIX) else "attention"
     aggregate = aggregate.removeprefix(NORM_PREFIX)

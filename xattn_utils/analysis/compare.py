@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from .._io import write_table
 from ..errors import XattnError
-from ..maps import KINDS, NAMES, by_name
+from .. import maps as registry
+from ..maps import by_name
 from ..provenance import provenance, stable_hash
 from ..store import ResultStore, open_store
 from .agreement import (
@@ -85,7 +86,7 @@ def compare_store(store: str | Path | ResultStore, out_dir: str | Path | None = 
     maps, skipped = {}, {}
     for uid in tqdm(store.utterances(), desc="maps", disable=not progress):
         kinds = store.kinds(uid)
-        if ATTENTION not in kinds or not set(KINDS) & set(kinds):
+        if ATTENTION not in kinds or not set(registry.kinds()) & set(kinds):
             skipped[uid] = f"kinds stored: {kinds}"
             continue
         if cfg.exclude_near_silence and store.near_silence(uid):
@@ -95,7 +96,7 @@ def compare_store(store: str | Path | ResultStore, out_dir: str | Path | None = 
     if not maps:
         raise XattnError(f"{store.path}: no utterance has both cross-attention and a saliency map; "
                          "run `xattn saliency` (or notebook 02) first")
-    refs = [r for r in NAMES if all(r in m.references for m in maps.values())]  # the registry's order
+    refs = [r for r in registry.names() if all(r in m.references for m in maps.values())]  # the registry's order
     attention = list(next(iter(maps.values())).attention)
     data = {uid: m.as_dict() for uid, m in maps.items()}
     prov = store.attrs.get("model", {})

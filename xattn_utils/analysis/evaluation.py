@@ -17,9 +17,7 @@ import re
 import sys
 import unicodedata
 
-import jiwer
 import pandas as pd
-import sacrebleu
 from num2words import num2words
 
 from .._entry import module_main
@@ -57,12 +55,19 @@ def normalize_text(text: str, language: str = "en") -> str:
     return " ".join(w for w in re.split(r"\s+", text) if w)
 
 
-def score_texts(refs: list[str], hyps: list[str], task: str = "transcribe") -> dict:
-    """Corpus scores of hypotheses against references (already normalized): ``wer`` (%), and for ``translate``
-    also ``bleu`` and ``chrf`` (sacrebleu)."""
+def score_texts(refs: list[str], hyps: list[str], task: str = "transcribe", cer: bool = False) -> dict:
+    """Corpus scores of hypotheses against references (already normalized): ``n``, ``wer`` (%), ``cer`` (%) when
+    asked, and for ``translate`` also ``bleu`` and ``chrf`` (sacrebleu). An empty hypothesis counts as one wrong word (jiwer refuses empty
+    strings). The one place text is scored: the grid, the quality gate and faithfulness call it."""
+    import jiwer  # optional scorers, loaded when text is scored (importing this module stays light)
+    import sacrebleu
+
     if len(refs) != len(hyps) or not refs:
         raise InputError(f"need as many hypotheses as references, at least one (got {len(hyps)} and {len(refs)})")
-    out = {"n": len(refs), "wer": 100 * jiwer.wer(refs, [h if h else "<empty>" for h in hyps])}
+    guarded = [h if h else "<empty>" for h in hyps]
+    out = {"n": len(refs), "wer": 100 * jiwer.wer(refs, guarded)}
+    if cer:
+        out["cer"] = 100 * jiwer.cer(refs, guarded)
     if task == "translate":
         out["bleu"] = sacrebleu.corpus_bleu(hyps, [refs]).score
         out["chrf"] = sacrebleu.corpus_chrf(hyps, [refs]).score

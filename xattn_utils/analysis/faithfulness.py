@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import jiwer
 import numpy as np
 import pandas as pd
 import torch
@@ -32,6 +31,7 @@ from ..extraction.extract import items_from
 from ..extraction.forced import Seq2SeqScorer, decode
 from ..maps import by_name
 from .agreement import ca_selections
+from .evaluation import score_texts
 from .utterance_maps import ATTENTION, alignment_heads
 
 DELETION_STEPS = tuple(range(0, 55, 5))
@@ -129,8 +129,8 @@ def perturbation_curve(scorer: Seq2SeqScorer, importance: torch.Tensor, cfg: Fai
             logps += lp[..., 0].mean(-1).tolist()
     return pd.DataFrame({
         "percent": percents,
-        "wer": [100 * _rate(jiwer.wer, ref, t) for t in texts],
-        "cer": [100 * _rate(jiwer.cer, ref, t) for t in texts],
+        "wer": [100 * _rate("wer", ref, t) for t in texts],
+        "cer": [100 * _rate("cer", ref, t) for t in texts],
         "mean_log_prob": logps,
         "text": texts,
     })
@@ -142,11 +142,12 @@ def normalize_text(text: str) -> str:
     return " ".join(kept.split())
 
 
-def _rate(fn, ref: str, hyp: str) -> float:
+def _rate(measure: str, ref: str, hyp: str) -> float:
+    """``wer`` or ``cer`` of one hypothesis as a fraction (an empty reference: 0 if the hypothesis is empty too)."""
     ref, hyp = normalize_text(ref), normalize_text(hyp)
     if not ref.strip():
         return float(bool(hyp.strip()))
-    return float(fn(ref, hyp if hyp.strip() else "<empty>"))
+    return score_texts([ref], [hyp.strip()], cer=True)[measure] / 100
 
 
 def usable_items(store, items: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from .agreement import with_attention_columns
 
@@ -37,6 +34,8 @@ def _time_ticks(ax, n: int, dt: float, step_s: float = 0.5) -> None:
 def plot_spectrogram(ax, features: np.ndarray, frame_s: float = 0.01, words: list[dict] | None = None,
                      title: str = "log-mel input") -> None:
     """(F, T) features on a seconds axis, with word spans ({"word", "start", "end"} in s) marked above."""
+    import matplotlib.pyplot as plt
+
     f, t = features.shape
     im = ax.imshow(features, origin="lower", aspect="auto", cmap="magma", extent=(0, t * frame_s, 0, f))
     ax.set_xlabel("time (s)")
@@ -53,6 +52,8 @@ def plot_spectrogram(ax, features: np.ndarray, frame_s: float = 0.01, words: lis
 def plot_token_map(ax, values: np.ndarray, tokens: list[str], frame_s: float, title: str = "",
                    cbar_label: str = "weight", cmap: str = "viridis", center: float | None = None) -> None:
     """(I, T') token-by-frame map as a seaborn heatmap: rows = tokens, columns = seconds."""
+    import seaborn as sns
+
     sns.heatmap(values, ax=ax, cmap=cmap, center=center, cbar_kws={"label": cbar_label},
                 yticklabels=[repr(t.strip()) if t.strip() else repr(t) for t in tokens])
     _time_ticks(ax, values.shape[1], frame_s)
@@ -64,6 +65,9 @@ def plot_token_map(ax, values: np.ndarray, tokens: list[str], frame_s: float, ti
 def plot_attention_grid(cross_attention: np.ndarray, tokens: list[str], frame_s: float,
                         title: str = "cross-attention per decoder layer (rows) and head (columns)"):
     """(L, H, I, T') one small heatmap per (layer, head); returns the figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
     n_l, n_h = cross_attention.shape[:2]
     fig, axes = plt.subplots(n_l, n_h, figsize=(2.6 * n_h, 2.0 * n_l), squeeze=False, sharex=True, sharey=True)
     vmax = float(np.quantile(cross_attention, 0.995))
@@ -106,6 +110,9 @@ def plot_layer_head_grid(ax, table, reference: str = "smx", measure: str = "pear
 
     ``weighting``: ``attention`` (raw weights) or ``norm`` (norm-based). Returns (best layer, best head, value).
     """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
     d = _plain(_dataset(table, measure, reference), "head", weighting)
     layer, head = d["layer"].to_numpy(int), d["head"].to_numpy(int)
     grid = np.full((layer.max() + 1, head.max() + 1), np.nan)
@@ -121,6 +128,8 @@ def plot_layer_head_grid(ax, table, reference: str = "smx", measure: str = "pear
 
 def plot_layer_curves(ax, table, references=("smx", "smh"), measure: str = "pearson") -> None:
     """Dataset-level ``measure`` per decoder layer (head mean), raw and norm-based, with 95% intervals."""
+    import matplotlib.ticker
+
     for ref in references:
         d = _dataset(table, measure, ref)
         for weighting, ls in (("attention", "-"), ("norm", "--")):
@@ -138,6 +147,8 @@ def plot_layer_curves(ax, table, references=("smx", "smh"), measure: str = "pear
 
 def plot_utterance_distribution(ax, table, aggregates, reference: str = "smx", measure: str = "pearson") -> None:
     """Box + strip plot of utterance-level values for some CA aggregates against ``reference``."""
+    import seaborn as sns
+
     d = table[(table.level == "utterance") & (table.measure == measure) & (table.reference == reference)
               & table.attention.isin(list(aggregates))]
     sns.boxplot(data=d, x="attention", y="value", ax=ax, order=list(aggregates), color="lightgray")
@@ -222,7 +233,8 @@ def plot_headline(ax, headline: pd.DataFrame) -> None:
 
 
 def plot_mixing_bars(ax, answer, aggregates=("all",), reference: str = "SMX") -> None:
-    """CA vs CA∘M (every encoder layer undone) per mixing method, with the intervals (from ``mixing.mixing_answer``)."""
+    """CA vs CA∘M (every encoder layer undone) per mixing method, with the intervals (from
+    :func:`xattn_utils.analysis.composed.mixing_answer`)."""
     full = answer[(answer.depth == answer.depth.max()) | (answer.depth == 0)]
     methods = sorted(set(answer.method))
     width = 0.8 / (len(methods) + 1)
@@ -259,6 +271,8 @@ def plot_axis(ax, table: pd.DataFrame, axis: str) -> None:
     (filled) and the noise-corrected value with its interval (hollow), one colour per reference map."""
     part = table[(table["axis"] == axis) & ~table["level"].astype(str).str.contains("−")]
     levels = list(dict.fromkeys(part["level"]))
+    import matplotlib.pyplot as plt
+
     refs = list(dict.fromkeys(part["reference"]))
     colours = plt.get_cmap("tab10")
     for j, ref in enumerate(refs):

@@ -15,17 +15,15 @@ numbers as words).
 """
 from __future__ import annotations
 
-import jiwer
 import numpy as np
 import pandas as pd
-import sacrebleu
 
 from .._io import write_table
 from ..errors import XattnError
 from ..extraction.extract import KIND as ATTENTION
 from ..provenance import provenance
 from .agreement import _bootstrap_means, _value_sums
-from .evaluation import normalize_text
+from .evaluation import normalize_text, score_texts
 
 # The gate's targets on the default test split (greedy decoding, as the study decodes).
 TARGETS_BY_LANGUAGE = {("en", "transcribe"): {"wer": 10.0}, ("it", "transcribe"): {"wer": 15.0},
@@ -68,13 +66,9 @@ def score_hypotheses(hyps: pd.DataFrame, task: str = "transcribe") -> dict:
            "empty": int((hyps.status == "empty").sum())}
     if ok.empty:
         return out
-    refs, outs = list(ok.reference_norm), [h if h else "<empty>" for h in ok.hypothesis_norm]
-    out["wer"] = 100 * jiwer.wer(refs, outs)
-    out["cer"] = 100 * jiwer.cer(refs, outs)
-    if task == "translate":
-        out["bleu"] = sacrebleu.corpus_bleu(list(ok.hypothesis_norm), [refs]).score
-        out["chrf"] = sacrebleu.corpus_chrf(list(ok.hypothesis_norm), [refs]).score
-    return out
+    scores = score_texts(list(ok.reference_norm), list(ok.hypothesis_norm), task, cer=True)
+    del scores["n"]  # n counts every item here, the scored ones are ``scored``
+    return {**out, **scores}
 
 
 def gate(scores: dict, language: str, task: str) -> str:
@@ -139,6 +133,8 @@ def token_correctness(tokens: list[str], reference: str, language: str = "en") -
     ref = normalize_text(reference, language)
     hit = np.zeros(len(pieces), dtype=bool)
     if pieces and ref:
+        import jiwer  # optional, loaded where words are aligned
+
         out = jiwer.process_words(ref, " ".join(pieces))
         for chunk in out.alignments[0]:
             if chunk.type == "equal":

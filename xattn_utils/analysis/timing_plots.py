@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from .plots import plot_spectrogram
 from .timing_eval import head_grid
@@ -19,6 +17,8 @@ def plot_word_boundaries(ax, features: np.ndarray, frame_s: float, true_words: S
 
     ``predicted``: source -> words (``Word`` or dicts with ``start``); one colour and one row of ticks per source.
     """
+    import matplotlib.pyplot as plt
+
     plot_spectrogram(ax, features, frame_s, [dict(w) for w in true_words], title or "true (white) vs predicted starts")
     f = features.shape[0]
     colours = plt.get_cmap("tab10")
@@ -32,6 +32,7 @@ def plot_word_boundaries(ax, features: np.ndarray, frame_s: float, true_words: S
 def plot_head_accuracy_grid(ax, summary: pd.DataFrame, metric: str = "within_50ms", official=None,
                             discovered=None) -> None:
     """Layer x head heatmap of ``metric``; official heads marked ``o``, discovered heads ``x``."""
+    import seaborn as sns
 
     grid = head_grid(summary, metric)
     sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1,

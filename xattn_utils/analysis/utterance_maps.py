@@ -20,16 +20,15 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
 from ..attribution.grids import encoder_grid, normalize_rows
-from ..attribution.mixing import store_composed
 from ..errors import XattnError
 from ..extraction.extract import KIND as ATTENTION
-from ..maps import HALVES_VARIABLE, MAP_KINDS, by_name
+from ..maps import HALVES_VARIABLE, by_name, map_kinds
 from .agreement import NORM_PREFIX, ca_selections
+from .composed import store_composed
 from .plots import plot_token_map
 
 
@@ -47,7 +46,7 @@ class MapsConfig:
         gradient_pool: gradient (additive) maps on X to encoder frames: ``sum`` | ``mean`` | ``max``.
         mixing: compose these methods' stored encoder ``mixing`` maps with ``mixing_aggregates`` into extra CA
             entries ``method∘aggregate`` (``method[k]∘aggregate``: the top k layers, with ``mixing_depths``;
-            ``method-blur∘aggregate`` with ``mixing_control``); see :mod:`xattn_utils.attribution.mixing`.
+            ``method-blur∘aggregate`` with ``mixing_control``); see :mod:`xattn_utils.analysis.composed`.
     """
 
     per_head: bool = True
@@ -113,7 +112,7 @@ class UtteranceMaps:
         n_frames = int(att.sizes["enc_frame"])
         attention = _ca_entries(att, cfg)
         references, halves = {}, {}
-        for mk in MAP_KINDS:
+        for mk in map_kinds():
             if mk.kind not in kinds:
                 continue
             ds = store.load(uid, mk.kind)
@@ -168,6 +167,8 @@ class UtteranceMaps:
     def plot(self, attention: Sequence[str] = ("all",), references: Sequence[str] | None = None):
         """Figure: one token × time panel per CA entry in ``attention``, then per reference (default: all), on the
         encoder grid (pooled here if not yet). Returns the figure."""
+        import matplotlib.pyplot as plt
+
         on_grid = self.on_encoder_grid()
         refs = list(on_grid.references) if references is None else list(references)
         missing = [n for n in attention if n not in on_grid.attention] + [r for r in refs

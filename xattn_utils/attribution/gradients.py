@@ -17,8 +17,9 @@ Shapes: ``I`` scored positions, ``F`` features, ``T`` input frames, ``T'`` encod
 
 Reductions (what :attr:`GradientMap.map` holds):
 
-* on X nothing is reduced: ``signed`` is the raw attribution ``(I, T, F)``, ``absolute`` its magnitude;
-  :func:`xattn_utils.analysis.agreement.smx_to_encoder_frames` brings it to ``(I, T')``.
+* on X nothing is reduced: ``signed`` is the raw attribution ``(I, T, F)``, ``absolute`` its magnitude; the analysis
+  pools it to ``(I, T')`` by sums (:func:`xattn_utils.attribution.grids.pool_to_encoder_frames`, the pooling the
+  registry :mod:`xattn_utils.maps` names for additive maps).
 * on H the width D is reduced. Saliency: ``absolute`` = L2 norm of the gradient over D (the usual gradient-norm
   saliency; the gradient's sign per unit carries no meaning on its own), ``signed`` = sum of the gradient over D.
   Input×Gradient and IG: ``signed`` = sum over D (keeps IG's completeness: the map's row sums to
@@ -35,7 +36,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
 from ..errors import XattnError
 from .scorer import ForcedScorer
@@ -141,6 +141,8 @@ def attribute_gradients(scorer: ForcedScorer, method: str = "saliency", on: Lite
 
     Returns: :class:`GradientMap` with X maps (I, T, F) or H maps (I, T'); padding cells are zero.
     """
+    from captum.attr import InputXGradient, IntegratedGradients, Saliency  # optional, loaded when attributing
+
     method = canonical_method(method)
     if on not in ("x", "h"):
         raise XattnError(f"attribute on {on!r}: use 'x' (input features) or 'h' (encoder output)")

@@ -31,6 +31,9 @@ each method's maps, as in the papers). ``undone[k-1] = M_L ⋯ M_{L-k+1}``: the 
 
 Shapes: ``B`` batch, ``L`` encoder layers, ``H`` heads, ``T'`` encoder frames (all frames the encoder ran on,
 padding included), ``D`` width, ``I`` scored tokens.
+
+This module computes and stores the maps; composing them with the stored cross-attention's aggregates, comparing
+and summarizing the answer is analysis: :mod:`xattn_utils.analysis.composed`.
 """
 from __future__ import annotations
 
@@ -39,17 +42,13 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 import xarray as xr
 from torch import nn
 
 from ..errors import ModelError, XattnError
-from ..extraction.forced import forced_pass
 from ..provenance import stable_hash
 from .per_utterance import Planned, explain_store
-from .saliency import scorer_for
-from .spes import spes_smx
 
 METHODS = ("rollout", "normmix", "alti", "vzero")
 KIND = "mixing"
@@ -392,201 +391,7 @@ def compute_mixing(loaded, data, out, cfg: MixingConfig | None = None, decoding=
     return explain_store(loaded, data, out, plan, KIND, decoding, desc="mixing", progress=progress)
 
 
-# ------------------------------------------------------------------------------------------------ comparison
-
-
-def diagonal_average(m: np.ndarray) -> np.ndarray:
-    """(T', T') map -> the same map averaged along its diagonals (mean weight per offset j − i), rows renormalized.
-
-    A control: it keeps how far M spreads attention (its blur) and drops what depends on the input. If CA∘blur(M)
-    agrees with SMX as well as CA∘M, the gain of composing is smoothing, not the encoder's mixing.
-    """
-    m = np.asarray(m, dtype=np.float64)
-    n = m.shape[-1]
-    off = np.subtract.outer(np.arange(n), np.arange(n)) + n - 1  # (T', T') offset index i - j + T' - 1
-    profile = np.bincount(off.ravel(), m.ravel(), minlength=2 * n - 1) / np.bincount(off.ravel(), minlength=2 * n - 1)
-    t = profile[off]
-    tot = t.sum(-1, keepdims=True)
-    return np.divide(t, tot, out=np.eye(n), where=tot > 0)
-
-
-def composed_name(method: str, aggregate: str, depth: int | None = None) -> str:
-    """``rollout∘all`` (every encoder layer undone) or ``rollout[2]∘all`` (the top 2 layers undone)."""
-    return f"{method}∘{aggregate}" if depth is None else f"{method}[{depth}]∘{aggregate}"
-
-
-def composed_maps(maps: dict, mixing: xr.Dataset, methods=None, aggregates=("all",), depths: bool = False,
-                  control: bool = False) -> dict:
-    """Composed attention entries for :func:`xattn_utils.analysis.compare.utterance_maps`.
-
-    Args:
-        maps: name -> raw (I, T'_audio) map (before any normalization); aggregates absent from it are skipped.
-        mixing: the utterance's ``mixing`` group.
-        methods: mixing methods to use (None: every stored one).
-        aggregates: names in ``maps`` to carry back (attention aggregates, or ``smh`` to ask whether mixing
-            explains how SMH differs from SMX).
-        depths: also add the partial compositions ``method[k]∘aggregate`` for k = 1..L-1 top layers undone.
-        control: also add ``method-blur∘aggregate``, the full composition's :func:`diagonal_average` (its smoothing
-            without its input dependence).
-    Returns:
-        name -> (I, T'_audio) composed map.
-    """
-    stored = [str(m) for m in mixing.method.values]
-    methods = stored if methods is None else list(methods)
-    missing = [m for m in methods if m not in stored]
-    if missing:
-        raise XattnError(f"mixing maps {missing} are not in the store (it holds {stored}); run compute_mixing "
-                         "with MixingConfig(methods=...) including them")
-    n_depth = int(mixing.sizes["depth"])
-    out = {}
-    for method in methods:
-        und = mixing.undone.sel({"method": method}).values  # (L, T', T')
-        for agg in aggregates:
-            if agg not in maps:
-                continue
-            ca = np.asarray(maps[agg], dtype=np.float64)
-            t = und.shape[-1]
-            out[composed_name(method, agg)] = compose_attention(ca[:, :t], und[-1].astype(np.float64))
-            if control:
-                out[composed_name(f"{method}-blur", agg)] = compose_attention(ca[:, :t], diagonal_average(und[-1]))
-            if depths:
-                for k in range(1, n_depth):
-                    out[composed_name(method, agg, k)] = compose_attention(ca[:, :t], und[k - 1].astype(np.float64))
-    return out
-
-
-def store_composed(store, uid: str, maps: dict, methods=None, aggregates=("all",), depths: bool = False,
-                   control: bool = False) -> dict:
-    """:func:`composed_maps` for a stored utterance."""
-    if KIND not in store.kinds(uid):
-        raise XattnError(f"{store.path}: utterance {uid!r} has no mixing maps; run "
-                         "xattn_utils.attribution.mixing.compute_mixing (or notebook 06) on it, or drop CompareConfig.mixing")
-    return composed_maps(maps, store.load(uid, KIND), methods, aggregates, depths, control)
-
-
-
-# ------------------------------------------------------------------------------------------------ the answer
-
-
-def parse_composed(name: str) -> tuple[str, str | None, int | None]:
-    """``alti[2]∘norm:all`` -> ("norm:all", "alti", 2); ``rollout∘all`` -> ("all", "rollout", None) (every layer);
-    a plain aggregate -> (name, None, 0)."""
-    if "∘" not in name:
-        return name, None, 0
-    head, agg = name.split("∘", 1)
-    if head.endswith("]") and "[" in head:
-        method, k = head[:-1].split("[", 1)
-        return agg, method, int(k)
-    return agg, head, None
-
-
-def mixing_answer(table, n_layers: int, reference: str = "smx", measure: str = "pearson"):
-    """Dataset-level agreement of CA and CA∘M with ``reference``, one row per (aggregate, method, depth).
-
-    Args:
-        table: a :func:`xattn_utils.analysis.compare.compare_store` table computed with ``CompareConfig.mixing``.
-        n_layers: encoder layers (depth of the full composition).
-    Returns:
-        DataFrame with columns attention (the CA aggregate), method ("none" for CA itself), depth (encoder layers
-        undone, 0..L), value, ci_low, ci_high, n; the depth-0 row (CA itself) of each aggregate is repeated under
-        every method, so each method's curve starts at CA.
-    """
-    d = table[(table.level == "dataset") & (table.measure == measure) & (table.reference == reference)]
-    rows = []
-    for _, r in d.iterrows():
-        agg, method, depth = parse_composed(str(r.attention))
-        rows.append({"attention": agg, "method": method or "none", "depth": n_layers if depth is None else depth,
-                     "value": float(r.value), "ci_low": float(r.ci_low), "ci_high": float(r.ci_high),
-                     "n": int(r.n)})
-    out = pd.DataFrame(rows, columns=["attention", "method", "depth", "value", "ci_low", "ci_high", "n"])
-    composed = out[out.method != "none"]
-    base = out[(out.method == "none") & out["attention"].isin(set(composed["attention"]))]
-    starts = [base.assign(method=m) for m in sorted(set(composed.method))]
-    return pd.concat([composed, *starts], ignore_index=True).sort_values(
-        ["attention", "method", "depth"]).reset_index(drop=True)
-
-
-def mixing_headline(answer) -> pd.DataFrame:
-    """One row per aggregate: CA's value [CI] and each method's full composition's [CI] (:func:`mixing_answer`)."""
-    full = answer[answer.depth == answer.depth.max()]
-    ca = answer[answer.depth == 0].drop_duplicates("attention").set_index("attention")
-    rows = []
-    for agg in ca.index:
-        row = {"attention": agg, "CA": _fmt(ca.loc[agg])}
-        for _, r in full[full.attention == agg].iterrows():
-            row[f"{r.method}∘"] = _fmt(r)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def mixing_gain(table, reference: str = "smx", measure: str = "pearson", n_boot: int = 1000, seed: int = 0,
-                ci: float = 0.95):
-    """Paired gain of every full composition over its CA: Δ = value(M∘CA) − value(CA), bootstrapped over utterances.
-
-    Both maps are scored on the same utterances, so the interval of the difference (utterances resampled together,
-    Fisher-z means for Pearson as in :func:`xattn_utils.analysis.agreement.dataset_aggregate`) is much tighter than comparing
-    two separate intervals. Needs the ``utterance`` level in ``table``.
-    Returns: DataFrame attention, method, ca, composed, gain, ci_low, ci_high, n_utterances.
-    """
-    u = table[(table.level == "utterance") & (table.measure == measure) & (table.reference == reference)]
-    if u.empty:
-        raise XattnError(f"no utterance-level {measure} rows against {reference!r}: compare with levels including "
-                         "'utterance'")
-    wide = u.pivot_table(index="utterance", columns="attention", values="value")
-    fwd = (lambda v: np.arctanh(np.clip(v, -1 + 1e-12, 1 - 1e-12))) if measure == "pearson" else (lambda v: v)
-    inv = np.tanh if measure == "pearson" else (lambda v: v)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(wide), size=(int(n_boot), len(wide)))
-    rows = []
-    for name in wide.columns:
-        agg, method, depth = parse_composed(str(name))
-        if method is None or depth is not None or agg not in wide.columns:
-            continue
-        pair = wide[[agg, name]].dropna()
-        keep = wide.index.isin(pair.index)
-        a, b = fwd(wide[agg].values), fwd(wide[name].values)
-        a, b = np.where(keep, a, np.nan), np.where(keep, b, np.nan)
-        boot = inv(np.nanmean(b[idx], 1)) - inv(np.nanmean(a[idx], 1))
-        alpha = (1 - ci) / 2
-        lo, hi = np.nanpercentile(boot, [100 * alpha, 100 * (1 - alpha)])
-        ca_v, comp_v = inv(np.nanmean(a)), inv(np.nanmean(b))
-        rows.append({"attention": agg, "method": method, "ca": float(ca_v), "composed": float(comp_v),
-                     "gain": float(comp_v - ca_v), "ci_low": float(lo), "ci_high": float(hi),
-                     "n_utterances": int(keep.sum())})
-    return pd.DataFrame(rows)
-
-
-def _fmt(r) -> str:
-    return f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
-
-
-def cost_comparison(loaded, store, uid: str, audio, spes_cfg, methods=None) -> pd.DataFrame:
-    """Measured seconds of CA (one forced pass), of CA + each stored mixing method, and of SPES on X, for one utterance.
-
-    SPES runs ``spes_cfg`` (its ``n_masks``) on the stored hypothesis; mixing seconds are the ones stored with the
-    utterance's ``mixing`` group (trace + method). ``ratio`` = seconds / SPES seconds.
-    """
-    att = store.load(uid, "attention")
-    mix = store.load(uid, KIND)
-    scorer = scorer_for(loaded, audio, att)
-    feats = loaded.features(audio)
-    t0 = time.perf_counter()
-    forced_pass(loaded, [feats], scorer.prompt, [scorer.hypothesis])
-    t_ca = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    spes_smx(scorer, spes_cfg, progress=False)
-    t_spes = time.perf_counter() - t0
-    rows = [{"explanation": "CA (forced pass)", "seconds": t_ca}]
-    trace = float(mix.attrs.get("trace_seconds", 0.0))
-    for m in (methods or [str(v) for v in mix.method.values]):
-        rows.append({"explanation": f"CA∘{m}", "seconds": t_ca + trace + float(mix.seconds.sel({"method": m}))})
-    rows.append({"explanation": f"SPES-X ({spes_cfg.n_masks} masks)", "seconds": t_spes})
-    df = pd.DataFrame(rows)
-    df["ratio_to_spes"] = df.seconds / t_spes
-    return df
-
 __all__ = ["METHODS", "KIND", "MixingConfig", "LayerTrace", "EncoderTrace", "MixingResult", "trace_encoder",
            "row_normalize", "rollout_layer", "normmix_layer", "alti_layer", "value_zeroing_layer", "layer_maps",
            "compose_layers", "compose_attention", "encoder_mixing", "loaded_mixing", "mixing_dataset",
-           "compute_mixing", "diagonal_average", "composed_name", "composed_maps", "store_composed", "parse_composed",
-           "mixing_answer", "mixing_headline", "mixing_gain", "cost_comparison"]
+           "compute_mixing"]

@@ -15,7 +15,9 @@ method         store kinds                 map variable(s)
 ``ig``         ``ig_x``, ``ig_h``          ``signed``, ``absolute``
 =============  ==========================  ===========================================
 
-Methods, store kinds and the names the analysis gives the maps are paired once, in :mod:`xattn_utils.maps`.
+Methods, store kinds, the names the analysis gives the maps, each method's compute function and the configuration
+it is keyed by are one entry each in :data:`xattn_utils.maps.REGISTRY`; ``compute_saliency`` runs whatever it
+holds (the functions: :mod:`xattn_utils.attribution.methods`).
 
 Input-space maps cover the frames holding audio only (padding is never occluded and carries no relevance).
 Each group's cache key hashes the model, the audio, the hypothesis and the method's parameters; a re-run skips
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +36,13 @@ import xarray as xr
 from ..errors import XattnError
 from ..extraction.extract import DecodeConfig, RunReport
 from ..extraction.forced import Seq2SeqScorer
-from ..maps import METHODS, by_method
+from .. import maps
 from ..models.loader import LoadedModel
 from ..provenance import stable_hash
 from ..store import ResultStore
-from .gradients import attribute_gradients, canonical_method
+from .methods import compute_function
 from .per_utterance import Planned, explain_store
-from .spes import SMHConfig, SPESConfig, spes_smh, spes_smx
+from .spes import SMHConfig, SPESConfig
 
 
 @dataclass
@@ -47,12 +50,14 @@ class SaliencyConfig:
     """Which maps to compute, with what parameters (all recorded in provenance).
 
     Attributes:
-        methods: any of :data:`METHODS`.
+        methods: any of the registry's methods (:func:`xattn_utils.maps.methods`).
         spes: SPES settings for SMX (``SPESConfig.published()`` for the paper's 20k masks).
         smh: SPES settings for SMH.
         ig_steps: integration steps for integrated gradients.
         gradient_spaces: where gradient methods attribute: "x" (input), "h" (encoder output), or both.
         token_batch: gradient rows per backward pass (memory bound on long padded inputs).
+        options: method name -> its own parameters, for a method whose settings are not fields here (added to
+            its provenance and cache key).
     """
 
     methods: tuple[str, ...] = ("spes-x", "spes-h")
@@ -61,16 +66,18 @@ class SaliencyConfig:
     ig_steps: int = 32
     gradient_spaces: tuple[str, ...] = ("x", "h")
     token_batch: int | None = 8
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
-        bad = [m for m in self.methods if m not in METHODS]
+        known = maps.methods()
+        bad = [m for m in (*self.methods, *self.options) if m not in known]
         if bad:
-            raise XattnError(f"unknown saliency method(s) {bad}; choose from {', '.join(METHODS)}")
+            raise XattnError(f"unknown saliency method(s) {bad}; choose from {', '.join(known)}")
 
 
 def kinds_for(method: str, spaces=("x", "h")) -> list[str]:
     """Store kinds a method writes (see :mod:`xattn_utils.maps`)."""
-    return [m.kind for m in by_method(method, spaces)]
+    return [m.kind for m in maps.by_method(method, spaces)]
 
 
 def scorer_for(loaded: LoadedModel, audio: np.ndarray, attention: xr.Dataset) -> Seq2SeqScorer:
@@ -80,45 +87,22 @@ def scorer_for(loaded: LoadedModel, audio: np.ndarray, attention: xr.Dataset) ->
     return Seq2SeqScorer(loaded, loaded.features(audio), prompt, hyp)
 
 
-def _coords(attention: xr.Dataset) -> dict:
-    return {k: attention.coords[k] for k in ("token", "token_id", "token_str")}
-
-
 def _method_params(method: str, cfg: SaliencyConfig) -> dict:
-    # format 2: SPES groups hold the two half maps (split-half reliability); older groups are recomputed
-    if method == "spes-x":
-        return {**dataclasses.asdict(cfg.spes), "format": 2}
-    if method == "spes-h":
-        return {**dataclasses.asdict(cfg.smh), "format": 2}
-    return {"ig_steps": cfg.ig_steps} if canonical_method(method) == "integrated_gradients" else {}
+    """What keys a method's maps: the config fields its registry entry names, its options, its format."""
+    entry = maps.method(method)
+    out: dict[str, Any] = {}
+    for name in entry.params:
+        value = getattr(cfg, name)
+        out.update(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else {name: value})
+    out.update(cfg.options.get(method, {}))
+    return out if entry.format is None else {**out, "format": entry.format}
 
 
 def _explain(scorer: Seq2SeqScorer, method: str, kind: str, cfg: SaliencyConfig, attention: xr.Dataset,
              progress: bool) -> xr.Dataset:
-    """Compute one kind's map for one utterance as a labeled Dataset."""
-    n_audio = scorer.n_audio_frames
-    t_enc = int(attention.sizes["enc_frame"])
-    coords = _coords(attention)
-    if method in ("spes-x", "spes-h"):
-        res = (spes_smx(scorer, cfg.spes, progress=progress) if method == "spes-x"
-               else spes_smh(scorer, cfg.smh, progress=progress))
-        dims, cut = ((("token", "frame", "mel"), n_audio) if method == "spes-x" else (("token", "enc_frame"), t_enc))
-        data = {"saliency": (dims, res.map[:, :cut].cpu().numpy()),
-                "saliency_half": (("half", *dims), res.halves[:, :, :cut].cpu().numpy())}
-        if res.convergence is not None:
-            ks, rs = zip(*res.convergence) if res.convergence else ((), ())
-            data["split_half_r"] = (("checkpoint",), np.asarray(rs, dtype=np.float32))
-            coords = {**coords, "checkpoint_masks": ("checkpoint", np.asarray(ks, dtype=np.int64))}
-        return xr.Dataset(data, coords=coords, attrs={"n_masks_done": int(res.n_masks_done)})
-    on = kind[-1]
-    g = attribute_gradients(scorer, method, on=on, ig_steps=cfg.ig_steps, token_batch=cfg.token_batch)
-    dims = ("token", "frame", "mel") if on == "x" else ("token", "enc_frame")
-    cut = (slice(None), slice(0, n_audio)) if on == "x" else (slice(None), slice(0, t_enc))
-    data = {"signed": (dims, g.signed[cut].cpu().numpy()), "absolute": (dims, g.absolute[cut].cpu().numpy()),
-            "log_probs": (("token",), g.log_probs.detach().cpu().numpy())}
-    if g.convergence_delta is not None:
-        data["convergence_delta"] = (("token",), g.convergence_delta.cpu().numpy())
-    return xr.Dataset(data, coords=coords)
+    """Compute one kind's map for one utterance as a labeled Dataset, by the method's registry entry."""
+    entry = maps.method(method)
+    return compute_function(entry)(scorer, maps.by_kind(kind), cfg, attention, progress)
 
 
 def compute_saliency(loaded: LoadedModel, data, out: str | Path | ResultStore, cfg: SaliencyConfig | None = None,

@@ -10,11 +10,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import jiwer
 import pandas as pd
-import sacrebleu
 
 from .._io import replace_folder, temporary_folder_beside
+from ..analysis.evaluation import score_texts
 from ..data.audio import load_audio
 from ..data.corpus import REPO_MANIFEST, CorpusConfig, build_corpus
 from ..extraction.forced import transcribe
@@ -58,11 +57,11 @@ def evaluate(loaded, manifest: pd.DataFrame, kind: str, splits=("test", "test_un
             refs = [items[i][2] for i in fits]
             hyps = transcribe(loaded, [audios[i] for i in fits], language=items[0][1],
                               task=task if items[0][1] else None, batch_size=batch_size)
+            scores = score_texts(refs, hyps, task) if refs else {"wer": float("nan")}  # nothing fits: no score
             score = {"language": lang, "task": task, "split": split, "n": len(refs),
-                     "n_too_long": len(items) - len(fits), "wer": 100 * jiwer.wer(refs, hyps)}
+                     "n_too_long": len(items) - len(fits), "wer": scores["wer"]}
             if task == "translate":
-                score["chrf"] = sacrebleu.corpus_chrf(hyps, [refs]).score
-                score["bleu"] = sacrebleu.corpus_bleu(hyps, [refs]).score
+                score["chrf"], score["bleu"] = scores.get("chrf", float("nan")), scores.get("bleu", float("nan"))
             rows.append(score)
     return pd.DataFrame(rows)
 

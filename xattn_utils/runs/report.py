@@ -10,7 +10,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -199,6 +198,8 @@ def axes_section(root: Path) -> list[str]:
                            "corrected [95% CI]": [f"{c:.2f} [{a:.2f}, {b:.2f}]" if np.isfinite(c) else ""
                                                   for c, a, b in zip(table.corrected, table.corrected_low,
                                                                      table.corrected_high)]})
+    import matplotlib.pyplot as plt  # optional, loaded when a figure is drawn
+
     show["pearson"] = show["pearson"].round(3)
     show["reliability"] = show["reliability"].round(2)
     show = show.astype(object).where(show.notna(), "")
