@@ -188,6 +188,8 @@ def axes_section(root: Path) -> list[str]:
     write_table(table, root, "axes", provenance(params={"axes": [asdict(a) for a in PAPER_AXES],
                                                        "attention": "all", "n_boot": 1000}))
     names = list(dict.fromkeys(table["axis"]))
+    import matplotlib.pyplot as plt  # optional, loaded when a figure is drawn
+
     fig, axs = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axs[0], names):
         plot_axis(ax, table, name)
@@ -198,8 +200,6 @@ def axes_section(root: Path) -> list[str]:
                            "corrected [95% CI]": [f"{c:.2f} [{a:.2f}, {b:.2f}]" if np.isfinite(c) else ""
                                                   for c, a, b in zip(table.corrected, table.corrected_low,
                                                                      table.corrected_high)]})
-    import matplotlib.pyplot as plt  # optional, loaded when a figure is drawn
-
     show["pearson"] = show["pearson"].round(3)
     show["reliability"] = show["reliability"].round(2)
     show = show.astype(object).where(show.notna(), "")
