@@ -145,3 +145,35 @@ def test_faithfulness_pieces():
     assert set(order[:12].tolist()) == set(range(6, 12)) | set(range(18, 24))
     curve = pd.DataFrame({"percent": [0, 50, 100], "wer": [0.0, 50.0, 100.0]})
     assert curve_auc(curve) == pytest.approx(50.0)
+
+
+def test_resolution_pools_every_map_to_coarser_frames(store, tmp_path):
+    from xattn_utils.analysis.utterance_maps import UtteranceMaps
+    from xattn_utils.errors import XattnError
+
+    # known answer on a ragged row: 5 encoder frames of 20 ms -> 3 frames of 40 ms (the last holds one frame)
+    row = np.array([[1.0, 3.0, 5.0, 7.0, 9.0]])
+    m = UtteranceMaps("u", {"all": row}, {"smh": row, "smx": row}, {"smh": (row, 2 * row)}, ["a"], 10, 2, 5, 0.02,
+                      pools={"smh": "mean", "smx": "max"})
+    at40 = m.at_resolution(40)
+    np.testing.assert_array_equal(at40.attention["all"], [[2.0, 6.0, 9.0]])  # means of the groups present
+    np.testing.assert_array_equal(at40.references["smh"], [[2.0, 6.0, 9.0]])
+    np.testing.assert_array_equal(at40.halves["smh"][1], [[4.0, 12.0, 18.0]])
+    np.testing.assert_array_equal(at40.references["smx"], [[3.0, 7.0, 9.0]])  # 2-D max pooling stays a max
+    assert (at40.n_frames, at40.encoder_frame_s) == (3, pytest.approx(0.04))
+    np.testing.assert_array_equal(m.at_resolution(80).attention["all"], [[4.0, 9.0]])
+    assert m.at_resolution(None) is m and m.at_resolution(20).n_frames == 5
+    with pytest.raises(XattnError, match="multiple"):
+        m.at_resolution(30)
+
+    # on a store: each map pooled to 40 ms equals the pair means of its 20 ms map; SMX = affine(mean CA) still holds
+    fine = utterance_maps(store, "u0", CompareConfig(normalize="none"))
+    coarse = utterance_maps(store, "u0", CompareConfig(normalize="none", resolution_ms=40))
+    assert coarse["n_frames"] == T_ENC // 2
+    for name in ("all", "L0H1", "smx", "smh"):
+        want = fine[name].reshape(fine[name].shape[0], -1, 2).mean(-1)
+        np.testing.assert_allclose(coarse[name], want, rtol=f64(n_ops=2), atol=0)  # a pair mean, in float64
+    table = compare_store(store, tmp_path / "out40", CompareConfig(n_boot=50, resolution_ms=40), progress=False)
+    ds = table[(table.level == "dataset") & (table.measure == "pearson")].set_index(["attention", "reference"])
+    assert ds.loc[("all", "smx"), "value"] == pytest.approx(1.0, abs=SAME_MAP_ABS)
+    assert ds.loc[("L1H0", "smh"), "value"] < 0.99

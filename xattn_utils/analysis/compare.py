@@ -15,6 +15,8 @@ Conventions (all parameters, recorded in ``agreement.json``):
   H), and gradient maps (``saliency_x``, ``ixg_x``, ``ig_x``: |attribution| pooled by ``gradient_pool``, a sum by
   default since attributions are amounts; ``*_h`` as stored); plus ``smh`` vs ``smx`` (how much the encoder mixes
   context). See :mod:`xattn_utils.attribution.grids`;
+- resolution: ``resolution_ms`` pools CA and every map to coarser frames before comparing (40 ms: the paper's
+  Conformer frame; Whisper's encoder frame is 20 ms), so the frame size behind a number is a recorded parameter;
 - special tokens: the forced prompt is never scored; the end-of-text row is excluded by default;
 - each token's row is z-scored before comparing (``normalize``; see :func:`xattn_utils.attribution.grids.normalize_rows`), so
   the flattened (utterance) Pearson is the mean per-token Pearson: it compares where relevance lies rather than how
@@ -63,12 +65,15 @@ class CompareConfig(MapsConfig):
     exclude_near_silence: bool = True  # leave out hypotheses made from (near-)silence (flagged by extraction)
     n_boot: int = 1000
     seed: int = 0
+    resolution_ms: float | None = None  # frame of the comparison: None = the encoder's (Whisper 20 ms); 40 = the
+    # paper's Conformer (4x subsampling); CA and every map pooled to it (UtteranceMaps.at_resolution)
 
 
 def compared_maps(store: ResultStore, uid: str, cfg: MapsConfig | None = None) -> UtteranceMaps:
     """One utterance's maps as the comparison sees them: on the encoder grid, rows normalized as ``cfg`` says."""
     cfg = cfg or CompareConfig()
-    return UtteranceMaps.from_store(store, uid, cfg).on_encoder_grid().normalized(cfg.normalize)
+    maps = UtteranceMaps.from_store(store, uid, cfg).on_encoder_grid()
+    return maps.at_resolution(getattr(cfg, "resolution_ms", None)).normalized(cfg.normalize)
 
 
 def utterance_maps(store: ResultStore, uid: str, cfg: MapsConfig | None = None) -> dict:

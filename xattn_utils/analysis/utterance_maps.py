@@ -8,6 +8,8 @@ the two halves of sampled (SPES) references. Then
 * ``.on_encoder_grid()`` pools input-space maps to encoder frames (``mean`` for SPES, ``sum`` for gradient amounts,
   as the registry says, unless the config chose otherwise) and cuts every map to the ``T'`` encoder frames holding
   audio;
+* ``.at_resolution(ms)`` pools every ``(I, T')`` map (CA, references, halves) to frames of ``ms`` milliseconds, a
+  multiple of the encoder frame (Whisper: 20 ms; the paper's Conformer: 40 ms);
 * ``.normalized(how)`` normalizes each token row (:func:`xattn_utils.attribution.grids.normalize_rows`);
 * ``.plot()`` draws CA against the references, one token × time panel per map;
 * ``.as_dict()`` is the entry :func:`xattn_utils.analysis.agreement.agreement_table` takes.
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from ..attribution.grids import encoder_grid, normalize_rows
+from ..attribution.grids import encoder_grid, normalize_rows, pool_to_encoder_frames
 from ..errors import XattnError
 from ..extraction.extract import KIND as ATTENTION
 from ..maps import HALVES_VARIABLE, by_name, map_kinds
@@ -149,6 +151,32 @@ class UtteranceMaps:
             self, attention={n: grid(m) for n, m in self.attention.items()},
             references={n: grid(m, self.pool_of(n)) for n, m in self.references.items()},
             halves={n: tuple(grid(h, self.pool_of(n)) for h in pair) for n, pair in self.halves.items()})
+
+    def at_resolution(self, resolution_ms: float | None) -> UtteranceMaps:
+        """Every map on frames of ``resolution_ms`` (None: the encoder's own), a whole multiple ``k`` of the encoder
+        frame: each row's consecutive groups of ``k`` encoder frames pooled (a ragged last group over the frames it
+        has). CA and mean/sum references by their ``mean`` over the group (a density, so a ragged group is not
+        under-weighted; after per-row z-scoring a sum over full groups gives the same map), ``max``-pooled
+        references by ``max`` (2-D max pooling at the coarser frame). Pools input-space maps first."""
+        if resolution_ms is None:
+            return self
+        frame_ms = 1000.0 * self.encoder_frame_s
+        k = round(resolution_ms / frame_ms) if np.isfinite(frame_ms) and frame_ms > 0 else 0
+        if k < 1 or abs(k * frame_ms - resolution_ms) > 1e-6 * resolution_ms:
+            raise XattnError(f"{self.uid}: resolution_ms={resolution_ms} is not a whole multiple of the encoder "
+                             f"frame ({frame_ms:g} ms); use a multiple of it or None")
+        maps = self.on_encoder_grid()
+        if k == 1:
+            return maps
+
+        def pool(m, how="mean"):
+            return pool_to_encoder_frames(np.asarray(m, dtype=np.float64), k, "max" if how == "max" else "mean")
+
+        return dataclasses.replace(
+            maps, attention={n: pool(m) for n, m in maps.attention.items()},
+            references={n: pool(m, maps.pool_of(n)) for n, m in maps.references.items()},
+            halves={n: tuple(pool(h, maps.pool_of(n)) for h in pair) for n, pair in maps.halves.items()},
+            n_frames=-(-maps.n_frames // k), encoder_frame_s=maps.encoder_frame_s * k)
 
     def normalized(self, how: str = "zscore") -> UtteranceMaps:
         """Every map (and half) with each token row normalized (``zscore`` | ``minmax`` | ``sum`` | ``none``)."""
