@@ -336,6 +336,7 @@ def cmd_saliency(args) -> int:
     loaded = load_model(args.model, args.input_mode, args.device)
     seed = {} if args.seed is None else {"seed": args.seed}
     seed.update({} if args.batch_size is None else {"batch_size": args.batch_size})  # masks per pass: same maps
+    seed.update({} if args.precision is None else {"precision": args.precision})  # recorded, keys the store
     spes = dataclasses.replace(SPESConfig.cpu(), n_masks=args.n_masks, **seed)
     smh = dataclasses.replace(SMHConfig(), n_masks=args.n_masks_h, **seed)
     cfg = SaliencyConfig(methods=tuple(args.method), spes=spes, smh=smh, ig_steps=args.ig_steps)
@@ -360,7 +361,8 @@ def cmd_compare(args) -> int:
     from .runs.report import readable_comparison
 
     cfg = CompareConfig(per_head=not args.no_per_head, special=args.special, normalize=args.normalize,
-                        pool=args.pool, gradient_pool=args.gradient_pool, n_boot=args.n_boot, seed=args.seed)
+                        pool=args.pool, gradient_pool=args.gradient_pool, n_boot=args.n_boot, seed=args.seed,
+                        resolution_ms=args.resolution_ms)
     if args.mixing:  # encoder context mixing composed with CA: extra attention entries such as rollout∘all
         cfg = dataclasses.replace(cfg, mixing=tuple(args.mixing), mixing_depths=args.mixing_depths)
     table = compare_store(args.store, args.out, cfg, progress=_progress(args))
@@ -492,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int,
                    help="SPES masks per forward pass (memory; the maps do not change; default 32 on X, 64 on H)")
     p.add_argument("--max-masks", type=int, default=100_000, help="refuse --n-masks above this (a typo guard)")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="SPES forward passes: bf16 weights and activations (vocabulary projection, log-softmax and "
+                        "KL in fp32; per-token map r >= 0.99 vs fp32) or fp32 (default: the configs' own, bf16)")
     p.set_defaults(func=cmd_saliency)
 
     p = sub.add_parser("compare", help="agreement of cross-attention with every saliency map in a store")
@@ -506,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-pool", choices=("sum", "mean", "max"), default="sum",
                    help="|gradient| X maps to encoder frames (attributions are amounts: sum)")
     p.add_argument("--no-per-head", action="store_true", help="skip the per-(layer, head) rows")
+    p.add_argument("--resolution-ms", type=float, default=None,
+                   help="pool CA and every map to frames of this many ms before comparing, a multiple of the encoder "
+                        "frame (40: the paper's Conformer; default: the encoder's own frame, 20 ms for Whisper)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--quiet", action="store_true", help="no progress bar (as --log-level WARNING)")
