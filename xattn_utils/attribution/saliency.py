@@ -135,3 +135,25 @@ def compute_saliency(loaded: LoadedModel, data, out: str | Path | ResultStore, c
                               lambda method=method, kind=kind: compute(method, kind), seed=params.get("seed"))
 
     return explain_store(loaded, data, out, plan, "saliency", decoding, desc="saliency", progress=progress)
+
+
+def items_with_saliency(loaded: LoadedModel, items, out: str | Path | ResultStore, cfg: SaliencyConfig | None = None,
+                        n_missing: int = 2, progress: bool = True):
+    """The ``items`` (a manifest DataFrame) whose first configured map is stored in ``out``, in their order.
+
+    A store that holds that map for none of them (a notebook run on its own, without the study's saliency step)
+    gets it first: ``cfg`` is computed on the first ``n_missing`` items. A store holding it for some keeps those
+    and computes nothing.
+    """
+    cfg = cfg or SaliencyConfig()
+    kind = kinds_for(cfg.methods[0], cfg.gradient_spaces)[0]
+
+    def stored() -> set[str]:
+        st = out if isinstance(out, ResultStore) else ResultStore(out)
+        return {u for u in st.utterances() if kind in st.kinds(u)}
+
+    have = stored()
+    if not have & set(items["id"]):
+        compute_saliency(loaded, items.head(n_missing), out, cfg, progress=progress)
+        have = stored()
+    return items[items["id"].isin(have)].reset_index(drop=True)
