@@ -1,7 +1,8 @@
 """SPES of one utterance spread over Dask workers: each worker scores a share of the masks, the driver adds the sums.
 
-The SPES map is a ratio of two sums over masks (:mod:`xattn_utils.spes`), and the bits of mask ``m`` depend on the
-seed and ``m`` alone, so the masks of one utterance can be split into shards, scored anywhere and merged::
+The SPES map is a ratio of two sums over masks (:mod:`xattn_utils.attribution.spes`), and the bits of mask ``m``
+depend on the seed and ``m`` alone, so the masks of one utterance can be split into shards, scored anywhere and
+merged::
 
     from dask.distributed import Client, LocalCluster
     recipe = recipe_from_store(store, "utt1", "bundled:whisper-tiny.en", "trimmed", "data/utt1.wav")
@@ -9,19 +10,20 @@ seed and ``m`` alone, so the masks of one utterance can be split into shards, sc
     with LocalCluster(n_workers=4, threads_per_worker=1) as cluster, Client(cluster) as client:
         res = spes_sharded(recipe, cfg, client)          # res.map equals spes_smx(recipe(), cfg).map
 
-Each task rebuilds the scorer from a picklable zero-argument recipe (:class:`ScorerRecipe`, or any picklable
-callable returning a :class:`~xattn_utils.scoring.ForcedScorer`), rebuilds the occlusion plan (deterministic given
-the scorer and config), runs :func:`~xattn_utils.spes.partial_sums` over its masks and returns numerators and counts
-as CPU tensors; the driver merges them with :func:`~xattn_utils.spes.merge_partials`. The driver never loads the
-model.
+Each task rebuilds the scorer from a picklable zero-argument recipe (:class:`ScorerRecipe`, or any picklable callable
+returning a :class:`~xattn_utils.attribution.scorer.ForcedScorer`), rebuilds the occlusion plan (deterministic given the
+scorer and config), runs :func:`~xattn_utils.attribution.spes.partial_sums` over its masks and returns numerators and
+counts as CPU tensors; the driver merges them with :func:`~xattn_utils.attribution.spes.merge_partials`. The driver
+never loads the model.
 
-Identical maps: shards are cut on the batch grid of :func:`~xattn_utils.spes.run_plan` (its checkpoints, then steps
-of ``batch_size``), so every forward pass sees exactly the batch it sees in :func:`~xattn_utils.spes.spes_smx` /
-:func:`~xattn_utils.spes.spes_smh`, and every per-batch float32 GEMM is the same. Only the order in which the
-float64 per-batch sums are added changes with the number of shards; these sums are exact unless a cell's
-contributions span more than roughly 29 binary orders of magnitude, and any residue is ~1e-16 relative, far below the
-float32 of the map. So the map equals the single-process one bit for bit on a given machine and build (a BLAS whose
-float32 results depend on its thread count could differ at float32 rounding level between processes).
+Identical maps: shards are cut on the batch grid of :func:`~xattn_utils.attribution.spes.run_plan` (its checkpoints,
+then steps of ``batch_size``), so every forward pass sees exactly the batch it sees in
+:func:`~xattn_utils.attribution.spes.spes_smx` / :func:`~xattn_utils.attribution.spes.spes_smh`, and every per-batch
+float32 GEMM is the same. Only the order in which the float64 per-batch sums are added changes with the number of
+shards; these sums are exact unless a cell's contributions span more than roughly 29 binary orders of magnitude, and any
+residue is ~1e-16 relative, far below the float32 of the map. So the map equals the single-process one bit for bit on a
+given machine and build (a BLAS whose float32 results depend on its thread count could differ at float32 rounding level
+between processes).
 
 Per-process caches (the only module state; safe to share between worker threads): :func:`cached_model` keeps up
 to 4 loaded models (``_load_cached``, keyed by ``(name, input_mode, device, trim_quantum)``), so several shards or
@@ -76,7 +78,7 @@ SPACES = ("x", "h")
 
 
 def cached_model(name: str, input_mode: str, device: str = "cpu", trim_quantum: int = 100) -> LoadedModel:
-    """:func:`~xattn_utils.models.load_model`, once per process and key (per-process cache, see module docs)."""
+    """:func:`~xattn_utils.models.loader.load_model`, once per process and key (per-process cache, see module docs)."""
     return _load_cached(str(name), str(input_mode), str(device), int(trim_quantum))
 
 
@@ -90,14 +92,14 @@ class ScorerRecipe:
     """How to rebuild the forced scorer of one stored hypothesis in any process (picklable, hashable).
 
     Attributes:
-        model: model name for :func:`~xattn_utils.models.load_model` (e.g. ``bundled:whisper-tiny.en``).
+        model: model name for :func:`~xattn_utils.models.loader.load_model` (e.g. ``bundled:whisper-tiny.en``).
         input_mode: ``padded`` or ``trimmed``.
         audio_path: the utterance's audio file, readable from every worker.
         prompt_ids: (P,) forced prompt ids.
         hypothesis_ids: (N,) hypothesis ids, without end-of-text (the scorer appends it: I = N + 1 positions).
         audio_sha256: when given, every worker checks the file it reads against it.
         device: torch device the worker scores on (results come back on the CPU either way).
-        trim_quantum: as :func:`~xattn_utils.models.load_model`.
+        trim_quantum: as :func:`~xattn_utils.models.loader.load_model`.
     """
 
     model: str
@@ -144,7 +146,7 @@ def recipe_from_store(store, uid: str, model: str, input_mode: str, audio_path: 
 
 
 def batch_grid(n_masks: int, batch_size: int) -> list[tuple[int, int]]:
-    """The batches :func:`~xattn_utils.spes.run_plan` scores, in order: each checkpoint span in steps of
+    """The batches :func:`~xattn_utils.attribution.spes.run_plan` scores, in order: each checkpoint span in steps of
     ``batch_size``. Returns [(start, stop)] covering ``[0, n_masks)``."""
     out, done = [], 0
     for k in checkpoints(n_masks):
