@@ -1,6 +1,7 @@
 """The one command line: version, the sweep/study/corpus subcommands and their old module entry points, log levels."""
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import logging
 import os
@@ -172,3 +173,189 @@ def test_importing_the_package_does_not_start_papermill_or_dask():
     proc = xattn("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------ first contact (issue 23)
+
+HEAVY = ("torch", "transformers", "captum", "matplotlib", "jiwer", "sacrebleu", "pandas", "numpy", "dask", "papermill")
+
+
+def _imported_after(code: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``code`` in a fresh interpreter; the top-level packages it imported that are not the standard library."""
+    probe = ("import sys; before = set(sys.modules)\n" + code + "\n"
+             "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+             "print(' '.join(sorted(m for m in new if m not in sys.stdlib_module_names and not m.startswith('_'))))")
+    proc = xattn("-c", probe)
+    return proc, set(proc.stdout.split("\n")[-2].split()) if proc.stdout.strip() else set()
+
+
+def test_import_xattn_utils_loads_only_itself():
+    proc, new = _imported_after("import xattn_utils")
+    assert proc.returncode == 0, proc.stderr
+    assert new == {"xattn_utils"}, new  # no torch, captum, matplotlib, jiwer, sacrebleu, transformers, pandas
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["study", "--help"]])
+def test_version_and_help_load_no_torch(argv):
+    code = ("from xattn_utils.cli import main\ntry:\n    main(%r)\nexcept SystemExit as done:\n"
+            "    assert done.code == 0, done.code" % (argv,))
+    proc, new = _imported_after(code)
+    assert proc.returncode == 0, proc.stderr
+    assert not new & set(HEAVY), new & set(HEAVY)
+    assert proc.stdout.startswith("xattn " if argv == ["--version"] else "usage: xattn")
+
+
+def test_top_level_api_exports_configs_and_one_call_functions():
+    import xattn_utils
+
+    readme_calls = ("train_grid", "extract_cross_attention", "compute_saliency", "compare_store", "faithfulness_store",
+                    "timestamp_study", "compute_mixing", "GridConfig", "CompareConfig")
+    configs = ("SPESConfig", "SMHConfig", "SaliencyConfig", "MixingConfig", "DecodeConfig", "ExtractConfig",
+               "FaithfulnessConfig", "GradientConfig")
+    for name in readme_calls + configs:
+        assert name in xattn_utils.__all__ and name in dir(xattn_utils), name
+    from xattn_utils.attribution.spes import SMHConfig, SPESConfig
+    from xattn_utils.runs.grid import train_grid
+
+    assert xattn_utils.SPESConfig is SPESConfig and xattn_utils.SMHConfig is SMHConfig
+    assert xattn_utils.train_grid is train_grid
+    assert all(getattr(xattn_utils, n) is not None for n in xattn_utils.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        xattn_utils.nope  # noqa: B018
+
+
+def _all_parsers():
+    """Every (name, parser) of the command line, the subcommands whose options live in their modules loaded."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [("xattn", parser)] + [(name, p.load()) for name, p in sub.choices.items()]
+
+
+def test_every_option_has_help_and_shows_its_default():
+    for name, parser in _all_parsers():
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"xattn {name} {'/'.join(action.option_strings) or action.dest}: no help"
+            text = parser.format_help()
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
+                    and not isinstance(action.default, (list, tuple)):
+                assert "default" in (action.help or "").lower() or f"(default: {action.default})" in " ".join(
+                    text.split()), f"xattn {name} {action.option_strings[0]}: default {action.default} not shown"
+
+
+def _notebook_defaults(path: Path) -> dict:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    values: dict = {}
+    exec(cell.source, {}, values)  # the parameters cell: plain assignments
+    return values
+
+
+def test_saliency_defaults_are_the_notebooks_and_the_studys():
+    args = build_parser().parse_args(["saliency", "a.wav", "--out", "s"])
+    nb02 = _notebook_defaults(REPO / "notebooks" / "02_saliency_maps.ipynb")
+    assert (args.n_masks, args.n_masks_h) == (nb02["n_masks"], nb02["n_masks_h"])
+    study = yaml.safe_load((REPO / "sweeps" / "default.yaml").read_text())
+    steps = {k: v for entry in study["notebooks"] for k, v in entry.items()}
+    assert args.input_mode == steps["01_extract_cross_attention.ipynb"]["input_mode"] == "trimmed"
+    assert (args.n_masks, args.n_masks_h) == (steps["02_saliency_maps.ipynb"]["n_masks"],
+                                              steps["02_saliency_maps.ipynb"]["n_masks_h"])
+    args = build_parser().parse_args(["saliency", "a.wav", "--out", "s", "--n-masks", "64", "--n-masks-h", "32"])
+    assert (args.n_masks, args.n_masks_h) == (64, 32)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["transcribe", "--model", "tiny.en", "a.wav"], "did you mean bundled:whisper-tiny.en?"),
+    (["transcribe", "--model", "bundled:whisper-tiny", "a.wav"], "did you mean bundled:whisper-tiny.en"),
+    (["transcribe", "--language", "it", "a.wav"], "--language it: model bundled:whisper-tiny.en speaks only en"),
+    (["extract", "--task", "translate", "a.wav", "--out", "s"], "only does transcribe"),
+    (["extract", "--manifest", "missing.csv", "--out", "s"], "--manifest missing.csv does not exist"),
+])
+def test_bad_arguments_fail_before_any_model_loads(argv, message, tmp_path, capsys, restore_logging, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XATTN_HOME", str(tmp_path / "home"))  # no converted model there: nothing could load
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "home" / "models" / "whisper-tiny.en").exists()  # the model was never converted
+
+
+def test_heads_out_of_range_fail_from_the_config_alone(tmp_path, capsys, restore_logging):
+    """--heads is checked against the model's config.json: a folder holding only that (no weights) is enough."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"decoder_layers": 4, "decoder_attention_heads": 6}')
+    assert main(["timestamps", "a.wav", "--model", str(folder), "--heads", "L9H9"]) == 2
+    err = capsys.readouterr().err
+    assert "L9H9" in err and "4 decoder layers x 6 heads" in err, err
+
+
+def test_log_level_warning_turns_progress_and_third_party_chatter_off(restore_logging):
+    from xattn_utils.cli import _progress, quiet_third_parties
+
+    configure_logging("WARNING")
+    assert not _progress(argparse.Namespace(quiet=False))
+    configure_logging("INFO")
+    assert _progress(argparse.Namespace(quiet=False)) and not _progress(argparse.Namespace(quiet=True))
+    env: dict = {}
+    quiet_third_parties("INFO", "transcribe", env)
+    assert env["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and env["DASK_LOGGING__DISTRIBUTED"] == "error"
+    assert "TQDM_DISABLE" not in env  # our own bars stay at INFO
+    env = {}
+    quiet_third_parties("INFO", "study", env)
+    assert env["TQDM_DISABLE"] == "1"  # notebooks run by a sweep: no bars (no \r in log.txt)
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "0"}
+    quiet_third_parties("DEBUG", "study", env)
+    assert env == {"HF_HUB_DISABLE_PROGRESS_BARS": "0"}  # DEBUG shows everything; a user's setting is kept
+
+
+@pytest.mark.slow  # two fresh processes load tiny.en
+def test_transformers_loading_bar_only_at_debug(speech_dir, tmp_path):
+    wav = str(speech_dir / "utt0.wav")
+    quiet = xattn("-m", "xattn_utils", "transcribe", wav, cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "quick brown fox" in quiet.stdout.lower()
+    assert "Loading weights" not in quiet.stderr and "\r" not in quiet.stderr, quiet.stderr
+    loud = xattn("-m", "xattn_utils", "--log-level", "DEBUG", "transcribe", wav, cwd=tmp_path)
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr  # the bar exists: it is the flag that hides it
+
+
+def test_long_saliency_runs_announce_their_estimated_time(tmp_path, capsys, restore_logging):
+    from xattn_utils.cli import SPES_MASKS_PER_SECOND, saliency_estimate
+
+    assert saliency_estimate(10, 256, 256, ["spes-x", "spes-h"], "trimmed") == pytest.approx(
+        10 * 512 / SPES_MASKS_PER_SECOND["trimmed"])
+    assert saliency_estimate(10, 256, 256, ["spes-x", "ixg"], "padded") == pytest.approx(
+        10 * 256 / SPES_MASKS_PER_SECOND["padded"])
+    folder = tmp_path / "model"  # a config and no weights: the estimate comes before the model loads, then it fails
+    folder.mkdir()
+    (folder / "config.json").write_text('{"decoder_layers": 4, "decoder_attention_heads": 6}')
+    files = [str(tmp_path / f"u{i}.wav") for i in range(10)]
+    assert main(["saliency", *files, "--model", str(folder), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "estimated time: about 3 min for 10 utterance(s) x 256 + 256 masks" in err, err
+    assert main(["saliency", *files[:1], "--model", str(folder), "--out", str(tmp_path / "s")]) == 2
+    assert "estimated time" not in capsys.readouterr().err  # 20 s: no line
+
+
+def test_compare_on_one_utterance_says_interval_na_and_warns_on_low_reliability(tmp_path, capsys, restore_logging):
+    import numpy as np
+    from test_compare import _utterance
+
+    from xattn_utils.store import ResultStore
+
+    store = ResultStore(tmp_path / "store")
+    # one utterance, SMX unrelated to CA, noisy halves: split-half reliability 0.47
+    _utterance(store, "u0", np.random.default_rng(5), n_tok=8, smx_from_ca=False, halves_noise=0.04)
+    assert main(["compare", "--store", str(store.path), "--out", str(tmp_path / "t"), "--n-boot", "50",
+                 "--no-per-head", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    table = out.split("\n")[1:-2]
+    assert table and all("interval n/a" in row for row in table), out
+    assert "[" not in "".join(table)  # no one-utterance interval such as [0.18, 0.18]
+    assert "(!)" in out
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "reliability of 0.47, below 0.5" in warnings[0], err

@@ -111,7 +111,7 @@ def readable_comparison(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     ``RELIABILITY_WARN`` is marked ``(!)`` with a warning (dividing by the square root of a small, noisy reliability
     inflates the value)."""
     shown = paper_comparison(table)
-    warnings = []
+    low: dict[str, tuple[float, list[str]]] = {}  # comparison -> (reliability, its corrected values)
     for i, row in shown.iterrows():
         if int(row["n"]) < 2:
             shown.loc[i, "95% CI"] = "interval n/a"
@@ -121,10 +121,12 @@ def readable_comparison(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         reliability = pd.to_numeric(str(row["reliability"]).split(" ")[0], errors="coerce")
         if row["corrected"] and reliability < RELIABILITY_WARN:
             shown.loc[i, "corrected"] = f"{shown.loc[i, 'corrected']} (!)"
-            warnings.append(f"{row['comparison']} ({row['aggregate']}): the corrected {row['corrected'].split()[0]} "
-                            f"comes from a reliability of {reliability:.2f} (below {RELIABILITY_WARN}): the SPES map is "
-                            "mostly noise at this mask count and the correction inflates it; read the raw value, or "
-                            "raise the masks (--n-masks, --n-masks-h) and the utterances")
+            values = low.setdefault(row["comparison"], (reliability, []))[1]
+            values.append(f"{row['corrected'].split()[0]} ({row['aggregate']}, {row['selection']})")
+    warnings = [f"{comparison}: the corrected values marked (!) ({'; '.join(values)}) come from a reliability of "
+                f"{reliability:.2f}, below {RELIABILITY_WARN}: the SPES map is mostly noise at this mask count and "
+                "dividing by sqrt(reliability) inflates it; read the raw value, or raise the masks (--n-masks, "
+                "--n-masks-h) and the utterances" for comparison, (reliability, values) in low.items()]
     return shown, warnings
 
 
