@@ -114,11 +114,11 @@ DESCRIPTION = "WER / BLEU / chrF of a model on a manifest per language and task.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``xattn evaluate``."""
-    parser.add_argument("--model", default="bundled:whisper-tiny.en")
-    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--model", default="bundled:whisper-tiny.en", help="a registry name, a folder or a hub id")
+    parser.add_argument("--manifest", required=True, help="data manifest CSV (data_manifest.csv schema)")
     parser.add_argument("--setting", nargs="+", default=["en:transcribe"], help="LANGUAGE:TASK, e.g. it:translate")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--limit", type=int)
+    parser.add_argument("--split", default="test", help="only the manifest rows of this split")
+    parser.add_argument("--limit", type=int, help="only the first N rows (after --split)")
     parser.add_argument("--out", help="write scores and hypotheses as <out>.scores.csv / <out>.hypotheses.csv")
 
 
