@@ -242,7 +242,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     """Model, input files or a manifest (with filters), decoder prompt, progress."""
     _add_model_args(p)
-    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("files", nargs="*", metavar="FILE", help="audio files (or give --manifest)")
     p.add_argument("--manifest", help="data manifest CSV (data_manifest.csv schema)")
     p.add_argument("--split", help="with --manifest: only the rows of this split (e.g. test)")
     p.add_argument("--limit", type=int, help="with --manifest: only the first N rows (after --split)")
@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help="print one greedy hypothesis per audio file")
     _add_model_args(p)
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ...)")
     _add_prompt_args(p)
     p.set_defaults(func=cmd_transcribe)
 
@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--heads", default="alignment",
                    help="alignment (the model's own), all, discovered (ranked on --calibration), or L3H2,L1H0,...")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="how the words are printed")
     p.add_argument("--force-transcript", action="store_true",
                    help="with --manifest: align the manifest's transcript instead of the model's hypothesis")
     p.add_argument("--ties", choices=("diagonal", "time"), default="diagonal",
