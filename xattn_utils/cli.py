@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__, maps
@@ -96,6 +97,8 @@ def quiet_third_parties(level: str, command: str | None = None, environ=None) ->
         environ.setdefault(key, value)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR if name in ("distributed", "dask") else logging.WARNING)
+    # a sweep's local Dask cluster takes another port when its dashboard's is taken: no need to say so
+    warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
     if "transformers" in sys.modules:  # already imported: the environment variable came too late
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
