@@ -117,3 +117,15 @@ def test_report_html_renders_in_headless_chromium(study_page):
     dom = subprocess.run([*flags, "--dump-dom", study_page.as_uri()], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0 and "Headline per run" in dom.stdout and dom.stdout.count("<img") == 2
     print(f"screenshot: {shot}")
+
+
+def test_a_sweep_result_prints_readably():
+    from xattn_utils.runs.report import SweepResult
+    from xattn_utils.runs.worker import RunResult
+
+    result = SweepResult("probe", Path("/runs/probe"), done=[RunResult("a=1", "done", "", 2.0, "/runs/probe/a=1", {})],
+                         failed=[RunResult("a=2", "failed", "probe.ipynb: RuntimeError: boom", 1.0, "/runs/probe/a=2",
+                                           {})], report=Path("/runs/probe/report.md"))
+    assert str(result).splitlines() == ["sweep probe under /runs/probe: runs: 1 done, 0 skipped, 1 failed",
+                                        "  failed a=2: probe.ipynb: RuntimeError: boom",
+                                        "  report: /runs/probe/report.md"]

@@ -42,6 +42,13 @@ class SweepResult:
     def summary(self) -> str:
         return f"runs: {len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed"
 
+    def __str__(self) -> str:
+        """The summary, each failed run's error and where the report is (what ``print(run_sweep(...))`` shows)."""
+        lines = [f"sweep {self.name} under {self.root}: {self.summary()}"]
+        lines += [f"  failed {r.name}: {r.error}" for r in self.failed]
+        lines += [f"  report: {self.report}"] if self.report else []
+        return "\n".join(lines)
+
 
 def collect(runs: list[RunSpec]):
     """Every row of each done run's ``tables/agreement.parquet``, with ``run`` and the grid values as columns."""
