@@ -7,7 +7,7 @@ The sweep file (YAML)::
     notebook_dir: notebooks          # optional, cwd-relative; where names are looked up (default: repo's notebooks/)
     notebooks:                       # run in this order, each with its own fixed parameters
       - 01_extract_cross_attention.ipynb: {n_utterances: 2, input_mode: trimmed}
-      - 02_saliency_maps.ipynb: {n_utterances: 1, input_mode: trimmed, n_masks: 32}
+      - 02_saliency_maps.ipynb: {n_utterances: 1, n_masks: 32}   # input mode: the store's (set by 01)
       - 03_alignment_analysis.ipynb: {n_boot: 50}
       - 04_faithfulness.ipynb            # a bare name: no fixed parameters
     common: {seed: 0}                # optional; fixed parameters passed to every notebook
@@ -179,10 +179,37 @@ def parse_sweep(raw, default_name: str = "sweep") -> SweepSpec:
         clash = sorted(set(params) & set(RESERVED))
         if clash:
             raise SweepError(f"{where}: {clash} are set by the runner (each run's folder and its store); remove them")
+        for k, v in params.items():
+            _check_json_value(where, k, v)
     name = str(raw.get("name") or default_name)
     return SweepSpec(name=name, notebooks=notebooks, grid=grid, common=dict(common),
                      out=str(raw["out"]) if raw.get("out") else None,
                      notebook_dir=str(raw["notebook_dir"]) if raw.get("notebook_dir") else None, points=points)
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_json_value(where: str, key: str, value, path: str = "") -> None:
+    """Refuse a parameter value that is not plain JSON (YAML ``!!binary`` bytes, a date, a set, ...): papermill,
+    ``parameters.yaml`` and the run key could not carry it."""
+    if isinstance(value, _JSON_SCALARS):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_json_value(where, key, v, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise SweepError(f"{where}: parameter {key}{path} has a key {k!r} of type {type(k).__name__}; "
+                                 "keys must be strings: quote it")
+            _check_json_value(where, key, v, f"{path}[{k!r}]")
+        return
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise SweepError(f"{where}: parameter {key}{path} = {shown} is a YAML {type(value).__name__}, not a JSON value "
+                     "(string, number, boolean, null, list or mapping); quote it (e.g. '2020-01-01') or give a "
+                     "plain value")
 
 
 def _point_notebooks(subset, names: list[str], where: str) -> dict[str, dict]:
@@ -226,6 +253,66 @@ def notebook_parameters(path: str | Path) -> set[str]:
                 names |= {t.id for t in targets if isinstance(t, ast.Name)}
             return names
     return set()
+
+
+def notebook_defaults(path: str | Path) -> dict[str, object]:
+    """The literal default of each variable assigned in a notebook's ``parameters`` cell (a variable whose value is
+    not a literal, e.g. ``x = os.getcwd()``, is absent)."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = cell.get("source", "")
+            src = "".join(src) if isinstance(src, list) else src
+            try:
+                tree = ast.parse(src)
+            except SyntaxError as err:
+                raise SweepError(f"notebook {path}: its parameters cell is not valid Python ({err})") from None
+            out = {}
+            for node in tree.body:
+                targets = node.targets if isinstance(node, ast.Assign) else \
+                    [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else []
+                for t in targets:
+                    if isinstance(t, ast.Name):
+                        try:
+                            out[t.id] = ast.literal_eval(node.value)
+                        except (ValueError, TypeError, SyntaxError):
+                            out.pop(t.id, None)
+            return out
+    return {}
+
+
+def _type_name(value) -> str:
+    return {bool: "a boolean", int: "a whole number", float: "a number", str: "a string", list: "a list",
+            tuple: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _fits(value, default) -> bool:
+    """Whether ``value`` may replace a parameters-cell ``default``: the same JSON type (a whole number for a
+    number; anything for a ``None`` default)."""
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def check_parameter_types(notebook: str | Path, params: dict, name: str | None = None) -> None:
+    """Refuse parameters whose type differs from the default in ``notebook``'s parameters cell, before papermill
+    writes them into it (``n_masks: "1; import os"`` for ``n_masks = 64``): the message names the notebook, the
+    parameter, the value and the type expected."""
+    defaults = notebook_defaults(notebook)
+    for key, value in params.items():
+        if key in defaults and not _fits(value, defaults[key]):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise SweepError(f"{name or Path(notebook).name}: parameter {key} = {shown} is {_type_name(value)}, but "
+                             f"its parameters cell has {key} = {defaults[key]!r} ({_type_name(defaults[key])}); "
+                             f"give {_type_name(defaults[key])}")
 
 
 def check_parameters(spec: SweepSpec, notebooks: list[RunNotebook]) -> None:
@@ -315,12 +402,22 @@ def expand(spec: SweepSpec | str | Path | dict, out: str | Path | None = None) -
         key = run_key(run_notebooks, spec.common, grid)
         if key in seen:
             continue
+        for nb in run_notebooks:  # every value against the parameters cell's default, before anything runs
+            check_parameter_types(nb.path, {**spec.common, **nb.params, **grid}, nb.name)
         seen.add(key)
         slug = slugify(grid)
         name = f"{slug}-{key[:8]}"
         runs.append(RunSpec(sweep=spec.name, name=name, slug=slug, key=key, run_dir=str(root / name), grid=grid,
                             common=dict(spec.common), notebooks=run_notebooks, workdir=str(Path.cwd())))
     return runs
+
+
+def planned_runs(spec: SweepSpec) -> int:
+    """How many runs the spec expands to at most (the grid's product, plus its points), without expanding it."""
+    n = 1
+    for values in spec.grid.values():
+        n *= len(values)
+    return (0 if spec.points and not spec.grid else n) + len(spec.points)
 
 
 def as_spec(spec) -> SweepSpec:
