@@ -55,10 +55,11 @@ def test_02_saliency(run_dir):
 
     uid = "default-en-test-00000"
     before = open_store(run_dir / "store").load(uid, "attention")  # notebook 01's, with hidden states
-    nb = _run("02_saliency_maps.ipynb", run_dir, n_utterances=1, input_mode="trimmed", n_masks=32, n_masks_h=32,
-              ig_steps=2, methods=["spes-x", "spes-h", "saliency"])
+    nb = _run("02_saliency_maps.ipynb", run_dir, n_utterances=1, n_masks=32, n_masks_h=32, ig_steps=2,
+              methods=["spes-x", "spes-h", "saliency"])  # the input mode: the store's, notebook 01's
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "1 done" in text or "1 skipped" in text
+    assert "input mode: trimmed" in text  # read from the store notebook 01 made
     after = open_store(run_dir / "store").load(uid, "attention")  # explained as stored: not decoded again
     assert after.attrs["cache_key"] == before.attrs["cache_key"] and "encoder_hidden" in after
     assert list(after.token_id.values) == list(before.token_id.values)
@@ -109,7 +110,7 @@ def test_03_alignment_analysis(run_dir):
 
 
 def test_04_faithfulness(run_dir):
-    _run("04_faithfulness.ipynb", run_dir, n_utterances=1, input_mode="trimmed", modes=["deletion"],
+    _run("04_faithfulness.ipynb", run_dir, n_utterances=1, modes=["deletion"],
          explanations=["ca:all", "smx", "random"])
     import pandas as pd
 
@@ -122,11 +123,45 @@ def test_04_faithfulness(run_dir):
     assert (run_dir / "figures" / "04_faithfulness.png").exists()
 
 
-def test_00_tour(run_dir):
-    import re
+# a number in prose: grouped thousands ("20 000") or a plain or decimal number not inside a word or a dotted name
+_PROSE_NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:[ \u00a0\u202f]\d{3})+|\d+(?:\.\d+)?)(?![\w.]*\w)")
 
+
+def _prose_numbers(markdown: str) -> list[str]:
+    """The numbers a markdown cell states: not in math, code, headings, list markers or citation years."""
+    text = re.sub(r"\$\$.*?\$\$|\$[^$\n]*\$|`[^`\n]*`", " ", markdown, flags=re.S)
+    out = []
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        line = re.sub(r"^\s*\d+\.\s", " ", line)  # an ordered list's marker
+        line = re.sub(r"\b(?:19|20)\d{2}\b", " ", line)  # a citation's year
+        out += _PROSE_NUMBER.findall(line)
+    return out
+
+
+def _unbacked(markdown: str, numbers: dict) -> list[str]:
+    """The prose numbers that no computed number rounds to at the precision the prose writes them."""
+    values = [float(v) for v in numbers.values()]
+    bad = []
+    for word in _prose_numbers(markdown):
+        x = float(re.sub(r"\s", "", word))
+        decimals = len(word.split(".")[1]) if "." in word else 0
+        if not any(abs(v - x) <= printed(decimals) for v in values):  # written with `decimals` decimals
+            bad.append(word)
+    return bad
+
+
+def test_prose_number_check_catches_a_stale_number():
+    numbers = {"paper": 0.58, "masks": 20000, "bins": 80}
+    assert _prose_numbers("best ≈ 0.58 (Papi et al. 2025), `n_masks = 64`, $T' = 2$,\n1. step") == ["0.58"]
+    assert _unbacked("the paper's 0.58 at 20 000 masks, 80 mel bins", numbers) == []
+    assert _unbacked("the full study finds ≈ 0.16 over 11 utterances", numbers) == ["0.16", "11"]
+
+
+def test_00_tour(run_dir):
     from xattn_utils.analysis.agreement import utterance_agreement
-    from xattn_utils.analysis.compare import CompareConfig, utterance_maps
+    from xattn_utils.analysis.compare import PAPER, CompareConfig, utterance_maps
     from xattn_utils.store import open_store
 
     nb = _run("00_tour.ipynb", run_dir, n_masks=16)
@@ -134,33 +169,68 @@ def test_00_tour(run_dir):
                    if o.get("output_type") == "stream")
     r = {ref: float(v) for ref, v in re.findall(r"Pearson\(CA\[all\], (\w+)\) = (-?\d\.\d+)", text)}
     assert set(r) == {"SMX", "SMH", "SALIENCY_X"}, text
-    # the printed number is the library's number on the maps the tour stored, and CA does resemble SMH
+    # the printed number is the library's number on the maps the tour stored
     maps = utterance_maps(open_store(run_dir / "store_00_tour"), "default-en-test-00000", CompareConfig(per_head=False))
-    # printed to 3 decimals, recomputed from the stored maps
-    assert r["SMH"] == pytest.approx(utterance_agreement(maps["all"], maps["smh"], "pearson"),
-                                     abs=PRINTED_3 + RECOMPUTED)
-    assert r["SMX"] == pytest.approx(utterance_agreement(maps["all"], maps["smx"], "pearson"),
-                                     abs=PRINTED_3 + RECOMPUTED)
+    for ref in ("smx", "smh"):  # printed to 3 decimals, recomputed from the stored maps
+        assert r[ref.upper()] == pytest.approx(utterance_agreement(maps["all"], maps[ref], "pearson"),
+                                               abs=PRINTED_3 + RECOMPUTED)
     assert 0.1 < r["SMH"] < 1
-    assert re.search(r"layers = last +Pearson\(CA, SMX\) = +-?\d\.\d{3}", text)
-    # masks exercise: a quarter, n_masks and four times n_masks; the largest map is its own reference
+    # every number the prose states is one the tour computed (or the paper's, from the library's PAPER)
+    numbers = json.loads((run_dir / "tables" / "00_tour_numbers.json").read_text())
+    assert numbers["paper: best Pearson(CA, SMX)"] == PAPER["pearson_ca_smx_best"]
+    assert numbers["Pearson(CA[all], SMX)"] == pytest.approx(r["SMX"], abs=PRINTED_3)  # printed to 3 decimals
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert len(_prose_numbers(prose)) >= 8  # the paper's numbers, the grid's sizes: the check is not vacuous
+    assert _unbacked(prose, numbers) == [], "the tour's prose states numbers its code no longer produces"
+    # the grid the prose describes is the library's: mean pooling over 2 frames x 80 mel bins, z-scored rows
+    assert numbers["input frames per encoder frame"] == 2 and numbers["mel bins"] == 80
+    # the headline table sits beside the paper's numbers; the utterance and one occluded version are playable
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "≈ 0.58" in html and "0.52–0.75" in html
+    assert html.count("<audio") == 2 and html.count("data:audio/wav;base64") == 2
+    assert re.search(r"mask 0 silences \d+% of the cells", text)
+    for fig in ("00_input", "00_attention_grid", "00_cross_attention", "00_saliency", "00_occlusion", "00_layers"):
+        assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000
+    where_next = nb.cells[[i for i, c in enumerate(nb.cells) if c.source.startswith("## Where next")][0]].source
+    for other in sorted(NOTEBOOKS.glob("*.ipynb")):
+        assert other.name == "00_tour.ipynb" or f"`{other.name}`" in where_next, other.name
+
+
+def test_00_tour_solutions(run_dir):
+    """The exercises' worked solutions run on their own (here after the tour: its store's maps are reused)."""
+    nb = _run("00_tour_solutions.ipynb", run_dir, n_masks=16)
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+    # exercise 1: every aggregate ranked, the tour's own among them with the tour's value
+    ranked = {a: (float(x), float(h)) for a, x, h in re.findall(
+        r"attention = (\S+) +Pearson\(CA, SMX\) = +(-?\d\.\d+) +Pearson\(CA, SMH\) = +(-?\d\.\d+)", text)}
+    assert {"all", "last_layer", "norm:all", "layer0", "layer3"} <= set(ranked), text
+    tour = json.loads((run_dir / "tables" / "00_tour_numbers.json").read_text())
+    assert ranked["all"][0] == pytest.approx(tour["Pearson(CA[all], SMX)"], abs=PRINTED_3)  # printed to 3 decimals
+    best = re.search(r"best for SMX: (\S+); best for SMH: (\S+)", text)
+    assert ranked[best[1]][0] == max(v[0] for v in ranked.values())
+    assert ranked[best[2]][1] == max(v[1] for v in ranked.values())
+    # exercise 2: a quarter, n_masks and four times n_masks; the largest map is its own reference
     masks = re.findall(r"masks = +(\d+) +Pearson\(CA, SMX\) = +(-?\d\.\d+) +Pearson\(SMX, SMX@64\) = +(-?\d\.\d+)",
                        text)
     assert [int(m) for m, _, _ in masks] == [4, 16, 64]
     assert float(masks[-1][2]) == 1.0 and float(masks[0][2]) < 1.0
-    # sanity check: the gradient map of a randomized model no longer resembles the trained model's
-    sanity = {p: float(v) for p, v in re.findall(r"randomized ([a-z+]+)\) = (-?\d\.\d+)", text)}
+    # the tour's 16-mask map, pooled by the tour, and the one pooled here agree with CA alike
+    assert float(masks[1][1]) == pytest.approx(tour["Pearson(CA[all], SMX)"], abs=PRINTED_3)  # printed to 3 decimals
+    # exercise 3: the gradient map of a randomized model no longer resembles the trained model's
+    sanity = {p: float(v) for p, v in re.findall(r"sanity \(Saliency on X\): Pearson\(trained, randomized "
+                                                 r"([a-z+]+)\) = (-?\d\.\d+)", text)}
     assert set(sanity) == {"decoder", "encoder+decoder"}
     assert sanity["decoder"] < 0.9 and sanity["encoder+decoder"] < 0.3
+    assert len(re.findall(r"sanity \(SMX \(16 masks\)\): .* \(ratio (?:-?\d+\.\d+|nan)\)", text)) == 2
     # exercise 4: undoing 0 encoder layers is CA itself; every method prints k = 0..4 (tiny.en has 4 encoder layers)
     undo = {m: [float(v) for v in vals.split()] for m, vals in
             re.findall(r"(\w+) +Pearson\(CA∘M_k, SMX\), k = 0\.\.4: ((?: +-?\d\.\d+)+)", text)}
     assert set(undo) == {"rollout", "normmix", "alti"} and all(len(v) == 5 for v in undo.values()), text
     # two numbers each printed to 3 decimals: one printed step apart at most
-    assert all(v[0] == pytest.approx(r["SMX"], abs=2 * PRINTED_3) for v in undo.values())
+    assert all(v[0] == pytest.approx(tour["Pearson(CA[all], SMX)"], abs=2 * PRINTED_3) for v in undo.values())
     assert len({round(v[-1], 3) for v in undo.values()}) > 1  # the methods disagree once layers are undone
-    for fig in ("00_input", "00_attention_grid", "00_cross_attention", "00_saliency", "00_layers", "00_masks",
-                "00_sanity"):
+    for fig in ("00_masks", "00_sanity"):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000
 
 
