@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import IntegratedGradients, Saliency
-from toy_models import BlockToyScorer
 
 from xattn_utils.attribution.gradients import (
     GradientConfig,
@@ -15,6 +14,7 @@ from xattn_utils.attribution.gradients import (
 from xattn_utils.errors import XattnError
 
 from tolerances import f32
+from toy_models import BlockToyScorer
 
 METHODS = ["saliency", "input_x_gradient", "integrated_gradients"]
 

@@ -131,8 +131,8 @@ def planted(tmp_path):
     present[-1] = (T_AUDIO - K * (T_ENC - 1)) * N_MEL  # the ragged group's cells
     mass = 2.0 + signal  # positive amounts per encoder frame
     ig = (np.repeat(mass / present, K, axis=1)[:, :T_AUDIO, None]).repeat(N_MEL, axis=2)
-    st.write("u", "ig_x", xr.Dataset({"signed": (("token", "frame", "mel"), ig), "absolute": (("token", "frame", "mel"), ig)},
-                                     coords=coords), key="g")
+    cells = ("token", "frame", "mel")
+    st.write("u", "ig_x", xr.Dataset({"signed": (cells, ig), "absolute": (cells, ig)}, coords=coords), key="g")
     st.write("u", "spes_h", xr.Dataset({"saliency": (("token", "enc_frame"), signal.astype(np.float32))},
                                        coords=coords), key="h")
     return st, signal, mass, ca

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+from xattn_utils.analysis.composed import composed_maps
 from xattn_utils.attribution.mixing import (
     METHODS,
     MixingConfig,
@@ -17,7 +18,6 @@ from xattn_utils.attribution.mixing import (
     row_normalize,
     trace_encoder,
 )
-from xattn_utils.analysis.composed import composed_maps
 from xattn_utils.errors import XattnError
 
 from tolerances import f32, f64

@@ -31,7 +31,6 @@ from ..attribution.spes import spes_smx
 from ..errors import XattnError
 from ..extraction.forced import forced_pass
 
-
 # ------------------------------------------------------------------------------------------------ composing
 
 
@@ -57,7 +56,8 @@ def composed_name(method: str, aggregate: str, depth: int | None = None) -> str:
 
 def composed_maps(maps: dict, mixing: xr.Dataset, methods=None, aggregates=("all",), depths: bool = False,
                   control: bool = False) -> dict:
-    """Composed attention entries for :class:`xattn_utils.analysis.utterance_maps.UtteranceMaps` (``MapsConfig.mixing``).
+    """Composed attention entries for :class:`xattn_utils.analysis.utterance_maps.UtteranceMaps`
+    (``MapsConfig.mixing``).
 
     Args:
         maps: name -> raw (I, T'_audio) map (before any normalization); aggregates absent from it are skipped.

@@ -27,6 +27,7 @@ from ..errors import InputError, XattnError
 from ..extraction.forced import transcribe
 from ..models.loader import load_model
 
+
 def _spell_number(match: re.Match, language: str) -> str:
     """A run of digits as words, as a speaker says it: num2words in ``language`` (English four-digit numbers
     1100-2099 as years: "nineteen ninety-five")."""
@@ -57,8 +58,9 @@ def normalize_text(text: str, language: str = "en") -> str:
 
 def score_texts(refs: list[str], hyps: list[str], task: str = "transcribe", cer: bool = False) -> dict:
     """Corpus scores of hypotheses against references (already normalized): ``n``, ``wer`` (%), ``cer`` (%) when
-    asked, and for ``translate`` also ``bleu`` and ``chrf`` (sacrebleu). An empty hypothesis counts as one wrong word (jiwer refuses empty
-    strings). The one place text is scored: the grid, the quality gate and faithfulness call it."""
+    asked, and for ``translate`` also ``bleu`` and ``chrf`` (sacrebleu). An empty hypothesis counts as one wrong
+    word (jiwer refuses empty strings). The one place text is scored: the grid, the quality gate and faithfulness
+    call it."""
     import jiwer  # optional scorers, loaded when text is scored (importing this module stays light)
     import sacrebleu
 

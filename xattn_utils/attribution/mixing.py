@@ -338,7 +338,8 @@ def encoder_mixing(encoder: nn.Module, features: torch.Tensor, cfg: MixingConfig
 
 
 def loaded_mixing(loaded, features: torch.Tensor, cfg: MixingConfig | None = None) -> MixingResult:
-    """:func:`encoder_mixing` for a :class:`~xattn_utils.models.loader.LoadedModel` on (B, F, T) features of its input mode."""
+    """:func:`encoder_mixing` for a :class:`~xattn_utils.models.loader.LoadedModel` on (B, F, T) features of its
+    input mode."""
     if not loaded.is_whisper:
         raise ModelError(f"model {loaded.model_id!r} ({loaded.family}): mixing maps are implemented for Whisper "
                          "encoders only; use a Whisper model")

@@ -27,16 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from .. import maps
 from ..errors import XattnError
 from ..extraction.extract import DecodeConfig, RunReport
 from ..extraction.forced import Seq2SeqScorer
-from .. import maps
 from ..models.loader import LoadedModel
 from ..provenance import stable_hash
 from ..store import ResultStore
