@@ -195,7 +195,7 @@ def test_import_xattn_utils_loads_only_itself():
     assert new == {"xattn_utils"}, new  # no torch, captum, matplotlib, jiwer, sacrebleu, transformers, pandas
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["study", "--help"]])
+@pytest.mark.parametrize("argv", [["--version"], ["--help"]])
 def test_version_and_help_load_no_torch(argv):
     code = ("from xattn_utils.cli import main\ntry:\n    main(%r)\nexcept SystemExit as done:\n"
             "    assert done.code == 0, done.code" % (argv,))

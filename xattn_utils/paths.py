@@ -5,6 +5,7 @@ The root is ``$XATTN_HOME`` when set (the Makefile sets it to ``<repo>/.cache``)
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
 
@@ -43,6 +44,4 @@ def resource(name: str) -> Path:
     root = checkout_root()
     if root is not None:
         return root / name
-    from importlib.resources import files
-
     return Path(str(files(__package__) / "_resources" / name))

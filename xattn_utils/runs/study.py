@@ -26,13 +26,19 @@ import sys
 import time
 from pathlib import Path
 
+import mistune
+import pandas as pd
 import yaml
 
 from .._entry import module_main
+from .._io import atomic_write_text
+from ..data.corpus import ensure_corpus
+from ..models.registry import grid_dir, load_registry
 from ..paths import resource
+from .report import readable_comparison
+from .sweep import run_sweep
+from .worker import export_html
 
-# the pipeline's modules (torch, transformers, dask) are imported by the functions that need them: `xattn study
-# --help` answers at once
 DEFAULT_SWEEP = resource("sweeps/default.yaml")
 STUDY_CORPORA = (resource("sweeps/corpus_enit.json"),
                  resource("sweeps/corpus_hard.json"))  # built relative to the working directory (data/<name>)
@@ -45,8 +51,6 @@ logger = logging.getLogger(__name__)
 
 def trained_models(root: Path | None = None) -> list[str]:
     """Registry names of the grid models that are trained (their folder holds a model)."""
-    from ..models.registry import grid_dir, load_registry
-
     root = root or grid_dir()
     return [e.name for e in load_registry().values()
             if e.source == "trained" and (root / e.location / "config.json").exists()]
@@ -84,12 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     """``xattn study``: train if asked and needed, run the sweep, write report.html, print the headline per model; 1
     when a run failed."""
-    import pandas as pd
-
-    from ..data.corpus import ensure_corpus
-    from .report import readable_comparison
-    from .sweep import run_sweep
-
     t0 = time.time()
     out = Path(args.out).resolve()
     if args.train and not trained_models():
@@ -137,11 +135,6 @@ def write_report_html(report_md: Path) -> Path:
     key figures shown (not only linked), the paper's-axes figure under its section, and links to every executed
     notebook as HTML (exported with nbconvert when the sweep left none). Every link and image is a relative path to a
     file under the sweep root, so the page opens offline."""
-    import mistune
-
-    from .._io import atomic_write_text
-    from .worker import export_html
-
     root = report_md.parent
     lines = []
     for line in report_md.read_text().splitlines():
