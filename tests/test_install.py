@@ -53,7 +53,7 @@ def run(installed: dict, *args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-@pytest.mark.slow  # builds and installs a wheel (about 15 s)
+@pytest.mark.slow  # builds and installs a wheel (about 30 s on the shared 2-core machine)
 def test_installed_package_finds_its_files_from_another_directory(installed):
     site = installed["site"]
     code = ("import xattn_utils, xattn_utils.paths as p; from xattn_utils.runs.study import study_sweep; "
