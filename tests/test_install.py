@@ -8,13 +8,14 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 from xattn_utils.paths import RESOURCES
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+ (pyproject.toml is read as the installer reads it)
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("xattn_utils", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md", *RESOURCES)
