@@ -358,4 +358,4 @@ def test_compare_on_one_utterance_says_interval_na_and_warns_on_low_reliability(
     assert "[" not in "".join(table)  # no one-utterance interval such as [0.18, 0.18]
     assert "(!)" in out
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 1 and "reliability of 0.47, below 0.5" in warnings[0], err
+    assert len(warnings) == 1 and "Pearson(CA, SMX): its reliability 0.47 is below 0.5" in warnings[0], err

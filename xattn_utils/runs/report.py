@@ -129,12 +129,18 @@ def readable_comparison(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         if row["corrected"] and reliability < RELIABILITY_WARN:
             shown.loc[i, "corrected"] = f"{shown.loc[i, 'corrected']} (!)"
             values = low.setdefault(row["comparison"], (reliability, []))[1]
-            values.append(f"{row['corrected'].split()[0]} ({row['aggregate']}, {row['selection']})")
-    warnings = [f"{comparison}: the corrected values marked (!) ({'; '.join(values)}) come from a reliability of "
-                f"{reliability:.2f}, below {RELIABILITY_WARN}: the SPES map is mostly noise at this mask count and "
-                "dividing by sqrt(reliability) inflates it; read the raw value, or raise the masks (--n-masks, "
+            values.append(row["corrected"].split()[0])
+    warnings = [f"{comparison}: its reliability {reliability:.2f} is below {RELIABILITY_WARN}, so the corrected "
+                f"values marked (!) ({_span(values)}) are unstable: the SPES map is mostly noise at this mask count "
+                "and dividing by sqrt(reliability) inflates it; read the raw value, or raise the masks (--n-masks, "
                 "--n-masks-h) and the utterances" for comparison, (reliability, values) in low.items()]
     return shown, warnings
+
+
+def _span(values: list[str]) -> str:
+    """``0.62`` or ``0.62–0.80``: the range of printed numbers."""
+    numbers = sorted(set(values), key=float)
+    return numbers[0] if len(numbers) == 1 else f"{numbers[0]}–{numbers[-1]}"
 
 
 def run_headline(run_dir: Path) -> list[dict]:
