@@ -227,3 +227,23 @@ def test_a_method_added_to_the_registry_reaches_the_cli_the_run_and_the_table(bu
     r = table[(table.level == "utterance") & (table.attention == "all") & (table.reference == "toy_h")]
     # the same head mean in float32 (the analysis) and float64 (the toy) over L·H terms: 1 − r is second order
     assert float(r.value.iloc[0]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_items_with_saliency_keeps_the_stored_and_computes_only_when_none_is(bundled_trimmed, one_item, tmp_path):
+    from xattn_utils.attribution.saliency import items_with_saliency
+    from xattn_utils.store import ResultStore
+
+    items = pd.concat([one_item, pd.DataFrame({"id": ["other"], "audio_path": ["absent.wav"]})], ignore_index=True)
+    st = ResultStore(tmp_path)
+    st.write("other", "spes_x", xr_stand_in(), key="stand-in")  # stored for one item: nothing is computed
+    kept = items_with_saliency(bundled_trimmed, items, tmp_path, _cfg(("spes-x",)), n_missing=1, progress=False)
+    assert list(kept.id) == ["other"] and set(st.kinds("other")) == {"spes_x"} and "utt1" not in st.utterances()
+    fresh = tmp_path / "fresh"  # stored for none: the first n_missing items get it
+    got = items_with_saliency(bundled_trimmed, items, fresh, _cfg(("spes-x",), n=8), n_missing=1, progress=False)
+    assert list(got.id) == ["utt1"] and "spes_x" in ResultStore(fresh).kinds("utt1")
+
+
+def xr_stand_in():
+    import xarray as xr
+
+    return xr.Dataset({"saliency": (("token", "frame", "mel"), np.ones((1, 2, 3)))})
