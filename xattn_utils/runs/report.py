@@ -7,6 +7,7 @@ columns ``run`` (folder name) and one per grid key (a table column of the same n
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,11 +123,11 @@ def readable_comparison(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for i, row in shown.iterrows():
         if int(row["n"]) < 2:
             shown.loc[i, "95% CI"] = "interval n/a"
-            for col in ("reliability", "corrected"):
-                if row[col]:
-                    shown.loc[i, col] = f"{row[col].split()[0]} (interval n/a)"
+            for col in ("reliability", "corrected"):  # "0.58 [0.58, 0.58]" -> "0.58 (interval n/a)"
+                shown.loc[i, col] = re.sub(r" \[[^\]]*\]$", " (interval n/a)", str(row[col]))
         reliability = pd.to_numeric(str(row["reliability"]).split(" ")[0], errors="coerce")
-        if row["corrected"] and reliability < RELIABILITY_WARN:
+        corrected = pd.to_numeric(str(row["corrected"]).split(" ")[0], errors="coerce")  # NaN: none, "undefined"
+        if np.isfinite(corrected) and reliability < RELIABILITY_WARN:
             shown.loc[i, "corrected"] = f"{shown.loc[i, 'corrected']} (!)"
             values = low.setdefault(row["comparison"], (reliability, []))[1]
             values.append(row["corrected"].split()[0])
