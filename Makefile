@@ -41,8 +41,8 @@ data: env sysdeps
 
 # The default study (sweeps/default.yaml): bundled Whisper tiny.en through notebooks 01-06, bundled Whisper base on
 # the paper's axes (language, task, scale), and every trained grid model present (none until `make models`);
-# builds the corpora it reads; resumable: finished runs under $(STUDY) are skipped. Prints its elapsed time,
-# environment included.
+# builds the corpora it reads; resumable: finished runs under $(STUDY) are skipped. Writes $(STUDY)/report.md and
+# $(STUDY)/report.html (open it in a browser: it works offline). Prints its elapsed time, environment included.
 study:
 	@start=$$(date +%s); $(MAKE) --no-print-directory env sysdeps \
 	  && $(PY) -m xattn_utils study --out $(STUDY) --workers $(WORKERS); rc=$$?; \
