@@ -22,6 +22,9 @@ from ..provenance import git_commit, to_jsonable, versions
 from .spec import RunSpec
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# the notebook kernel's own log (not the cells' output) from ERROR up: no "[IPKernelApp] WARNING | Kernel is running
+# over TCP without encryption" per notebook on the sweep's terminal
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
 @dataclass
@@ -130,7 +133,8 @@ def run_one(run: RunSpec) -> RunResult:
             log.flush()
             try:
                 pm.execute_notebook(nb.path, str(dest), parameters=run.params_for(nb), cwd=str(folder),
-                                    progress_bar=False, kernel_name="python3", stdout_file=log, stderr_file=log)
+                                    progress_bar=False, kernel_name="python3", stdout_file=log, stderr_file=log,
+                                    extra_arguments=KERNEL_ARGUMENTS)
             except Exception as err:  # noqa: BLE001 - papermill raises PapermillExecutionError with the traceback
                 error = f"{nb.name}: {error_line(err)}"
                 log.write(f"--- {utc_now()} {nb.name} failed after {time.time() - t1:.1f} s: {error}\n")
