@@ -14,6 +14,15 @@ Measured in one run on the same masks:
   memory       peak memory of a run vs n_masks (CUDA: max_memory_allocated; CPU: peak RSS above the start,
                sampled every 2 ms) -- flat in n_masks.
 Ends with one line: overhead=<x> speedup=<y> k95_fraction=<z>.
+
+    python benchmarks/bench_spes.py --throughput [--rounds 2] [--out benchmarks/throughput.md]   # issue 22
+
+Throughput (``--throughput``): masks/s of the real models (tiny.en, base) on a ~4 s default-corpus utterance, SMX at
+coarse (250/500/1000) and published (2000/2500/3000) segments, SMH with and without the K/V-once decoder, fp32 vs
+bf16, batch sizes, one process of 1 or 2 threads vs 2 one-thread processes; GFLOP per mask (torch's flop counter on
+one batch) x masks/s as a fraction of this machine's measured GEMM rate (fp32 and bf16, same thread count). Every
+variant is timed in each round, the variants interleaved (a shared machine's load hits them alike); the table holds
+the median over rounds and the load average before and after.
 """
 from __future__ import annotations
 
@@ -193,6 +202,179 @@ def peak_memory(run, device) -> int:
 # ---------------------------------------------------------------- main
 
 
+# ---------------------------------------------------------------- --throughput (issue 22)
+
+TP_MODELS = {"tiny.en": "bundled:whisper-tiny.en", "base": "bundled:whisper-base"}
+TP_UTTERANCE = 1  # default-corpus test utterance 1: 3.84 s, the issue's "4 s utterance"
+SEGMENTS = {"coarse": (250, 500, 1000), "published": (2000, 2500, 3000)}
+
+
+def tp_scorer(model: str, index: int = TP_UTTERANCE):
+    """The forced scorer of ``model``'s own greedy hypothesis of a default-corpus test utterance, trimmed input."""
+    from xattn_utils.data.audio import load_audio
+    from xattn_utils.data.corpus import study_data
+    from xattn_utils.extraction.forced import Seq2SeqScorer, decode
+    from xattn_utils.models.loader import load_model
+
+    row = study_data(limit=index + 1).iloc[index]
+    audio = load_audio(row.audio_path)
+    loaded = load_model(TP_MODELS[model], input_mode="trimmed")
+    prompt = loaded.prompt_ids()
+    hyp = decode(loaded, loaded.features(audio, "padded").values[None], prompt)[0]
+    return Seq2SeqScorer(loaded, loaded.features(audio), prompt, hyp), float(row.duration_s)
+
+
+def tp_config(space: str, segments: str, precision: str, batch: int, kv_once: bool = True):
+    from xattn_utils.attribution.spes import SMHConfig
+
+    if space == "smx":
+        return SPESConfig(n_masks=20000, n_segments=SEGMENTS[segments], batch_size=batch, precision=precision,
+                          convergence=False)
+    return SMHConfig(n_masks=20000, batch_size=batch, precision=precision, kv_once=kv_once, convergence=False)
+
+
+def tp_plan(scorer, space: str, cfg):
+    from xattn_utils.attribution.spes import plan_smh
+
+    return plan_smx(scorer, cfg) if space == "smx" else plan_smh(scorer, cfg)
+
+
+def gflop_per_mask(plan, batch: int) -> float:
+    """GFLOP of one mask: torch's flop counter over the forward pass of one batch (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    occ = build_occlusion(plan.labels, MaskBits(plan.seed, max(plan.n_labels), plan.p).rows(0, batch), 0)
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        plan.perturb(occ)
+    return fc.get_total_flops() / batch / 1e9
+
+
+def gemm_gflops(dtype: torch.dtype, threads: int, n: int = 1024, seconds: float = 1.5) -> float:
+    """Measured GEMM rate (GFLOP/s) of an n x n x n torch.mm in ``dtype`` on ``threads`` threads (best of a few)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def time_masks(plan, n: int, batch: int, start: int = 0) -> float:
+    """Seconds to score masks ``start .. start + n - 1`` of a plan (the SPES inner loop: masks, forward, KL, sums)."""
+    from xattn_utils.attribution.spes import partial_sums
+
+    t = time.perf_counter()
+    partial_sums(plan, start, start + n, batch)
+    return time.perf_counter() - t
+
+
+def _proc_worker(model: str, space: str, segments: str, precision: str, batch: int, start: int, n: int):
+    """One of the processes of the processes-vs-threads row: one thread, its own model and plan, then timed."""
+    torch.set_num_threads(1)
+    scorer, _ = tp_scorer(model)
+    plan = tp_plan(scorer, space, tp_config(space, segments, precision, batch))
+    time_masks(plan, 4, 4, 10_000)  # warm-up
+    t0 = time.time()
+    time_masks(plan, n, batch, start)
+    return t0, time.time()
+
+
+def throughput(rounds: int, out: Path | None, n_smx: int, n_smh: int) -> None:
+    import concurrent.futures
+    import multiprocessing
+    import statistics
+    import subprocess
+
+    load0 = os.getloadavg()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    gemm = {(dt, th): gemm_gflops(getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dt]), th)
+            for dt in ("fp32", "bf16") for th in (1, 2)}
+    torch.set_num_threads(1)
+    scorers = {m: tp_scorer(m) for m in TP_MODELS}
+    # (model, space, segments, precision, batch, kv_once, threads)
+    variants = []
+    for m in TP_MODELS:
+        for seg in SEGMENTS:
+            for prec in ("fp32", "bf16"):
+                variants.append((m, "smx", seg, prec, 16, True, 1))
+        for prec in ("fp32", "bf16"):
+            variants.append((m, "smh", "-", prec, 64, True, 1))
+        variants.append((m, "smh", "-", "fp32", 64, False, 1))
+    variants += [("tiny.en", "smx", "published", "bf16", b, True, 1) for b in (32, 64)]
+    variants += [("tiny.en", "smh", "-", "bf16", b, True, 1) for b in (32, 128)]
+    variants += [("tiny.en", "smx", "published", "bf16", 16, True, 2), ("tiny.en", "smh", "-", "bf16", 64, True, 2)]
+    plans, flops = {}, {}
+    for v in variants:
+        m, space, seg, prec, batch, kv, _ = v
+        key = (m, space, seg, prec, kv)
+        if key not in plans:
+            plans[key] = tp_plan(scorers[m][0], space, tp_config(space, seg, prec, batch, kv))
+            flops[key] = gflop_per_mask(plans[key], 8)
+    times: dict[tuple, list[float]] = {v: [] for v in variants}
+    for r in range(rounds):
+        for v in variants:
+            m, space, seg, prec, batch, kv, threads = v
+            n = n_smx if space == "smx" else n_smh
+            n = max(batch, n // (2 if m == "base" else 1) // batch * batch)
+            torch.set_num_threads(threads)
+            time_masks(plans[(m, space, seg, prec, kv)], 4, 4, 10_000)  # warm-up
+            times[v].append(time_masks(plans[(m, space, seg, prec, kv)], n, batch, 1000 * r) / n)
+            print(f"round {r} {v}: {1 / times[v][-1]:.1f} masks/s", flush=True)
+        torch.set_num_threads(1)
+    # processes: 2 one-thread processes, each half the masks, wall = first start to last end
+    proc = {}
+    ctx = multiprocessing.get_context("spawn")
+    for space, seg, n in (("smx", "published", n_smx), ("smh", "-", n_smh)):
+        rates = []
+        for r in range(1):  # one round: each costs two model loads and plans
+            with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+                batch = 16 if space == "smx" else 64
+                futs = [pool.submit(_proc_worker, "tiny.en", space, seg, "bf16", batch, i * n, n) for i in range(2)]
+                spans = [f.result() for f in futs]
+            rates.append(2 * n / (max(e for _, e in spans) - min(s for s, _ in spans)))
+        proc[space] = statistics.median(rates)
+    load1 = os.getloadavg()
+
+    rows = []
+    for v in variants:
+        m, space, seg, prec, batch, kv, threads = v
+        rate = 1 / statistics.median(times[v])
+        gf = flops[(m, space, seg, prec, kv)]
+        frac = gf * rate / gemm[(prec, threads)]
+        label = f"{space.upper()} {seg}" if space == "smx" else f"SMH {'K/V once' if kv else 'plain'}"
+        rows.append((m, label, prec, batch, f"1 process x {threads} thread{'s' if threads > 1 else ''}", rate, gf, frac,
+                     20000 / rate / 60))
+    for space, rate in proc.items():
+        key = ("tiny.en", space, "published" if space == "smx" else "-", "bf16", True)
+        gf = flops[key]
+        label = "SMX published" if space == "smx" else "SMH K/V once"
+        rows.append(("tiny.en", label, "bf16", 16 if space == "smx" else 64, "2 processes x 1 thread", rate, gf,
+                     gf * rate / gemm[("bf16", 2)], 20000 / rate / 60))
+    lines = [f"Throughput of SPES (benchmarks/bench_spes.py --throughput), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"commit {commit}, torch {torch.__version__}, {os.cpu_count()} CPUs; load average (1/5/15 min) "
+             f"{'/'.join(f'{x:.1f}' for x in load0)} before, {'/'.join(f'{x:.1f}' for x in load1)} after; "
+             f"median of {rounds} interleaved rounds; utterance: default-corpus test {TP_UTTERANCE} "
+             f"({scorers['tiny.en'][1]:.2f} s; I = {scorers['tiny.en'][0].n_tokens} tiny.en, "
+             f"{scorers['base'][0].n_tokens} base).",
+             "",
+             "Measured GEMM rate (1024^3 torch.mm, best of 1.5 s): " + ", ".join(
+                 f"{dt} {th} thread{'s' if th > 1 else ''} {g:.0f} GFLOP/s" for (dt, th), g in gemm.items()),
+             "",
+             "| model | map | precision | batch | parallelism | masks/s | GFLOP/mask | fraction of GEMM rate | 20 000 masks (min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {lab} | {p} | {b} | {par} | {r:.1f} | {g:.2f} | {f:.2f} | {mins:.1f} |"
+              for m, lab, p, b, par, r, g, f, mins in rows]
+    text = "\n".join(lines)
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, seconds on a CPU")
@@ -204,7 +386,15 @@ def main(argv=None) -> None:
     ap.add_argument("--segments", type=int, nargs="+", default=None)
     ap.add_argument("--input-mode", choices=("trimmed", "padded"), default="trimmed", help="bundled scorer only")
     ap.add_argument("--e2e-masks", type=int, default=None, help="masks for the one-mask-per-pass reference run")
+    ap.add_argument("--throughput", action="store_true", help="issue 22's throughput table (real models, ~10 min)")
+    ap.add_argument("--rounds", type=int, default=2, help="--throughput: interleaved rounds")
+    ap.add_argument("--smx-masks", type=int, default=32, help="--throughput: SMX masks per timing (base: half)")
+    ap.add_argument("--smh-masks", type=int, default=128, help="--throughput: SMH masks per timing (base: half)")
+    ap.add_argument("--out", type=Path, default=None, help="--throughput: also write the table here")
     args = ap.parse_args(argv)
+    if args.throughput:
+        throughput(args.rounds, args.out, args.smx_masks, args.smh_masks)
+        return
     torch.manual_seed(0)
     n_masks = args.masks or (256 if args.quick else 2048)
     core_masks = args.core_masks or (64 if args.quick else 128)
