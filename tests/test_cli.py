@@ -359,3 +359,13 @@ def test_compare_on_one_utterance_says_interval_na_and_warns_on_low_reliability(
     assert "(!)" in out
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and "Pearson(CA, SMX): its reliability 0.47 is below 0.5" in warnings[0], err
+
+
+@pytest.mark.parametrize("argv", [["transcribe", "--model", "tiny.en", "a.wav"],
+                                  ["saliency", "a.wav", "--out", "s", "--n-masks-h", "0"],
+                                  ["extract", "--manifest", "missing.csv", "--out", "s"]])
+def test_a_mistake_answers_without_importing_torch(argv):
+    code = "from xattn_utils.cli import main\nassert main(%r) == 2" % (argv,)
+    proc, new = _imported_after(code)
+    assert proc.returncode == 0 and proc.stderr.startswith("error: "), proc.stderr
+    assert "torch" not in new and "transformers" not in new, new

@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -219,10 +220,16 @@ def check_model_args(args) -> None:
     heads = getattr(args, "heads", None)
     config = _model_folder(name, entry) / "config.json"
     if heads not in (None, "alignment", "all", "discovered") and config.exists():
-        from .analysis.aligner import parse_heads
-
+        # a light check of L<layer>H<head> names against the config (torch-free); analysis.aligner.parse_heads checks
+        # the whole spec again once the model is loaded
         cfg = json.loads(config.read_text())
-        parse_heads(heads, cfg["decoder_layers"], cfg["decoder_attention_heads"])
+        n_layers, n_heads = cfg["decoder_layers"], cfg["decoder_attention_heads"]
+        named = [re.fullmatch(r"\s*L(\d+)H(\d+)\s*", part, re.IGNORECASE) for part in heads.split(",") if part.strip()]
+        bad = [m.group(0).strip() for m in named
+               if m and not (int(m.group(1)) < n_layers and int(m.group(2)) < n_heads)]
+        if bad:
+            raise XattnError(f"heads {bad!r}: the model has {n_layers} decoder layers x {n_heads} heads "
+                             f"(L0H0 .. L{n_layers - 1}H{n_heads - 1})")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -316,10 +323,6 @@ def saliency_estimate(n_utterances: int, n_masks: int, n_masks_h: int, methods, 
 
 
 def cmd_saliency(args) -> int:
-    from .attribution.saliency import SaliencyConfig, compute_saliency
-    from .attribution.spes import SMHConfig, SPESConfig
-    from .models.loader import load_model
-
     for name, value in (("--n-masks", args.n_masks), ("--n-masks-h", args.n_masks_h), ("--ig-steps", args.ig_steps),
                         ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
@@ -329,6 +332,10 @@ def cmd_saliency(args) -> int:
             raise XattnError(f"{name} {value} is over the cap of {args.max_masks} masks per utterance (the paper "
                              "used 20000; each mask is one forward pass): lower it, or raise the cap with --max-masks")
     check_model_args(args)
+    from .attribution.saliency import SaliencyConfig, compute_saliency
+    from .attribution.spes import SMHConfig, SPESConfig
+    from .models.loader import load_model
+
     items = _items(args)
     seconds = saliency_estimate(len(items), args.n_masks, args.n_masks_h, args.method, args.input_mode)
     if seconds > 60:
@@ -588,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     quiet_third_parties(args.log_level, args.command)
     try:
+        if hasattr(args, "model") and not (args.command == "timestamps" and args.store):
+            check_model_args(args)  # before the command imports torch or loads anything: a mistake answers at once
         return int(args.func(args) or 0)
     except XattnError as err:
         print(f"error: {err}", file=sys.stderr)
