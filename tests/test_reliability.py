@@ -14,6 +14,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -518,7 +519,7 @@ def test_silence_and_tiny_clips_are_flagged_and_left_out_of_the_comparison(bundl
     assert rep.skipped == ["utt0"]
     explained = [u for u in ("silence", "clip") if u in rep.done]  # a hypothesis came out (else: failed, empty)
     assert set(explained) | set(rep.failed) == {"silence", "clip"} and explained
-    assert set(rep.flagged) == set(explained) and "near-silent (flagged)" in rep.summary()
+    assert set(rep.flagged) == set(explained) and "near-silent or non-speech (flagged)" in rep.summary()
     store = open_store(store_copy)
     for uid in explained:
         assert "(near-)silence" in rep.flagged[uid] and rep.flagged[uid].startswith(uid)
@@ -615,3 +616,347 @@ def test_transcribe_names_non_finite_audio_and_transcribes_the_rest(speech_dir, 
     lines = out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{good}\t") and "fox" in lines[0].lower()
     assert "!!!" not in out
+
+
+# ------------------------------------------------------------------------------ issue 24: the second round
+
+
+def _truncated_copy(src: Path, dest: Path) -> Path:
+    """A WAV cut in the middle of its data: the header still states the full length."""
+    data = src.read_bytes()
+    dest.write_bytes(data[: 44 + (len(data) - 44) // 2])
+    return dest
+
+
+def test_truncated_wav_is_refused_by_name_and_the_rest_goes_on(bundled_trimmed, speech_dir, store_copy, tmp_path):
+    from xattn_utils.data.audio import load_utterance_audio
+    from xattn_utils.data.manifest import validate_manifest
+
+    cut = _truncated_copy(speech_dir / "utt2.wav", tmp_path / "cut.wav")
+    assert sf.info(cut).frames < sf.info(speech_dir / "utt2.wav").frames  # libsndfile alone reads it silently
+    with pytest.raises(InputError, match=rf"^{cut}: audio is truncated: its header states \d+ bytes of data "
+                                         r"\(\d\.\d\d s\) but only \d+ are present"):
+        load_audio(cut)
+    with pytest.raises(InputError, match="truncated"):
+        load_utterance_audio({"id": "cut", "audio_path": str(cut)})
+    items = pd.DataFrame({"id": ["cut", "utt0", "utt1"],
+                          "audio_path": [str(cut), str(speech_dir / "utt0.wav"), str(speech_dir / "utt1.wav")]})
+    assert "truncated" in validate_manifest(items.assign(transcript="x"))["cut"][0]
+    before = _tree_sums(store_copy)
+    rep = extract_cross_attention(bundled_trimmed, items, store_copy, progress=False)
+    assert list(rep.failed) == ["cut"] and str(cut) in rep.failed["cut"] and "truncated" in rep.failed["cut"]
+    assert rep.skipped == ["utt0", "utt1"] and _tree_sums(store_copy) == before
+    assert "truncated" in open_store(store_copy).errors()["cut/attention"]
+
+
+def test_noise_corrected_correlations_never_leave_minus_one_to_one(store_copy):
+    from xattn_utils.analysis.agreement import (
+        NOTE_BELOW_FLOOR,
+        NOTE_OUT_OF_RANGE,
+        RELIABILITY_FLOOR,
+        corrected_note,
+        disattenuate,
+        spearman_brown,
+    )
+    from xattn_utils.analysis.compare import CompareConfig, compare_store
+
+    # known answers: r_half 0.05 -> reliability 0.095 (< floor); r 0.9 at reliability 0.5 -> 1.27 (> 1); r 0.5 at
+    # reliability 0.64 -> 0.625
+    half_for = {rel: rel / (2 - rel) for rel in (0.5, 0.64)}  # spearman_brown inverse
+    assert spearman_brown(0.05) < RELIABILITY_FLOOR
+    assert np.isnan(disattenuate(0.1, 0.05)) and corrected_note(0.1, 0.05) == NOTE_BELOW_FLOOR
+    assert np.isnan(disattenuate(0.9, half_for[0.5])) and corrected_note(0.9, half_for[0.5]) == NOTE_OUT_OF_RANGE
+    assert disattenuate(0.5, half_for[0.64]) == pytest.approx(0.625) and corrected_note(0.5, half_for[0.64]) == ""
+    assert disattenuate(0.9, half_for[0.5], beyond="clip") == 1.0  # bootstrap replicates: clipped, not dropped
+    # a real store: SPES on H with 16 masks is noisy (many reliabilities near 0)
+    table = compare_store(store_copy, None, CompareConfig(per_head=False, n_boot=50), progress=False)
+    cor = table[table.measure == "pearson_corrected"]
+    assert len(cor) and not (cor.value.abs() > 1).any()
+    undefined = cor[cor.value.isna()]
+    assert len(undefined) > 0, "16 masks should leave some token reliabilities below the floor"
+    assert set(undefined.note) <= {NOTE_BELOW_FLOOR, NOTE_OUT_OF_RANGE, ""}
+    cols = ["utterance", "token", "attention", "reference"]
+    raw = table[(table.measure == "pearson") & (table.level == "token")][cols + ["value"]]
+    tok = undefined[undefined.level == "token"].merge(raw, on=cols, suffixes=("", "_raw"))
+    assert len(tok) and (tok[tok.value_raw.notna()].note != "").all()  # every undefined value with a finite r
+    assert (tok[tok.value_raw.notna()].note.isin([NOTE_BELOW_FLOOR, NOTE_OUT_OF_RANGE])).all()  # says why
+    assert (cor[cor.value.notna()].note == "").all()
+
+
+def test_non_utf8_manifest_names_file_and_line(speech_dir, tmp_path, capsys):
+    from xattn_utils.cli import main
+    from xattn_utils.data.manifest import load_manifest
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b"id,audio_path,transcript\n"
+                         + f"utt0,{speech_dir / 'utt0.wav'},fine\n".encode()
+                         + f"utt1,{speech_dir / 'utt1.wav'},caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match=rf"^manifest {manifest}: line 3 is not UTF-8 \(byte 0xE9 .*save the file "
+                                         "as UTF-8"):
+        load_manifest(manifest)
+    assert main(["extract", "--out", str(tmp_path / "s"), "--manifest", str(manifest)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"error: manifest {manifest}: line 3 is not UTF-8")
+    assert not (tmp_path / "s").exists()
+
+
+def test_device_cuda_without_cuda_fails_before_anything_loads(speech_dir, tmp_path, capsys):
+    import torch
+
+    from xattn_utils.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda is valid here")
+    for argv in (["extract"], ["saliency", "--method", "spes-h"], ["mixing"]):
+        assert main([*argv, "--out", str(tmp_path / "s"), str(speech_dir / "utt0.wav"), "--device", "cuda"]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("error: --device cuda: ") and "--device cpu" in err[0], err
+    assert main(["extract", "--out", str(tmp_path / "s"), str(speech_dir / "utt0.wav"), "--device", "gpu0"]) == 2
+    assert "not a torch device" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("value,said", [("!!binary aGVsbG8=", "a[0] = b'hello' is a YAML bytes"),
+                                        ("2020-01-01", "a[0] = datetime.date(2020, 1, 1) is a YAML date"),
+                                        ("!!set {x: null}", "is a YAML set")])
+def test_sweep_values_of_non_json_yaml_types_are_named(value, said, sweep_done, tmp_path):
+    from xattn_utils.runs.sweep import SweepError, run_sweep
+
+    probe_dir, root, spec, status = sweep_done
+    f = tmp_path / "s.yaml"
+    f.write_text(f"name: probe\nnotebook_dir: {probe_dir}\nnotebooks: [sweep_probe.ipynb]\ngrid:\n  a: [{value}]\n")
+    with pytest.raises(SweepError, match="not a JSON value") as err:
+        run_sweep(f, out=root, workers=1, verbose=False)
+    assert str(err.value).startswith("grid: parameter ") and said in str(err.value) and "quote it" in str(err.value)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [Path(status[0]).name]
+    assert (Path(status[0]) / "status").read_text() == status[1]
+
+
+def test_notebook_parameters_are_type_checked_against_the_parameters_cell(sweep_done, tmp_path):
+    from xattn_utils.runs.spec import NOTEBOOK_DIR, check_parameter_types
+    from xattn_utils.runs.sweep import SweepError, run_sweep
+
+    with pytest.raises(SweepError) as err:  # the probe's n_masks "1; import os" on the real notebook 02
+        check_parameter_types(NOTEBOOK_DIR / "02_saliency_maps.ipynb", {"n_masks": "1; import os", "seed": 3})
+    assert str(err.value) == ("02_saliency_maps.ipynb: parameter n_masks = '1; import os' is a string, but its "
+                              "parameters cell has n_masks = 256 (a whole number); give a whole number")
+    check_parameter_types(NOTEBOOK_DIR / "02_saliency_maps.ipynb", {"n_masks": 64, "language": "it",
+                                                                    "methods": ["spes-x"], "sanity": False})
+    probe_dir, root, spec, status = sweep_done
+    marker = tmp_path / "INJECTED"
+    bad = {**spec, "grid": {"a": [f"1; open({str(marker)!r}, 'w')"]}}
+    with pytest.raises(SweepError, match=r"^sweep_probe.ipynb: parameter a = .* is a string, but its parameters "
+                                         r"cell has a = 1 \(a whole number\)"):
+        run_sweep(bad, out=root, workers=1, verbose=False)
+    for value, ok in ((True, False), (2.5, False), (None, True), (3, True)):
+        if ok:
+            check_parameter_types(probe_dir / "sweep_probe.ipynb", {"a": value})
+        else:
+            with pytest.raises(SweepError, match="parameter a = "):
+                check_parameter_types(probe_dir / "sweep_probe.ipynb", {"a": value})
+    assert not marker.exists()
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [Path(status[0]).name]
+
+
+def _read_only_copy(src: Path, dest: Path):
+    """``src`` copied onto a read-only filesystem (a tmpfs remounted ro: root ignores permission bits); None where
+    mounting is not allowed and permission bits cannot stop this user either."""
+    dest.mkdir()
+    if os.geteuid() != 0:
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+        for p in [dest, *dest.rglob("*")]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        return lambda: [p.chmod(0o755) for p in [dest, *dest.rglob("*")] if p.is_dir()]
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(dest)], capture_output=True).returncode:
+        return None
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(dest)], check=True)
+    return lambda: subprocess.run(["umount", str(dest)], check=True)
+
+
+def test_read_only_store_is_one_line_naming_it(bundled_trimmed, speech_dir, base_store, tmp_path, capsys):
+    from xattn_utils._io import atomic_write_text
+    from xattn_utils.cli import main
+    from xattn_utils.errors import StoreError
+
+    ro = tmp_path / "ro"
+    undo = _read_only_copy(base_store, ro)
+    if undo is None:
+        pytest.skip("cannot make a read-only folder here (root without mount)")
+    try:
+        before = _tree_sums(ro)
+        with pytest.raises(StoreError, match=rf"^x.txt: {ro} is read-only or not writable \(.*\); make it writable"):
+            atomic_write_text(ro / "x.txt", "x")
+        with pytest.raises(StoreError, match=f"{ro} is read-only or not writable"):
+            extract_cross_attention(bundled_trimmed, _items(speech_dir, (0, 1, 2)), ro, progress=False)
+        argv = ["extract", "--input-mode", "trimmed", "--out", str(ro), *(str(speech_dir / f"utt{i}.wav")
+                                                                         for i in range(3))]
+        assert main(argv) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+        assert len(err) == 1 and f"{ro} is read-only or not writable" in err[0]
+        assert _tree_sums(ro) == before
+        assert ResultStore(ro).load("utt0", KIND).cross_attention.size  # finished results still read
+    finally:
+        undo()
+
+
+def test_summaries_count_what_was_recomputed(bundled_trimmed, speech_dir, store_copy):
+    from xattn_utils.attribution.saliency import SaliencyConfig, compute_saliency
+    from xattn_utils.attribution.spes import SMHConfig
+
+    _flip(store_copy / "utt0" / "attention.zarr")
+    (store_copy / "utt1" / "attention.zarr" / "zarr.json").unlink()  # the root metadata deleted
+    cfg = SaliencyConfig(methods=("spes-h",), smh=SMHConfig(n_masks=16, batch_size=16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = compute_saliency(bundled_trimmed, _items(speech_dir), store_copy, cfg, progress=False)
+    assert not rep.failed and sorted(rep.redone) == ["utt0", "utt1"]
+    assert rep.redone["utt0"].startswith("utt0 attention damaged (file(s) changed or truncated")
+    assert rep.redone["utt1"].startswith("utt1 attention damaged (its metadata cannot be read")
+    assert "; 2 redone: utt0 attention damaged (" in rep.summary() and "utt1 attention damaged (" in rep.summary()
+    store = open_store(store_copy)
+    assert store.load("utt0", KIND).attrs["text"] and store.load("utt1", KIND).attrs["text"]  # intact again
+    (store_copy / "utt0" / "spes_h.zarr" / "zarr.json").unlink()
+    rep = extract_cross_attention(bundled_trimmed, _items(speech_dir), store_copy, progress=False)
+    assert rep.skipped == ["utt0", "utt1"] and not rep.redone and "redone" not in rep.summary()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = compute_saliency(bundled_trimmed, _items(speech_dir), store_copy, cfg, progress=False)
+    assert rep.done == ["utt0"] and list(rep.redone) == ["utt0/spes_h"]
+    assert "; 1 redone: utt0 spes_h damaged (its metadata cannot be read" in rep.summary()
+
+
+def test_every_run_start_cleans_orphans_it_can_prove_dead(bundled_trimmed, speech_dir, store_copy):
+    from xattn_utils.attribution.saliency import SaliencyConfig, compute_saliency
+    from xattn_utils.attribution.spes import SMHConfig
+    from xattn_utils.store import ORPHAN_AGE_S
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])  # another live process: its fresh temporary is kept
+    try:
+        gone = store_copy / "utt0" / f".spes_h.{dead.pid}.abcd.tmp"  # e.g. a disk-full stop of a saliency run
+        stale = store_copy / "utt1" / f".spes_h.{alive.pid}.old1.tmp"  # a live pid, but too old: a reused pid
+        fresh = store_copy / "utt1" / f".spes_h.{alive.pid}.new1.tmp"
+        for p in (gone, stale, fresh):
+            (p / "g.zarr").mkdir(parents=True)
+        old = time.time() - ORPHAN_AGE_S - 60
+        os.utime(stale, (old, old))
+        before = _tree_sums(store_copy)
+        cfg = SaliencyConfig(methods=("spes-h",), smh=SMHConfig(n_masks=16, batch_size=16))
+        rep = compute_saliency(bundled_trimmed, _items(speech_dir), store_copy, cfg, progress=False)
+        assert rep.skipped == ["utt0", "utt1"] and not rep.done  # nothing recomputed: only the orphans went
+        assert not gone.exists() and not stale.exists() and fresh.exists()
+        assert _tree_sums(store_copy) == before
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_ids_keep_the_extension_when_stems_collide_and_links_their_own_name(speech_dir, tmp_path):
+    from xattn_utils.extraction.extract import ids_for_paths
+
+    audio, sr = sf.read(speech_dir / "utt0.wav", dtype="float32")
+    files = [tmp_path / "rel" / f"speech.{ext}" for ext in ("flac", "ogg", "wav")]
+    files[0].parent.mkdir()
+    for f in files:
+        sf.write(f, audio, sr)
+    link = tmp_path / "rel" / "link.wav"
+    link.symlink_to(speech_dir / "utt1.wav")
+    other = tmp_path / "rel" / "other.wav"
+    shutil.copy(speech_dir / "utt2.wav", other)
+    assert ids_for_paths([*files, link, other]) == ["speech.flac", "speech.ogg", "speech.wav", "link", "other"]
+    a, b = tmp_path / "a" / "same.wav", tmp_path / "b" / "same.wav"  # same names in other folders: the folder
+    for f in (a, b):
+        f.parent.mkdir()
+        shutil.copy(speech_dir / "utt0.wav", f)
+    assert ids_for_paths([a, b]) == ["a_same", "b_same"]
+    with pytest.raises(InputError, match="the same audio file is given twice"):
+        ids_for_paths([speech_dir / "utt1.wav", link])  # a link to a file given too
+
+
+def test_non_speech_is_flagged_and_left_out_of_the_comparison(bundled_trimmed, speech_dir, store_copy, tmp_path):
+    from xattn_utils.analysis.compare import CompareConfig, compare_store
+
+    noise = tmp_path / "noise.wav"
+    sf.write(noise, np.random.default_rng(0).uniform(-1, 1, 5 * 16000).astype(np.float32), 16000, subtype="FLOAT")
+    items = pd.concat([_items(speech_dir), pd.DataFrame({"id": ["noise"], "audio_path": [str(noise)]})])
+    before = _tree_sums(store_copy)
+    rep = extract_cross_attention(bundled_trimmed, items, store_copy, progress=False)
+    assert rep.done == ["noise"] and rep.skipped == ["utt0", "utt1"] and list(rep.flagged) == ["noise"]
+    msg = rep.flagged["noise"]
+    assert msg.startswith("noise: the model's no-speech probability is 0.") and "made from non-speech" in msg
+    ds = open_store(store_copy).load("noise", KIND)
+    assert ds.attrs["non_speech"] == 1 and ds.attrs["near_silence"] == 0 and ds.attrs["no_speech_prob"] > 0.6
+    assert {k: v for k, v in _tree_sums(store_copy).items() if not k.startswith("noise/")} == before
+    speech = extract_cross_attention(bundled_trimmed, _items(speech_dir, (2,)), store_copy, progress=False)
+    assert speech.done == ["utt2"] and not speech.flagged  # real speech: not flagged
+    assert open_store(store_copy).load("utt2", KIND).attrs["no_speech_prob"] < 0.1
+    table = compare_store(store_copy, tmp_path / "t", CompareConfig(per_head=False, n_boot=20), progress=False)
+    assert "noise" not in set(table.utterance.dropna())
+    skipped = json.loads((tmp_path / "t" / "agreement.json").read_text())["data"]["skipped"]
+    assert "noise" in skipped
+
+
+def test_results_are_readable_as_the_umask_allows(bundled_trimmed, speech_dir, tmp_path):
+    from xattn_utils._io import atomic_write_text, write_table
+
+    old = os.umask(0o022)
+    try:
+        rep = extract_cross_attention(bundled_trimmed, _items(speech_dir, (0,)), tmp_path / "s", progress=False)
+        assert rep.done == ["utt0"]
+        write_table(pd.DataFrame({"a": [1]}), tmp_path / "t", "tab", {"x": 1})
+        files = [tmp_path / "s" / "store.json", *(tmp_path / "t").iterdir(),
+                 *[p for p in (tmp_path / "s" / "utt0").rglob("*") if p.is_file()]]
+        assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}, [(p, oct(p.stat().st_mode)) for p in files]
+        folders = [tmp_path / "s" / "utt0", *[p for p in (tmp_path / "s" / "utt0").rglob("*") if p.is_dir()]]
+        assert {oct(p.stat().st_mode & 0o777) for p in folders} == {"0o755"}
+        os.umask(0o077)  # a private umask keeps them private
+        assert oct(atomic_write_text(tmp_path / "private.txt", "x").stat().st_mode & 0o777) == "0o600"
+    finally:
+        os.umask(old)
+
+
+def test_large_sweeps_ask_for_yes_with_count_and_time(sweep_done, tmp_path, capsys):
+    from xattn_utils.runs.sweep import MAX_RUNS_UNASKED, SweepError, main, run_sweep
+
+    probe_dir, root, spec, status = sweep_done
+    huge = {**spec, "grid": {"a": list(range(1000)), "b": [str(i) for i in range(1000)]}}  # 10^6 points
+    t0 = time.time()
+    with pytest.raises(SweepError) as err:
+        run_sweep(huge, out=tmp_path / "huge", workers=2, verbose=False)
+    assert time.time() - t0 < 30  # refused before the grid is expanded
+    msg = str(err.value)
+    assert msg.startswith(f"sweep probe: 1,000,000 runs (over {MAX_RUNS_UNASKED} asks for confirmation), an "
+                          "estimated ") and "with 2 worker(s)" in msg and "pass --yes" in msg
+    assert not (tmp_path / "huge").exists()
+    big = {**spec, "grid": {"a": list(range(MAX_RUNS_UNASKED + 1))}}
+    with pytest.raises(SweepError, match=rf"{MAX_RUNS_UNASKED + 1} runs .* min per run: the mean of 1 finished"):
+        run_sweep(big, out=root, workers=1, verbose=False)  # the finished probe run measures the time
+    f = tmp_path / "big.yaml"
+    import yaml
+
+    f.write_text(yaml.safe_dump(big))
+    assert main([str(f), "--out", str(tmp_path / "big")]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and "pass --yes" in err_lines[0]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [Path(status[0]).name]
+
+
+def test_saliency_batch_size_flag(bundled_trimmed, speech_dir, base_store, tmp_path, capsys):
+    from xattn_utils.cli import main
+
+    store = tmp_path / "s"
+    shutil.copytree(base_store, store)
+    assert main(["saliency", "--out", str(store), str(speech_dir / "utt0.wav"), "--batch-size", "0"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --batch-size must be at least 1, not 0")
+    shutil.rmtree(store / "utt0" / "spes_h.zarr")
+    assert main(["saliency", "--input-mode", "trimmed", "--out", str(store), "--method", "spes-h",
+                 "--n-masks-h", "16", "--batch-size", "4", "--quiet", str(speech_dir / "utt0.wav")]) == 0
+    again = ResultStore(store).load("utt0", "spes_h")
+    first = ResultStore(base_store).load("utt0", "spes_h")
+    # masks scored 4 at a time instead of 16: the same map within float32 batching noise (as across batches in
+    # test_extract, x10)
+    for var in first.data_vars:
+        if np.issubdtype(first[var].dtype, np.floating):
+            np.testing.assert_allclose(again[var].values, first[var].values, rtol=0, atol=measured(2e-6, margin=10))

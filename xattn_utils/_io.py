@@ -29,24 +29,52 @@ def write_error(err: OSError, what: str, where: Path) -> StoreError:
     if err.errno in _NO_SPACE:
         return DiskFullError(f"{what}: no space left writing to {where} ({err.strerror}); free some space and "
                              "re-run: everything finished before is kept and is skipped")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"{what}: {where} is read-only or not writable ({err.strerror}); make it writable "
+                          "(chmod u+w) or write to another folder, and re-run: finished results are kept")
     return StoreError(f"{what}: cannot write to {where} ({type(err).__name__}: {err}); check the folder's "
                       "permissions and re-run")
 
 
-def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
-    """Write a file atomically: ``write(tmp)`` fills a temporary file beside ``path``, which is renamed onto it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    os.close(fd)
+def current_umask() -> int:
+    """The process's umask (read from ``/proc/self/status`` where it can be, else set and restored)."""
     try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(folder: bool = False) -> int:
+    """The mode a plain ``open`` / ``mkdir`` would give under the current umask (0644 / 0755 under 022):
+    ``mkstemp`` and ``mkdtemp`` make results private (0600 / 0700), which a colleague sharing a run cannot read."""
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
+    """Write a file atomically: ``write(tmp)`` fills a temporary file beside ``path``, which is renamed onto it
+    (readable as the umask allows, as a plain ``open`` would make it). An unwritable or read-only folder is a
+    :class:`~xattn_utils.errors.StoreError` naming it."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
+        os.chmod(tmp, public_mode())
         os.replace(tmp, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise write_error(err, path.name, path.parent) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -69,6 +97,7 @@ def temporary_folder_beside(dest: str | Path, prefix: str | None = None) -> Iter
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=prefix or f".{dest.name}.{os.getpid()}.", suffix=".tmp"))
     try:
+        tmp.chmod(public_mode(folder=True))  # mkdtemp makes it private; renamed into place it is a result
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

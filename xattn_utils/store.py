@@ -3,7 +3,7 @@
 Layout::
 
     STORE/store.json                     run-level provenance (model, parameters, versions)
-    STORE/<utterance>/<kind>.zarr        an xarray Dataset (kind: "attention", "spes_x", "spes_h", "grad_...")
+    STORE/<utterance>/<kind>.zarr        an xarray Dataset (kind: "attention", "spes_x", "spes_h", ...: xattn_utils.maps)
     STORE/errors.json                    items that failed, with their message (a sweep goes on with the rest)
 
 Utterances of different lengths each get their own group, so no padding is stored. Every group carries its
@@ -51,7 +51,9 @@ RESERVED_IDS = ("store.json", "errors.json")  # files at the store's root: an ut
 CHECKSUMS = "xattn_checksums"  # group attribute: {relative file path: sha256}
 _ROOT_META = ("zarr.json", ".zattrs", ".zgroup", ".zmetadata")  # hold the attributes, so not in the checksums
 _ORPHAN = re.compile(r"^\.(?:.+?\.(?P<pid>\d+)\..*\.tmp|.+\.old-(?P<oldpid>\d+)|.+\.tmp)$")
-ORPHAN_AGE_S = 3600.0  # a temporary without a live writer's pid is removed once this old
+# A temporary folder whose writer is gone (its pid not alive) is removed at once; one older than this is removed
+# even when its pid is alive (pids are reused: a group is written in seconds, so an hour-old one has no writer).
+ORPHAN_AGE_S = 3600.0
 
 
 def _file_sums(folder: Path) -> dict[str, str]:
@@ -136,19 +138,29 @@ class ResultStore:
             return "; ".join(parts)
         return None
 
+    def damage(self, utterance: str, kind: str) -> str | None:
+        """What is wrong with a group that is present but cannot be trusted (a file changed or missing, its root
+        metadata deleted); None when it is absent or intact. A run that recomputes such a group reports it."""
+        if not self._group(utterance, kind).is_dir():
+            return None
+        return self.problem(utterance, kind)
+
     def near_silence(self, utterance: str) -> bool:
-        """Whether the utterance's ``attention`` group is flagged as a hypothesis made from (near-)silence."""
+        """Whether the utterance's ``attention`` group is flagged as a hypothesis made from (near-)silence or from
+        non-speech (Whisper's no-speech probability over its threshold)."""
         group = self._group(utterance, "attention")
         try:
-            return bool(zarr.open_group(str(group), mode="r").attrs.get("near_silence", 0))
+            attrs = zarr.open_group(str(group), mode="r").attrs
+            return bool(attrs.get("near_silence", 0)) or bool(attrs.get("non_speech", 0))
         except Exception:  # noqa: BLE001 - absent or unreadable: not flagged (load() reports damage)
             return False
 
     def clean_orphans(self, min_age_s: float = ORPHAN_AGE_S) -> list[str]:
         """Remove temporary files and folders left by killed writers; returns their paths.
 
-        One whose name carries the pid of a live process is kept (a concurrent writer); one without a pid is
-        removed only when older than ``min_age_s``.
+        Every run start calls it (extract, saliency, mixing, ...). One whose name carries a pid is removed when that
+        process is gone, or when it is older than ``min_age_s`` (its pid reused by another process); one without a
+        pid only when older than ``min_age_s``. This process's own temporaries are always kept.
         """
         if not self.path.is_dir():
             return []
@@ -164,9 +176,10 @@ class ResultStore:
                 continue
             pid = m.group("pid") or m.group("oldpid")
             try:
-                if pid is not None and _pid_alive(int(pid)):  # a live writer (this process included)
-                    continue
-                if pid is None and now - p.stat().st_mtime < min_age_s:
+                old = now - p.stat().st_mtime >= min_age_s
+                if pid is not None and (int(pid) == os.getpid() or (_pid_alive(int(pid)) and not old)):
+                    continue  # a live writer (this process included)
+                if pid is None and not old:
                     continue
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
                 removed.append(str(p))
@@ -244,8 +257,12 @@ class ResultStore:
     @contextmanager
     def _errors_lock(self):
         """An exclusive lock on ``errors.json`` (concurrent writers through the Python API lose no entry)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".errors.lock", "a") as fh:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path / ".errors.lock", "a")  # noqa: SIM115 - closed below
+        except OSError as err:
+            raise write_error(err, "errors.json", self.path) from None
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

@@ -16,12 +16,12 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
+from ..data.audio import load_utterance_audio
 from ..errors import DiskFullError, XattnError
 from ..extraction.extract import KIND as ATTENTION
 from ..extraction.extract import (
     DecodeConfig,
     RunReport,
-    _checked_audio,
     ensure_attention,
     items_from,
 )
@@ -65,19 +65,23 @@ def explain_store(loaded: LoadedModel, data, out: str | Path | ResultStore, plan
     """
     store = out if isinstance(out, ResultStore) else ResultStore(out)
     items = items_from(data)
+    store.clean_orphans()  # every run start: temporaries of killed writers (extract's own start cleans too)
     pre = ensure_attention(loaded, items, store, decoding)
-    report = RunReport(failed=dict(pre.failed), flagged=dict(pre.flagged))
+    report = RunReport(failed=dict(pre.failed), flagged=dict(pre.flagged), redone=dict(pre.redone))
     for _, row in tqdm(items.iterrows(), total=len(items), desc=desc, unit="utt", disable=not progress):
         uid = str(row["id"])
         if uid in report.failed:
             continue
         try:
             attention = store.load(uid, ATTENTION)
-            audio, digest = _checked_audio(row)
+            audio, digest = load_utterance_audio(row)
             did = False
             for group in plan(uid, audio, digest, attention):
                 if store.has(uid, group.kind, group.key):
                     continue
+                damage = store.damage(uid, group.kind)
+                if damage is not None:
+                    report.redone[f"{uid}/{group.kind}"] = f"{uid} {group.kind} damaged ({damage})"
                 ds = group.compute()
                 ds.attrs["provenance"] = provenance(model=loaded.provenance(), data={"id": uid, "sha256": digest},
                                                     params=group.params, seed=group.seed)

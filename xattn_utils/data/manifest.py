@@ -15,11 +15,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import soundfile as sf
 
-from .._io import sha256_file
 from ..errors import InputError
-from .audio import MAX_SECONDS
+from .audio import load_utterance_audio, stated_problems  # noqa: F401  (stated_problems: re-exported)
 
 COLUMNS = ("id", "audio_path", "sample_rate", "duration_s", "language", "tasks", "transcript", "translation",
            "word_times_path", "sha256", "source", "licence", "split", "voice")
@@ -31,8 +29,9 @@ def load_manifest(path: str | Path, root: str | Path | None = None, split: str |
     path = Path(path)
     if not path.exists():
         raise InputError(f"manifest {path} does not exist")
+    _check_utf8(path)
     df = pd.read_csv(path, dtype={"id": str, "transcript": str, "translation": str, "sha256": str},
-                     keep_default_na=False)
+                     keep_default_na=False, encoding="utf-8")
     missing = [c for c in ("id", "audio_path") if c not in df.columns]
     if missing:
         raise InputError(f"manifest {path} lacks column(s) {missing}; expected {', '.join(COLUMNS)}")
@@ -49,6 +48,20 @@ def load_manifest(path: str | Path, root: str | Path | None = None, split: str |
     return df.reset_index(drop=True)
 
 
+def _check_utf8(path: Path) -> None:
+    """Refuse a manifest that is not UTF-8, naming the line and the byte (pandas would raise UnicodeDecodeError)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"manifest {path}: cannot read it ({type(err).__name__}: {err.strerror or err})") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise InputError(f"manifest {path}: line {line} is not UTF-8 (byte 0x{data[err.start]:02X} at offset "
+                         f"{err.start}); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def row_problems(row, check_audio: bool = True) -> list[str]:
     """Everything wrong with one manifest row (empty list when it is fine)."""
     uid = row.get("id", "?")
@@ -57,50 +70,11 @@ def row_problems(row, check_audio: bool = True) -> list[str]:
         problems.append(f"{uid}: empty transcript")
     if not check_audio:
         return problems
-    audio = Path(str(row["audio_path"]))
-    if not audio.exists():
-        return problems + [f"{uid}: audio file {audio} is missing"]
     try:
-        info = sf.info(audio)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        return problems + [f"{uid}: audio file {audio} is corrupt or unreadable ({err})"]
-    if info.frames == 0:
-        problems.append(f"{uid}: audio file {audio} is empty")
-    if info.frames / info.samplerate > MAX_SECONDS:
-        problems.append(f"{uid}: audio is {info.frames / info.samplerate:.1f} s, over the {MAX_SECONDS:.0f} s window")
-    problems += stated_problems(row, audio, info)
-    want = row.get("sha256")
-    if want and sha256_file(audio) != want:
-        problems.append(f"{uid}: checksum mismatch for {audio}; rebuild the data or update the manifest")
+        load_utterance_audio(row)
+    except InputError as err:
+        problems.append(str(err))
     return problems
-
-
-def stated_problems(row, audio: str | Path, info=None, tolerance_s: float = 0.05) -> list[str]:
-    """Disagreements between a row's ``sample_rate`` / ``duration_s`` and its audio file (non-numbers included)."""
-    uid = row.get("id", "?")
-    info = info if info is not None else sf.info(str(audio))
-    out = []
-    stated = row.get("sample_rate")
-    if stated is not None and str(stated).strip() != "":
-        try:
-            rate = float(stated)
-        except (TypeError, ValueError):
-            out.append(f"{uid}: sample_rate {stated!r} is not a number; write the file's rate ({info.samplerate})")
-        else:
-            if rate != info.samplerate:
-                out.append(f"{uid}: manifest says {stated} Hz but {audio} is {info.samplerate} Hz; update the row")
-    stated = row.get("duration_s")
-    if stated is not None and str(stated).strip() != "":
-        actual = info.frames / info.samplerate
-        try:
-            dur = float(stated)
-        except (TypeError, ValueError):
-            dur = float("nan")
-        if dur != dur or abs(dur) == float("inf"):
-            out.append(f"{uid}: duration_s {stated!r} is not a number; write the file's duration ({actual:.3f})")
-        elif abs(dur - actual) > tolerance_s:
-            out.append(f"{uid}: manifest says {dur:.3f} s but {audio} lasts {actual:.3f} s; update the row")
-    return out
 
 
 def validate_manifest(df: pd.DataFrame, check_audio: bool = True) -> dict[str, list[str]]:

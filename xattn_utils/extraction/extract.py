@@ -12,6 +12,7 @@ message and the run goes on with the rest. Items whose stored cache key matches 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import unicodedata
 import zlib
@@ -24,9 +25,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from .._io import sha256_file
-from ..data.audio import active_seconds, load_audio
-from ..data.manifest import stated_problems
+from ..data.audio import active_seconds, load_utterance_audio
 from ..errors import DiskFullError, InputError, XattnError
 from ..models.loader import LoadedModel
 from ..provenance import provenance, stable_hash
@@ -82,6 +81,9 @@ class ExtractConfig:
         min_active_s: audio with less than this many seconds above -45 dBFS (silence, a clip of a few
             milliseconds) is still explained but its group is flagged ``near_silence`` (a hypothesis made from
             silence, e.g. "you"); the comparison leaves flagged utterances out unless asked to keep them.
+        no_speech_threshold: a hypothesis decoded where the model's no-speech probability (softmax of the first
+            decoding step at ``<|nospeech|>``, :func:`no_speech_probs`) exceeds this is flagged ``non_speech`` like
+            near-silence (white noise -> "You"). 0.6 is Whisper's own threshold; None turns the check off.
     """
 
     decoding: DecodeConfig = field(default_factory=DecodeConfig)
@@ -89,6 +91,7 @@ class ExtractConfig:
     with_hidden: bool = False
     max_compression_ratio: float | None = 2.4
     min_active_s: float = 0.1
+    no_speech_threshold: float | None = 0.6
 
     def __post_init__(self):
         if not isinstance(self.decoding, DecodeConfig):
@@ -153,11 +156,15 @@ class RunReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    flagged: dict[str, str] = field(default_factory=dict)  # done, but near silence (id -> message)
+    flagged: dict[str, str] = field(default_factory=dict)  # done, but near silence or non-speech (id -> message)
+    redone: dict[str, str] = field(default_factory=dict)  # a damaged stored group recomputed (id -> what and why)
 
     def summary(self) -> str:
-        flagged = f", {len(self.flagged)} near-silent (flagged)" if self.flagged else ""
-        return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed{flagged}"
+        """``3 done, 0 skipped, 0 failed[, 1 near-silent or non-speech (flagged)][; 1 redone: u0 attention damaged
+        (...)]``."""
+        flagged = f", {len(self.flagged)} near-silent or non-speech (flagged)" if self.flagged else ""
+        redone = f"; {len(self.redone)} redone: {', '.join(self.redone.values())}" if self.redone else ""
+        return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed{flagged}{redone}"
 
 
 def encoder_frame_seconds(frames_per_encoder_frame: int, hop_length: int = 160, sample_rate: int = 16000) -> float:
@@ -215,9 +222,10 @@ def safe_id(name: str) -> str:
 
 
 def ids_for_paths(paths: list[Path]) -> list[str]:
-    """One unique store id per audio path: the safe file stem, with parent folders prepended where stems collide.
-
-    ``a/same.wav`` and ``b/same.wav`` -> ``a_same``, ``b_same``. The same file given twice is an error naming it.
+    """One unique store id per audio path: the safe file stem; where stems collide, the file name with its extension
+    (``speech.flac``, ``speech.ogg``), then parent folders prepended (``a/same.wav``, ``b/same.wav`` -> ``a_same``,
+    ``b_same``). A symbolic link is named by its own name, not its target's. The same file given twice (a link to
+    a file given too included) is an error naming it.
     """
     resolved = [p.resolve() for p in paths]
     seen: dict[Path, int] = {}
@@ -226,14 +234,16 @@ def ids_for_paths(paths: list[Path]) -> list[str]:
             raise InputError(f"{paths[i]}: the same audio file is given twice (arguments {seen[r] + 1} and {i + 1}); "
                              "give each file once")
         seen[r] = i
+    named = [Path(os.path.abspath(p)) for p in paths]  # not resolved: a link keeps its own name
     depth = [0] * len(paths)
-
-    def make(i: int) -> str:
-        parts = [*resolved[i].parent.parts[len(resolved[i].parent.parts) - depth[i]:], resolved[i].stem]
-        return "_".join(safe_id(x) for x in parts if x not in ("/", ""))
+    full = [False] * len(paths)  # the file name with its extension instead of its stem
 
     def raw(i: int) -> tuple:
-        return (*resolved[i].parent.parts[len(resolved[i].parent.parts) - depth[i]:], resolved[i].stem)
+        parents = named[i].parent.parts
+        return (*parents[len(parents) - depth[i]:], named[i].name if full[i] else named[i].stem)
+
+    def make(i: int) -> str:
+        return "_".join(safe_id(x) for x in raw(i) if x not in ("/", ""))
 
     ids = [make(i) for i in range(len(paths))]
     for _ in range(64):
@@ -244,13 +254,18 @@ def ids_for_paths(paths: list[Path]) -> list[str]:
         if not clashes:
             return ids
         for g in clashes:
+            if not all(full[i] for i in g) and len({named[i].name for i in g}) > 1:
+                for i in g:  # speech.flac, speech.ogg: the extension tells them apart
+                    full[i] = True
+                    ids[i] = make(i)
+                continue
             folded = len({raw(i) for i in g}) > 1  # different names that fold to one id ("a b", "a_b")
             for i in g:
-                if not folded and depth[i] < len(resolved[i].parent.parts) - 1:
+                if not folded and depth[i] < len(named[i].parent.parts) - 1:
                     depth[i] += 1
                     ids[i] = make(i)
                 else:  # a hash of the full path decides
-                    ids[i] = f"{make(i)}-{hashlib.sha256(str(resolved[i]).encode()).hexdigest()[:8]}"
+                    ids[i] = f"{make(i)}-{hashlib.sha256(str(named[i]).encode()).hexdigest()[:8]}"
     raise InputError(f"cannot derive unique ids for {len(paths)} audio files; use a manifest with explicit ids")
 
 
@@ -275,28 +290,6 @@ def items_from(data) -> pd.DataFrame:
     return pd.DataFrame({"id": ids_for_paths(paths), "audio_path": [str(p) for p in paths]})
 
 
-def _checked_audio(row) -> tuple:
-    """Load one item's audio, checking its checksum when the manifest gives one."""
-    path = Path(row["audio_path"])
-    want = row.get("sha256") if hasattr(row, "get") else None
-    if not path.exists():
-        raise InputError(f"{row['id']}: audio file {path} is missing; rebuild the data (make data) or fix the manifest")
-    if not path.is_file():
-        raise InputError(f"{row['id']}: {path} is a folder, not an audio file; give the audio files inside it")
-    try:
-        digest = sha256_file(path)
-    except OSError as err:
-        raise InputError(f"{row['id']}: cannot read {path} ({type(err).__name__}: {err.strerror or err})") from None
-    if isinstance(want, str) and want and want != digest:
-        raise InputError(f"{row['id']}: checksum mismatch for {path} (manifest {want[:12]}…, file {digest[:12]}…); "
-                         "the file changed since the manifest was written: rebuild it or update the manifest")
-    audio = load_audio(path)
-    problems = stated_problems(row, path) if hasattr(row, "get") else []
-    if problems:
-        raise InputError("; ".join(problems))
-    return audio, digest
-
-
 @dataclass
 class _Pending:
     """One utterance waiting for its forced pass (and its decode, when ``hyp`` is None)."""
@@ -309,6 +302,30 @@ class _Pending:
     digest: str
     active_s: float
     hyp: list[int] | None = None
+    no_speech_prob: float | None = None  # Whisper's P(<|nospeech|>) at the first decoding step (None: unknown)
+
+
+@dataclass
+class _Extraction:
+    """What the phases of one :func:`extract_cross_attention` run share."""
+
+    loaded: LoadedModel
+    store: ResultStore
+    cfg: ExtractConfig
+    resolved: dict
+    progress: bool
+    report: RunReport = field(default_factory=lambda: RunReport())
+    pending: list[_Pending] = field(default_factory=list)
+    decoded: list[int] = field(default_factory=list)  # indices into pending decoded by this run
+    bar: object = None
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.resolved["prompt_ids"]
+
+    def fail(self, uid: str, message: str) -> None:
+        self.report.failed[uid] = message
+        self.store.record_error(uid, KIND, message)
 
 
 def _stored_hypothesis(store: ResultStore, uid: str) -> list[int]:
@@ -316,9 +333,43 @@ def _stored_hypothesis(store: ResultStore, uid: str) -> list[int]:
         return [int(t) for t in ds.token_id.values[:-1]]
 
 
+def _stored_no_speech(store: ResultStore, uid: str) -> float | None:
+    with store.peek(uid, KIND) as ds:
+        value = ds.attrs.get("no_speech_prob")
+    return None if value is None else float(value)
+
+
 def _has_hidden(store: ResultStore, uid: str) -> bool:
     with store.peek(uid, KIND) as ds:
         return "encoder_hidden" in ds.data_vars
+
+
+def no_speech_token(loaded: LoadedModel) -> int | None:
+    """Whisper's no-speech token id (``<|nospeech|>``, ``<|nocaptions|>`` in older vocabularies); None without."""
+    if not loaded.is_whisper:
+        return None
+    unk = loaded.tokenizer.unk_token_id
+    for name in ("<|nospeech|>", "<|nocaptions|>"):
+        tid = loaded.tokenizer.convert_tokens_to_ids(name)
+        if tid is not None and tid != unk:
+            return int(tid)
+    return None
+
+
+@torch.inference_mode()
+def no_speech_probs(loaded: LoadedModel, features: torch.Tensor) -> list[float | None]:
+    """(B, F, T) decoding inputs -> B no-speech probabilities: softmax of the decoder's first step (after
+    ``<|startoftranscript|>``) at the no-speech token, as Whisper computes it (None for models without the token)."""
+    tid = no_speech_token(loaded)
+    if tid is None:
+        return [None] * len(features)
+    from transformers.modeling_outputs import BaseModelOutput
+
+    hidden = loaded.encode(features.to(loaded.device))
+    sot = int(loaded.model.generation_config.decoder_start_token_id)
+    ids = torch.full((len(hidden), 1), sot, dtype=torch.long, device=loaded.device)
+    logits = loaded.model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), decoder_input_ids=ids).logits
+    return [float(p) for p in torch.softmax(logits[:, 0].float(), dim=-1)[:, tid].cpu()]
 
 
 def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultStore,
@@ -328,92 +379,131 @@ def extract_cross_attention(loaded: LoadedModel, data, out: str | Path | ResultS
     One decode per utterance: a stored group whose hypothesis key (:func:`hypothesis_key`) matches is kept (skipped);
     ``with_hidden`` on a group without the encoder output, or another input mode, reruns only the forced pass on
     the stored hypothesis. Other decoding options than a group was decoded with decode it anew and replace it.
+    A damaged stored group is recomputed and counted in the report's ``redone``.
     """
-    cfg = cfg or ExtractConfig()
+    items = items_from(data)  # bad ids fail before the store is touched
+    run = _start(loaded, out, cfg or ExtractConfig(), progress)  # the store, its orphans cleaned, its provenance
+    _prepare(run, items)  # each item's audio loaded and checked, its stored group looked up, its features
+    _decode(run)  # hypotheses of the items without a stored one, batched by length
+    _reject(run)  # empty hypotheses and decoding loops recorded as failed
+    _force_and_write(run)  # one forced pass per hypothesis, flagged when made from (near-)silence or non-speech
+    return run.report
+
+
+def _start(loaded: LoadedModel, out, cfg: ExtractConfig, progress: bool) -> _Extraction:
     store = out if isinstance(out, ResultStore) else ResultStore(out)
-    items = items_from(data)
     store.clean_orphans()
     resolved = resolved_decoding(loaded, cfg.decoding)
-    prompt = resolved["prompt_ids"]
     store.update_attrs(**provenance(model=loaded.provenance(), params={"extract": cfg}),
                        decoding=asdict(cfg.decoding))
-    report = RunReport()
-    pending: list[_Pending] = []
-    for _, row in tqdm(items.iterrows(), total=len(items), desc="features", disable=not progress):
+    return _Extraction(loaded, store, cfg, resolved, progress)
+
+
+def _prepare(run: _Extraction, items: pd.DataFrame) -> None:
+    loaded, store = run.loaded, run.store
+    for _, row in tqdm(items.iterrows(), total=len(items), desc="features", disable=not run.progress):
         uid = str(row["id"])
         try:
-            audio, digest = _checked_audio(row)
-            hyp_key = hypothesis_key(resolved, digest)
+            audio, digest = load_utterance_audio(row)
+            hyp_key = hypothesis_key(run.resolved, digest)
             key = attention_key(loaded, hyp_key)
-            hyp = None
+            hyp = no_speech = None
             if store.has(uid, KIND, key):
-                if not cfg.with_hidden or _has_hidden(store, uid):
-                    report.skipped.append(uid)
+                if not run.cfg.with_hidden or _has_hidden(store, uid):
+                    run.report.skipped.append(uid)
                     continue
-                hyp = _stored_hypothesis(store, uid)  # add the hidden states: forced pass only
+                hyp, no_speech = _stored_hypothesis(store, uid), _stored_no_speech(store, uid)  # forced pass only
             elif store.has(uid, KIND):
                 peek = store.peek(uid, KIND)
                 with peek:
                     same = recorded_hypothesis_key(loaded, dict(peek.attrs)) == hyp_key
                 if same:  # e.g. another input mode: the same hypothesis, forced again
-                    hyp = _stored_hypothesis(store, uid)
+                    hyp, no_speech = _stored_hypothesis(store, uid), _stored_no_speech(store, uid)
+            else:
+                damage = store.damage(uid, KIND)
+                if damage is not None:
+                    run.report.redone[uid] = f"{uid} {KIND} damaged ({damage})"
             feats = loaded.features(audio)
             dec = feats if loaded.decode_mode == loaded.input_mode else loaded.features(audio, loaded.decode_mode)
-            pending.append(_Pending(uid, feats, dec, key, hyp_key, digest, active_seconds(audio), hyp))
+            run.pending.append(_Pending(uid, feats, dec, key, hyp_key, digest, active_seconds(audio), hyp,
+                                        no_speech))
         except XattnError as err:
-            report.failed[uid] = str(err)
-            store.record_error(uid, KIND, str(err))
-    to_decode = [i for i, p in enumerate(pending) if p.hyp is None]
-    bar = tqdm(total=len(to_decode) + len(pending), desc="decode + forced pass", unit="step",
-               disable=not progress)
+            run.fail(uid, str(err))
+
+
+def _decode(run: _Extraction) -> None:
+    pending, cfg = run.pending, run.cfg
+    to_decode = run.decoded = [i for i, p in enumerate(pending) if p.hyp is None]
+    run.bar = tqdm(total=len(to_decode) + len(pending), desc="decode + forced pass", unit="step",
+                   disable=not run.progress)
     for sub in batches_by_length([pending[i].decode_features for i in to_decode], cfg.batch_size):
         idx = [to_decode[j] for j in sub]
         x = torch.stack([pending[i].decode_features.values for i in idx])
-        for i, h in zip(idx, decode(loaded, x, prompt, cfg.decoding.num_beams, cfg.decoding.max_new_tokens)):
-            pending[i].hyp = h
-        bar.update(len(idx))
-    for i in to_decode:
-        p = pending[i]
-        ratio = compression_ratio(loaded.tokenizer.decode(p.hyp, skip_special_tokens=True)) if p.hyp else 0.0
+        hyps = decode(run.loaded, x, run.prompt, cfg.decoding.num_beams, cfg.decoding.max_new_tokens)
+        for i, h, ns in zip(idx, hyps, no_speech_probs(run.loaded, x)):
+            pending[i].hyp, pending[i].no_speech_prob = h, ns
+        run.bar.update(len(idx))
+
+
+def _reject(run: _Extraction) -> None:
+    cfg = run.cfg
+    for p in (run.pending[i] for i in run.decoded):
+        text = run.loaded.tokenizer.decode(p.hyp, skip_special_tokens=True) if p.hyp else ""
+        ratio = compression_ratio(text) if p.hyp else 0.0
         if not p.hyp:
-            report.failed[p.uid] = f"{p.uid}: empty hypothesis (the model heard no speech); nothing to explain"
+            run.fail(p.uid, f"{p.uid}: empty hypothesis (the model heard no speech); nothing to explain")
         elif cfg.max_compression_ratio is not None and ratio > cfg.max_compression_ratio:
-            report.failed[p.uid] = (f"{p.uid}: the hypothesis repeats itself (compression ratio {ratio:.1f} > "
-                                    f"{cfg.max_compression_ratio}, {len(p.hyp)} tokens): a decoding loop, not "
-                                    "explained; try --beams 4 or raise max_compression_ratio")
+            run.fail(p.uid, f"{p.uid}: the hypothesis repeats itself (compression ratio {ratio:.1f} > "
+                            f"{cfg.max_compression_ratio}, {len(p.hyp)} tokens): a decoding loop, not explained; "
+                            "try --beams 4 or raise max_compression_ratio")
             p.hyp = []
-        else:
-            continue
-        store.record_error(p.uid, KIND, report.failed[p.uid])
-    ok = [p for p in pending if p.hyp]
+
+
+def _flag(run: _Extraction, p: _Pending, text: str) -> str | None:
+    """Why the utterance's hypothesis is flagged (made from near-silence or from non-speech), or None."""
+    cfg = run.cfg
+    if p.active_s < cfg.min_active_s:
+        return (f"{p.uid}: only {p.active_s:.2f} s of the audio is above -45 dBFS: the hypothesis {text!r} was made "
+                "from (near-)silence; stored, flagged near_silence (the comparison leaves it out)")
+    if (cfg.no_speech_threshold is not None and p.no_speech_prob is not None
+            and p.no_speech_prob > cfg.no_speech_threshold):
+        return (f"{p.uid}: the model's no-speech probability is {p.no_speech_prob:.2f} (> "
+                f"{cfg.no_speech_threshold}): the hypothesis {text!r} was made from non-speech; stored, flagged "
+                "non_speech (the comparison leaves it out)")
+    return None
+
+
+def _force_and_write(run: _Extraction) -> None:
+    loaded, cfg, store = run.loaded, run.cfg, run.store
+    ok = [p for p in run.pending if p.hyp]
     for idx in batches_by_length([p.features for p in ok], cfg.batch_size):
         batch = [ok[i] for i in idx]
-        passes = forced_pass(loaded, [p.features for p in batch], prompt, [p.hyp for p in batch], cfg.with_hidden)
+        passes = forced_pass(loaded, [p.features for p in batch], run.prompt, [p.hyp for p in batch],
+                             cfg.with_hidden)
         for p, fp in zip(batch, passes):
             uid = p.uid
             attrs = provenance(model=loaded.provenance(), data={"id": uid, "sha256": p.digest},
                                params={"extract": cfg, "decode_mode": loaded.decode_mode})
+            flag = _flag(run, p, fp.text.strip())
             silent = p.active_s < cfg.min_active_s
+            extra = {} if p.no_speech_prob is None else {"no_speech_prob": float(p.no_speech_prob)}
             ds = attention_dataset(fp, loaded.frames_per_encoder_frame, loaded.hop_length,
                                    attrs={"provenance": attrs, "decoding": asdict(cfg.decoding),
                                           "hypothesis_key": p.hyp_key, "active_s": p.active_s,
-                                          "near_silence": int(silent)})
-            if silent:
-                report.flagged[uid] = (f"{uid}: only {p.active_s:.2f} s of the audio is above -45 dBFS: the "
-                                       f"hypothesis {fp.text.strip()!r} was made from (near-)silence; stored, flagged "
-                                       "near_silence (the comparison leaves it out)")
+                                          "near_silence": int(silent), "non_speech": int(bool(flag) and not silent),
+                                          **extra})
+            if flag:
+                run.report.flagged[uid] = flag
             try:
                 store.write(uid, KIND, ds, p.key)
             except DiskFullError:
                 raise  # the run stops; finished groups are kept
             except XattnError as err:
-                report.failed[uid] = str(err)
-                store.record_error(uid, KIND, str(err))
+                run.fail(uid, str(err))
                 continue
-            report.done.append(uid)
-        bar.update(len(batch))
-    bar.close()
-    return report
+            run.report.done.append(uid)
+        run.bar.update(len(batch))
+    run.bar.close()
 
 
 def _options(resolved: dict) -> tuple:
@@ -451,8 +541,8 @@ def ensure_attention(loaded: LoadedModel, data, out: str | Path | ResultStore, d
             attrs = dict(peek.attrs)
         prov = attrs.get("provenance") or {}
         try:
-            same_audio = (prov.get("data") or {}).get("sha256") == sha256_file(Path(row["audio_path"]))
-        except OSError:
+            same_audio = (prov.get("data") or {}).get("sha256") == load_utterance_audio(row)[1]
+        except InputError:
             same_audio = False
         if not same_audio:  # the audio changed (or is gone): its old hypothesis is not this audio's
             missing.append(uid)

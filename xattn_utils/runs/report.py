@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._io import atomic_write_text, write_table
+from ..analysis.agreement import RELIABILITY_FLOOR
 from ..analysis.axes import PAPER_AXES, axis_table
 from ..analysis.compare import PAPER, paper_comparison
 from ..analysis.plots import plot_axis, save_figure
@@ -191,6 +192,15 @@ def quality_section(runs: list[RunSpec]) -> list[str]:
                        for r in rows], cols)]
 
 
+def _undefined_corrected(reliability: float) -> str:
+    """The cell of a noise-corrected value left undefined (NaN): why, from the reliability."""
+    if not np.isfinite(reliability):
+        return ""
+    if reliability < RELIABILITY_FLOOR:
+        return f"undefined (reliability < {RELIABILITY_FLOOR})"
+    return "undefined (beyond ±1)"
+
+
 def axes_section(root: Path) -> list[str]:
     """The paper's axes (language, task, scale) when the collected runs span them: ``axes.csv``, ``axes.png`` and a
     table; nothing when they do not."""
@@ -213,9 +223,10 @@ def axes_section(root: Path) -> list[str]:
     save_figure(fig, root / "figures", "axes")
     plt.close(fig)
     show = table.assign(**{"95% CI": [f"[{a:.2f}, {b:.2f}]" for a, b in zip(table.ci_low, table.ci_high)],
-                           "corrected [95% CI]": [f"{c:.2f} [{a:.2f}, {b:.2f}]" if np.isfinite(c) else ""
-                                                  for c, a, b in zip(table.corrected, table.corrected_low,
-                                                                     table.corrected_high)]})
+                           "corrected [95% CI]": [f"{c:.2f} [{a:.2f}, {b:.2f}]" if np.isfinite(c)
+                                                  else _undefined_corrected(r)
+                                                  for c, a, b, r in zip(table.corrected, table.corrected_low,
+                                                                        table.corrected_high, table.reliability)]})
     show["pearson"] = show["pearson"].round(3)
     show["reliability"] = show["reliability"].round(2)
     show = show.astype(object).where(show.notna(), "")
@@ -260,13 +271,17 @@ def write_report(spec: SweepSpec, runs: list[RunSpec], root: Path, result: Sweep
                f"Pearson(CA, SMH) {lo:.2f}–{hi:.2f}. Ours (`compare.paper_comparison`): dataset-level Pearson with "
                "its 95% interval for fixed aggregates and for the best aggregate chosen on a calibration half of the "
                "utterances (reported on the other half); the SPES map's split-half reliability; the noise-corrected "
-               "Pearson (raw / sqrt(reliability)).\n")
+               f"Pearson (raw / sqrt(reliability)), *undefined* where the reliability is below {RELIABILITY_FLOOR} "
+               "or the ratio would leave [−1, 1] (`analysis.agreement.RELIABILITY_FLOOR`; the tables' `note` column "
+               "says which).\n")
     heads = []
     plateau = [run for run in runs if trained[run.name].startswith("ON THE")]
     for run in sorted(runs, key=lambda r: r in plateau):  # models on the plateau last, marked, never mixed in
         if not is_done(run):
             continue
         for rec in run_headline(Path(run.run_dir)):
+            if not str(rec.get("corrected", "")).strip() and str(rec.get("reliability", "")).strip():
+                rec = {**rec, "corrected": "undefined"}  # reliability below the floor, or beyond ±1
             heads.append({"run": run.name + (" — ON THE LOSS PLATEAU" if run in plateau else ""),
                           "quality": quality_label(run_quality(Path(run.run_dir))), **rec})
     out.append(_md_table(heads, ["run", "quality", "comparison", "aggregate", "selection", "n", "ours", "95% CI",

@@ -91,6 +91,7 @@ from .spec import (
     load_sweep,
     notebook_parameters,
     parse_sweep,
+    planned_runs,
     resolve_notebooks,
     run_key,
     slugify,
@@ -118,8 +119,49 @@ __all__ = [  # the driver, and the names of the parts that users and tests reach
 logger = logging.getLogger(__name__)
 
 
+# A sweep of more runs than this asks for confirmation (``--yes``, ``run_sweep(..., yes=True)``) before any work.
+MAX_RUNS_UNASKED = 64
+# Seconds per run when the output root holds no finished run to measure: the mean of the default study's 7 runs
+# (6873 s in all, from their status files, on 2 CPU cores).
+DEFAULT_RUN_SECONDS = 982.0
+
+
+def estimated_seconds(root: Path, n_runs: int, workers: int = 1) -> tuple[float, str]:
+    """(seconds, how it was estimated) for ``n_runs`` runs: the mean of the finished runs under ``root`` when
+    there are any, else :data:`DEFAULT_RUN_SECONDS`; divided among ``workers``."""
+    seen = []
+    if root.is_dir():
+        for status in root.glob("*/status"):
+            try:
+                fields = dict(line.split(": ", 1) for line in status.read_text().splitlines()[1:] if ": " in line)
+                if status.read_text().startswith("done"):
+                    seen.append(float(fields["seconds"]))
+            except (OSError, KeyError, ValueError):
+                continue
+    per_run, how = ((sum(seen) / len(seen), f"the mean of {len(seen)} finished run(s) here") if seen
+                    else (DEFAULT_RUN_SECONDS, "the default study's mean run on 2 CPU cores"))
+    return n_runs * per_run / max(1, int(workers)), f"{per_run / 60:.0f} min per run: {how}"
+
+
+def _duration(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours / 24:,.0f} days" if hours >= 48 else f"{hours:.1f} h" if hours >= 1 else f"{seconds / 60:.0f} min"
+
+
+def check_size(spec: SweepSpec, root: Path, workers: int = 1, yes: bool = False,
+               limit: int = MAX_RUNS_UNASKED) -> None:
+    """Refuse a sweep of more than ``limit`` runs unless ``yes``, before it is expanded (a grid of 10⁶ points is
+    refused at once): the message gives the count and the estimated time."""
+    n = planned_runs(spec)
+    if n > limit and not yes:
+        seconds, how = estimated_seconds(root, n, workers)
+        raise SweepError(f"sweep {spec.name}: {n:,} runs (over {limit} asks for confirmation), an estimated "
+                         f"{_duration(seconds)} with {workers} worker(s) ({how}); pass --yes to run it, or shrink "
+                         "the grid")
+
+
 def run_sweep(spec_or_path: SweepSpec | str | Path | dict, out: str | Path | None = None, client=None,
-              workers: int = 1, scheduler: str | None = None, verbose: bool = True) -> SweepResult:
+              workers: int = 1, scheduler: str | None = None, verbose: bool = True, yes: bool = False) -> SweepResult:
     """Run every run of a sweep not already done, then write the collected table and the report.
 
     Args:
@@ -129,10 +171,12 @@ def run_sweep(spec_or_path: SweepSpec | str | Path | dict, out: str | Path | Non
         workers: worker processes of the LocalCluster (one run at a time each).
         scheduler: address of a running Dask scheduler (e.g. ``tcp://10.0.0.5:8786``).
         verbose: log one line per finished run, the collected table and the report at INFO (else at DEBUG).
+        yes: run a sweep of more than :data:`MAX_RUNS_UNASKED` runs (else it is refused with its count and time).
     """
     say = logger.info if verbose else logger.debug
     spec = as_spec(spec_or_path)
     root = sweep_root(spec, out)
+    check_size(spec, root, workers, yes)
     root.mkdir(parents=True, exist_ok=True)
     runs = expand(spec, root)
     atomic_write_text(root / "sweep.yaml", _sweep_yaml(spec, runs))
@@ -223,12 +267,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, e.g. tcp://host:8786")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes of the local Dask cluster (default 1)")
+    parser.add_argument("--yes", action="store_true",
+                        help=f"run a sweep of more than {MAX_RUNS_UNASKED} runs (else refused with its count and "
+                             "estimated time)")
 
 
 def command(args: argparse.Namespace) -> int:
     """``xattn sweep``: run the sweep; print the ``runs: ...`` line; 2 for a bad sweep file, 1 when a run failed."""
     try:
-        result = run_sweep(args.file, out=args.out, scheduler=args.scheduler, workers=args.workers)
+        result = run_sweep(args.file, out=args.out, scheduler=args.scheduler, workers=args.workers,
+                           yes=getattr(args, "yes", False))
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import yaml
 
 from .._io import atomic_write_text
 from ..provenance import git_commit, to_jsonable, versions
-from .spec import RunSpec
+from .spec import RunSpec, check_parameter_types
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # the notebook kernel's own log (not the cells' output) from ERROR up: no "[IPKernelApp] WARNING | Kernel is running
@@ -132,6 +132,7 @@ def run_one(run: RunSpec) -> RunResult:
             log.write(f"--- {utc_now()} {nb.name}\n")
             log.flush()
             try:
+                check_parameter_types(nb.path, run.params_for(nb), nb.name)  # before papermill writes them in
                 pm.execute_notebook(nb.path, str(dest), parameters=run.params_for(nb), cwd=str(folder),
                                     progress_bar=False, kernel_name="python3", stdout_file=log, stderr_file=log,
                                     extra_arguments=KERNEL_ARGUMENTS)
