@@ -226,6 +226,8 @@ def plot_headline(ax, headline: pd.DataFrame) -> None:
         v = h[col].to_numpy(float)
         err = np.abs(np.vstack([v - h[f"{col}_low"].to_numpy(float), h[f"{col}_high"].to_numpy(float) - v]))
         ax.bar(x + off, v, width=0.4, yerr=np.nan_to_num(err), capsize=3, label=name, color=color)
+        for xi in x[np.isnan(v)] if col == "corrected" else ():  # reliability below the floor, or beyond ±1
+            ax.text(xi + off, 0.02, "undefined", rotation=90, ha="center", va="bottom", fontsize=6, color=color)
     ax.axhline(0.58, color="grey", ls="--", lw=0.8, label="paper: best CA–SMX ≈ 0.58")
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("Pearson (dataset, 95% CI)")
@@ -283,6 +285,10 @@ def plot_axis(ax, table: pd.DataFrame, axis: str) -> None:
         ax.errorbar(x + 0.03, d["corrected"], yerr=[d["corrected"] - d["corrected_low"],
                                                     d["corrected_high"] - d["corrected"]],
                     fmt="o", mfc="white", color=colours(j), capsize=3, label=f"{ref.upper()} corrected")
+        for xi, c, p in zip(x, d["corrected"].to_numpy(float), d["pearson"].to_numpy(float)):
+            if np.isnan(c) and np.isfinite(p):  # reliability below the floor, or beyond ±1
+                ax.annotate("corrected\nundefined", (xi + 0.03, p), textcoords="offset points", xytext=(4, 6),
+                            fontsize=6, color=colours(j))
     ax.set_xticks(np.arange(len(levels)), [str(lv).replace("bundled:", "") for lv in levels])
     ax.set_ylabel("Pearson(CA all, map)")
     ax.set_title(f"{axis}")
