@@ -14,7 +14,8 @@ def _fake_pass(seed=0, n_tok=5, t_enc=30):
     rng = np.random.default_rng(seed)
     ca = rng.random((4, 6, n_tok, t_enc)).astype(np.float32)
     ca /= ca.sum(-1, keepdims=True)
-    return ForcedPass(prompt_ids=np.array([50257, 50362]), token_ids=np.arange(n_tok), tokens=[f" w{i}" for i in range(n_tok)],
+    return ForcedPass(prompt_ids=np.array([50257, 50362]), token_ids=np.arange(n_tok),
+                      tokens=[f" w{i}" for i in range(n_tok)],
                       log_probs=-rng.random(n_tok).astype(np.float32), cross_attention=ca,
                       value_norms=rng.random((4, 6, t_enc)).astype(np.float32),
                       features=rng.random((80, 2 * t_enc)).astype(np.float32), n_audio_frames=2 * t_enc - 1,

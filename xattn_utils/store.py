@@ -3,7 +3,7 @@
 Layout::
 
     STORE/store.json                     run-level provenance (model, parameters, versions)
-    STORE/<utterance>/<kind>.zarr        an xarray Dataset (kind: "attention", "spes_x", "spes_h", ...: xattn_utils.maps)
+    STORE/<utterance>/<kind>.zarr        an xarray Dataset (kind: "attention", "spes_x", ... see xattn_utils.maps)
     STORE/errors.json                    items that failed, with their message (a sweep goes on with the rest)
 
 Utterances of different lengths each get their own group, so no padding is stored. Every group carries its

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 import xarray as xr
 from tqdm.auto import tqdm
+from transformers.modeling_outputs import BaseModelOutput
 
 from ..data.audio import active_seconds, load_utterance_audio
 from ..errors import DiskFullError, InputError, XattnError
@@ -363,8 +364,6 @@ def no_speech_probs(loaded: LoadedModel, features: torch.Tensor) -> list[float |
     tid = no_speech_token(loaded)
     if tid is None:
         return [None] * len(features)
-    from transformers.modeling_outputs import BaseModelOutput
-
     hidden = loaded.encode(features.to(loaded.device))
     sot = int(loaded.model.generation_config.decoder_start_token_id)
     ids = torch.full((len(hidden), 1), sot, dtype=torch.long, device=loaded.device)
