@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_compare import _utterance
 
 from xattn_utils.analysis.gap import gap_rows, gap_table, store_levels
 from xattn_utils.errors import XattnError
 from xattn_utils.store import ResultStore
-
-from test_compare import _utterance
 
 
 def _store(path, n_segments, n_masks, smx_from_ca, seed):

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .._io import write_table
 from ..errors import XattnError
+from ..provenance import provenance
 from ..store import ResultStore, open_store
 from .axes import Axis, axis_table
+from .compare import CompareConfig, compare_store
 
 DEFAULT = {"segments": "cpu", "masks": "256", "pool": "mean", "normalize": "zscore", "resolution_ms": "20",
            "model": "bundled:whisper-tiny.en", "speech": "natural"}
@@ -51,9 +54,7 @@ def store_levels(store: ResultStore, kind: str = "spes_x") -> dict:
     raise XattnError(f"{store.path}: no utterance holds a {kind} map; run `xattn saliency --method spes-x` first")
 
 
-def _compare_config(over: dict, n_boot: int, seed: int):
-    from .compare import CompareConfig
-
+def _compare_config(over: dict, n_boot: int, seed: int) -> CompareConfig:
     fields = {f.name for f in dataclasses.fields(CompareConfig)}
     kw = {k: (float(v) if k == "resolution_ms" else v) for k, v in over.items() if k in fields}
     missing = set(over) - set(kw)
@@ -68,8 +69,6 @@ def gap_rows(stores, reference: str = "smx", n_boot: int = 1000, seed: int = 0) 
 
     The store at the default map levels also gets one comparison per :data:`COMPARE_FACTORS` change.
     """
-    from .compare import compare_store
-
     frames = []
     for path in stores:
         store = path if isinstance(path, ResultStore) else open_store(path)
@@ -126,9 +125,6 @@ def main(argv=None) -> int:
     table = gap_table(gap_rows([Path(s) for s in args.stores], n_boot=args.n_boot), n_boot=args.n_boot)
     print(table.round(3).to_string(index=False))
     if args.out:
-        from .._io import write_table
-        from ..provenance import provenance
-
         write_table(table, Path(args.out), "gap", provenance(data={"stores": args.stores}))
     return 0
 
