@@ -3,6 +3,7 @@ project's files (models.csv, data_manifest.csv, notebooks, sweeps) found inside 
 what pyproject.toml does."""
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -109,3 +110,27 @@ def test_environment_yml_lists_what_pyproject_does():
     assert listed == wanted  # same packages, same bounds: no pin of torch in either
     assert any(p.strip() in ("-e .", ".") for p in pip)
     assert "==" not in wanted["torch"]
+
+
+@pytest.mark.slow  # synthesizes the 24 default utterances (flite; about 20 s)
+def test_installed_package_builds_its_corpus_under_xattn_home(installed, tmp_path):
+    """An installed package never writes into itself: the default corpus is built under $XATTN_HOME, byte-identical
+    to the committed manifest's files, and found there on the next call without rebuilding."""
+    env = {**installed["env"], "XATTN_HOME": str(tmp_path / "home")}
+    code = ("from xattn_utils.data.corpus import ensure_default_corpus; from xattn_utils.data.manifest import "
+            "load_manifest; from xattn_utils._io import sha256_file; p = ensure_default_corpus(progress=False); "
+            "df = load_manifest(p); print(p); print(all(sha256_file(a) == s for a, s in zip(df.audio_path, "
+            "df.sha256))); print(ensure_default_corpus(progress=False) == p)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=installed["cwd"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path, identical, again = proc.stdout.split()
+    assert path == str(tmp_path / "home" / "data" / "default" / "manifest.csv")
+    assert identical == "True" and again == "True"
+    assert not (installed["site"] / "xattn_utils" / "_resources" / "data").exists()
+    def sha256s(manifest: Path) -> dict:
+        with open(manifest, newline="") as f:
+            return {row["id"]: row["sha256"] for row in csv.DictReader(f)}
+
+    # the same bytes as the committed manifest says (this machine's engines)
+    assert sha256s(Path(path)) == sha256s(REPO / "data_manifest.csv")

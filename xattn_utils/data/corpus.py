@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from .._entry import module_main
 from .._io import atomic_write, atomic_write_json, sha256_file
 from ..errors import InputError, XattnError
-from ..paths import resource
+from ..paths import checkout_root, resource, xattn_home
 from .audio import SAMPLE_RATE
 from .engines import ENGINES, engine_version, parse_voice, speak
 from .grammar import sentence
@@ -124,7 +124,8 @@ class CorpusConfig:
                 raise InputError(f"corpus {self.name}: {key} must be [low, high] "
                                  f"{'positive numbers' if key == 'speed' else 'whole numbers'}, not {r!r}")
         if isinstance(self.speed, dict) and set(self.languages) - set(self.speed):
-            raise InputError(f"corpus {self.name}: speed has no range for {sorted(set(self.languages) - set(self.speed))}")
+            missing = sorted(set(self.languages) - set(self.speed))
+            raise InputError(f"corpus {self.name}: speed has no range for {missing}")
         for lang in self.languages:
             for key in ("voices", "unseen_voices"):
                 specs = self.voices.get(lang) if key == "voices" else self.unseen_voices.get(lang)
@@ -138,8 +139,10 @@ class CorpusConfig:
                                  f"{lang!r}; an unseen voice must never speak train")
 
 
-def default_config(out_dir: str | Path = REPO_MANIFEST.parent) -> CorpusConfig:
-    """The default study corpus: 24 natural English test sentences (flite voices) in ``out_dir/data/default``."""
+def default_config(out_dir: str | Path | None = None) -> CorpusConfig:
+    """The default study corpus: 24 natural English test sentences (flite voices) in ``out_dir/data/default``
+    (default: beside ``data_manifest.csv`` in a checkout, under ``$XATTN_HOME`` for an installed package)."""
+    out_dir = out_dir if out_dir is not None else (REPO_MANIFEST.parent if checkout_root() else xattn_home())
     return CorpusConfig(name="default", out_dir=str(Path(out_dir) / "data"), languages=("en",), n_test=24, seed=0)
 
 
@@ -301,14 +304,19 @@ def ensure_default_corpus(manifest: str | Path = REPO_MANIFEST, progress: bool =
     if not manifest.exists():
         raise InputError(f"default manifest {manifest} is missing; restore it from the repository")
     committed = load_manifest(manifest)
-    local = Path(default_config(manifest.parent).out_dir) / "default" / "manifest.csv"
-    if all(Path(p).exists() for p in committed["audio_path"]) and \
-            all(Path(p).exists() for p in committed["word_times_path"]):
+    # an installed package never writes into itself: its corpus is built under $XATTN_HOME and read from there
+    installed = checkout_root() is None
+    root = xattn_home() if installed else manifest.parent
+    local = Path(default_config(root).out_dir) / "default" / "manifest.csv"
+    here = load_manifest(local) if installed and local.exists() else committed
+    if all(Path(p).exists() for p in here["audio_path"]) and all(Path(p).exists() for p in here["word_times_path"]):
+        if installed:
+            return local
         return local if local.exists() and _differs(committed, load_manifest(local)) else manifest
-    cfg = default_config(manifest.parent)
-    built = build_corpus(cfg, expected=dict(zip(committed["id"], committed["sha256"])), progress=progress)
+    built = build_corpus(default_config(root), expected=dict(zip(committed["id"], committed["sha256"])),
+                         progress=progress)
     if not _differs(committed, built):
-        return manifest
+        return local if installed else manifest
     warnings.warn(rebuild_difference(committed, built), stacklevel=2)
     return local
 
