@@ -7,6 +7,10 @@ both cut to the encoder frames holding audio, end-of-text row dropped, rows z-sc
 per utterance, Fisher-z mean over utterances; reliability = Spearman-Brown of the halves' Fisher-mean Pearson.
 
     python benchmarks/check_headline.py runs/study/<run>
+    python benchmarks/check_headline.py STORE_PARENT   # any folder holding store/ (no tables: numpy values only)
+
+It also prints the Pearson on 40 ms frames (CA and SMX each averaged over pairs of encoder frames, a ragged last
+frame alone), the comparison resolution of the paper's Conformers.
 """
 from __future__ import annotations
 
@@ -46,6 +50,14 @@ def fisher(r) -> float:
     return float(np.tanh(np.mean(np.arctanh(np.asarray(r)))))
 
 
+def coarser(m, k=2):
+    """(I, T') -> (I, ceil(T'/k)): mean over each group of k frames (the last group over the frames it has)."""
+    t = m.shape[1]
+    padded = np.full((m.shape[0], -(-t // k) * k), np.nan)
+    padded[:, :t] = m
+    return np.nanmean(padded.reshape(m.shape[0], -1, k), -1)
+
+
 def per_utterance(run_dir) -> pd.DataFrame:
     """Per utterance: Pearson(CA[all], map) on the comparison grid for SMX (three grids) and SMH, and each map's
     split-half Pearson, from the stored zarr arrays alone."""
@@ -70,7 +82,9 @@ def per_utterance(run_dir) -> pd.DataFrame:
         row = {"utterance": utt.name, "parity": "odd" if n_audio % 2 else "even",
                "mean+zscore": pearson(zscore(ca), zscore(smx)), "sum+minmax": pearson(mm(ca), mm(summed)),
                "max+zscore": pearson(zscore(ca), zscore(pooled_max(x, t_enc))),
-               "smx_half": pearson(zscore(ha), zscore(hb))}
+               "smx_half": pearson(zscore(ha), zscore(hb)),
+               "mean+zscore 40ms": pearson(zscore(coarser(ca)), zscore(coarser(smx))),
+               "smx_half 40ms": pearson(zscore(coarser(ha)), zscore(coarser(hb)))}
         if (utt / "spes_h.zarr").exists():
             sh = xr.open_zarr(utt / "spes_h.zarr", consolidated=False)
             h = sh.saliency.values[:-1, :t_enc]
@@ -83,13 +97,16 @@ def per_utterance(run_dir) -> pd.DataFrame:
 def main(run_dir: str) -> None:
     df = per_utterance(run_dir)
     print(f"{len(df)} utterances, numpy on the stored maps:")
-    for ref, obs_col, half_col in (("smx", "mean+zscore", "smx_half"), ("smh", "smh", "smh_half")):
+    for ref, obs_col, half_col in (("smx", "mean+zscore", "smx_half"), ("smh", "smh", "smh_half"),
+                                   ("smx at 40 ms", "mean+zscore 40ms", "smx_half 40ms")):
         if obs_col not in df:
             continue
         obs, half = fisher(df[obs_col]), fisher(df[half_col])
         rel = 2 * half / (1 + half)
         print(f"  Pearson(CA[all], {ref.upper()}) = {obs:.4f}; split-half {half:.4f}; reliability {rel:.4f}; "
               f"corrected {obs / np.sqrt(rel):.4f}")
+    if not (Path(run_dir) / "tables" / "03_headline.csv").exists():
+        return
     h = pd.read_csv(Path(run_dir) / "tables" / "03_headline.csv")
     for ref in ("smx", "smh"):
         sel = h[(h["reference"] == ref) & (h["aggregate"] == "all") & (h["selection"] == "fixed")]
