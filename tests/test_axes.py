@@ -91,3 +91,16 @@ def test_levels_sharing_some_utterances_are_compared_on_those_paired():
     assert t.loc["bundled:whisper-tiny.en", "pearson"] == pytest.approx(np.tanh(0.3 + effect[:6].mean()), abs=0.03)
     diff = t.loc["bundled:whisper-base − bundled:whisper-tiny.en"]
     assert bool(diff["paired"]) and 0.04 < diff["ci_low"] and diff["ci_high"] < 0.16
+
+
+def test_a_level_below_the_reliability_floor_has_no_corrected_value_nor_interval():
+    rng = np.random.default_rng(3)
+    it = [f"it-{i}" for i in range(10)]
+    # split half 0.05 -> reliability 2·0.05/1.05 = 0.095, below the floor (0.2): the correction is undefined
+    rows = (_rows("bundled:whisper-base", "it", "transcribe", it, 0.30, 0.5, rng)
+            + _rows("bundled:whisper-base", "it", "translate", it, 0.10, 0.05, rng))
+    task = axis_table(pd.DataFrame(rows), axes=(PAPER_AXES[1],), n_boot=500).set_index("level")
+    low = task.loc["translate"]
+    assert low["reliability"] == pytest.approx(2 * 0.05 / 1.05)
+    assert np.isnan(low["corrected"]) and np.isnan(low["corrected_low"]) and np.isnan(low["corrected_high"])
+    assert np.isfinite(task.loc["transcribe", "corrected_low"])  # the level above the floor keeps its interval

@@ -92,8 +92,10 @@ def axis_table(collected: pd.DataFrame, axes: tuple[Axis, ...] = PAPER_AXES, ref
                                             [half[halves].to_numpy()[i:i + 1] for i in range(len(halves))],
                                             n_boot=n_boot, seed=seed, ci=ci)
                     c = cor["pearson_corrected"]
+                    defined = np.isfinite(c["value"])  # undefined below the reliability floor: no interval either
                     row.update(reliability=cor["reliability"]["value"], corrected=c["value"],
-                               corrected_low=c["ci_low"], corrected_high=c["ci_high"])
+                               corrected_low=c["ci_low"] if defined else np.nan,
+                               corrected_high=c["ci_high"] if defined else np.nan)
                 rows.append(row)
             if all(b is not None for b in boots):
                 diff = boots[1] - boots[0]
