@@ -14,7 +14,7 @@ import pandas as pd
 
 from .._io import write_table
 from ..errors import InputError
-from ..store import ResultStore, open_store
+from ..store import ResultStore
 
 DEFAULT_INPUT_MODE = "trimmed"  # the study's (notebooks, sweeps, CLI): the audio only; "padded" = Whisper's 30 s
 
@@ -27,7 +27,7 @@ def save_table(df: pd.DataFrame, out_dir: str | Path, name: str, provenance: dic
 def store_input_mode(store: str | Path | ResultStore, default: str | None = DEFAULT_INPUT_MODE) -> str:
     """The input mode a store's cross-attention was extracted with (its ``store.json`` provenance, else the first
     stored ``attention`` group's); ``default`` for a store that holds none yet (None: raise)."""
-    st = store if isinstance(store, ResultStore) else open_store(store)
+    st = store if isinstance(store, ResultStore) else ResultStore(store)  # may not exist yet
     mode = (st.attrs.get("model") or {}).get("input_mode")
     if not mode:
         for uid in st.utterances():
