@@ -186,7 +186,7 @@ def test_00_tour(run_dir):
     assert numbers["input frames per encoder frame"] == 2 and numbers["mel bins"] == 80
     # the headline table sits beside the paper's numbers; the utterance and one occluded version are playable
     html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "≈ 0.58" in html and "0.52–0.75" in html
+    assert f"≈ {PAPER['pearson_ca_smx_best']}" in html and "{}–{}".format(*PAPER["pearson_ca_smh_range"]) in html
     assert html.count("<audio") == 2 and html.count("data:audio/wav;base64") == 2
     assert re.search(r"mask 0 silences \d+% of the cells", text)
     for fig in ("00_input", "00_attention_grid", "00_cross_attention", "00_saliency", "00_occlusion", "00_layers"):
