@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from xattn_utils.attribution.spes import (
+from xattn_utils.attribution.spes import (  # noqa: E402  (after the sys.path line above)
     MaskBits,
     PartialSums,
     SPESConfig,
@@ -333,7 +333,7 @@ def throughput(rounds: int, out: Path | None, n_smx: int, n_smh: int) -> None:
     ctx = multiprocessing.get_context("spawn")
     for space, seg, n in (("smx", "published", n_smx), ("smh", "-", n_smh)):
         rates = []
-        for r in range(1):  # one round: each costs two model loads and plans
+        for _round in range(1):  # one round: each costs two model loads and plans
             with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
                 batch = 16 if space == "smx" else 64
                 futs = [pool.submit(_proc_worker, "tiny.en", space, seg, "bf16", batch, i * n, n) for i in range(2)]
@@ -357,7 +357,8 @@ def throughput(rounds: int, out: Path | None, n_smx: int, n_smh: int) -> None:
         label = "SMX published" if space == "smx" else "SMH K/V once"
         rows.append(("tiny.en", label, "bf16", 16 if space == "smx" else 64, "2 processes x 1 thread", rate, gf,
                      gf * rate / gemm[("bf16", 2)], 20000 / rate / 60))
-    lines = [f"Throughput of SPES (benchmarks/bench_spes.py --throughput), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+    when = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+    lines = [f"Throughput of SPES (benchmarks/bench_spes.py --throughput), {when}, "
              f"commit {commit}, torch {torch.__version__}, {os.cpu_count()} CPUs; load average (1/5/15 min) "
              f"{'/'.join(f'{x:.1f}' for x in load0)} before, {'/'.join(f'{x:.1f}' for x in load1)} after; "
              f"median of {rounds} interleaved rounds; utterance: default-corpus test {TP_UTTERANCE} "
@@ -367,7 +368,8 @@ def throughput(rounds: int, out: Path | None, n_smx: int, n_smh: int) -> None:
              "Measured GEMM rate (1024^3 torch.mm, fp32 and bf16 interleaved, best of 8): " + ", ".join(
                  f"{dt} {th} thread{'s' if th > 1 else ''} {g:.0f} GFLOP/s" for (dt, th), g in gemm.items()),
              "",
-             "| model | map | precision | batch | parallelism | masks/s | GFLOP/mask | fraction of GEMM rate | 20 000 masks (min) |",
+             "| model | map | precision | batch | parallelism | masks/s | GFLOP/mask | fraction of GEMM rate "
+             "| 20 000 masks (min) |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {m} | {lab} | {p} | {b} | {par} | {r:.1f} | {g:.2f} | {f:.2f} | {mins:.1f} |"
               for m, lab, p, b, par, r, g, f, mins in rows]
@@ -405,7 +407,8 @@ def main(argv=None) -> None:
     scorer = TimedScorer(make_scorer(args.scorer, args.device, args.quick, args.input_mode))
     cfg = dataclasses.replace(SPESConfig.cpu(), n_masks=n_masks, n_segments=segs, batch_size=bs)
     feats = scorer.features
-    print(f"device={args.device} scorer={args.scorer} mode={args.input_mode} I={scorer.n_tokens} F×T={tuple(feats.shape)} "
+    print(f"device={args.device} scorer={args.scorer} mode={args.input_mode} I={scorer.n_tokens} "
+          f"F×T={tuple(feats.shape)} "
           f"audio_frames={scorer.n_audio_frames} masks={n_masks} batch={bs} segments={segs}")
 
     # 1. overhead: one full SPES run, forward time measured inside it

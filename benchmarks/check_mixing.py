@@ -1,9 +1,9 @@
 """Independent recomputation of notebook 06's headline: Pearson(CA[all], SMX) and Pearson(rollout∘all, SMX).
 
 Re-derives everything from the stored arrays and `transformers`' own attention modules with numpy/scipy only
-(no xattn_utils.attribution.mixing, no xattn_utils.analysis.agreement, no xattn_utils.attribution.grids): rollout from each WhisperAttention's
-weights, SMX averaged over mel and the frames of each encoder frame that are present (a SPES cell is a mean KL),
-per-token z-score, flattened per-utterance Pearson (scipy), Fisher-z mean.
+(no xattn_utils.attribution.mixing, no xattn_utils.analysis.agreement, no xattn_utils.attribution.grids): rollout
+from each WhisperAttention's weights, SMX averaged over mel and the frames of each encoder frame that are present
+(a SPES cell is a mean KL), per-token z-score, flattened per-utterance Pearson (scipy), Fisher-z mean.
 
     python benchmarks/check_mixing.py RUN_DIR [MODEL]
 """

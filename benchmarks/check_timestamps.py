@@ -73,8 +73,8 @@ def main(run_dir: str, ct2_dir: str, *flags: str) -> None:
         for ms in (20, 50, 100):
             ours = ((s <= ms / 1000 + 1e-9).mean() + (e <= ms / 1000 + 1e-9).mean()) / 2
             print(f"    within {ms:3d} ms: {ours:.4f} | {lib[f'within_{ms}ms']:.4f}")
-        print(f"    start MAE: {1000 * s.mean():.1f} ms | {lib.start_mae_ms:.1f} ms;  end MAE: {1000 * e.mean():.1f} ms | "
-              f"{lib.end_mae_ms:.1f} ms")
+        print(f"    start MAE: {1000 * s.mean():.1f} ms | {lib.start_mae_ms:.1f} ms;  "
+              f"end MAE: {1000 * e.mean():.1f} ms | {lib.end_mae_ms:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def main(argv=None) -> int:
                      "tokens": len(obs), "pearson": raw["value"], "pearson_low": raw["ci_low"],
                      "pearson_high": raw["ci_high"], "reliability": cor["reliability"]["value"],
                      "corrected": c["value"], "corrected_low": c["ci_low"], "corrected_high": c["ci_high"],
-                     "r_zero_vs_remove": float(np.nanmean(between)), "seconds_per_utterance": float(np.mean(secs[occ]))})
+                     "r_zero_vs_remove": float(np.nanmean(between)),
+                     "seconds_per_utterance": float(np.mean(secs[occ]))})
     table = pd.DataFrame(rows)
     table.to_csv(out / "validation_smh.csv", index=False)
     with pd.option_context("display.width", 200, "display.max_columns", 30):

@@ -1,4 +1,5 @@
-"""Validation of the study's SMX numbers at the paper's budget, and of the settings that matter (a long run, not a test).
+"""Validation of the study's SMX numbers at the paper's budget, and of the settings that matter (a long run, not a
+test).
 
 For a few default-corpus utterances and the bundled Whisper tiny.en, SMX is computed under several *variants*
 (masks, SLIC segment counts, occlusion value, input mode, seed); every map is kept with its two half maps. Then, per

@@ -4,8 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xattn_utils.analysis.evaluation import normalize_text
-
 from xattn_utils.analysis.aligner import (
     align,
     alignment_pass,
@@ -13,6 +11,7 @@ from xattn_utils.analysis.aligner import (
     parse_heads,
     text_token_ids,
 )
+from xattn_utils.analysis.evaluation import normalize_text
 from xattn_utils.data.audio import load_audio
 from xattn_utils.errors import XattnError
 

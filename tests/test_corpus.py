@@ -21,7 +21,7 @@ from xattn_utils.data.corpus import (
     plan_corpus,
 )
 from xattn_utils.data.espeak import Synthesizer
-from xattn_utils.data.grammar import NUMBERS, sentence, vocabulary
+from xattn_utils.data.grammar import sentence, vocabulary
 from xattn_utils.data.manifest import load_manifest, read_word_times, validate_manifest
 from xattn_utils.data.sentences import load_pairs, split_of, split_pairs
 from xattn_utils.errors import InputError
@@ -83,7 +83,8 @@ def test_plan_is_deterministic_and_splits_are_disjoint():
     a, b = plan_corpus(cfg), plan_corpus(cfg)
     assert a == b
     for lang in ("en", "it"):
-        by = {sp: {r["text"] for r in a if r["split"] == sp and r["language"] == lang} for sp in ("train", "dev", "test")}
+        by = {sp: {r["text"] for r in a if r["split"] == sp and r["language"] == lang}
+              for sp in ("train", "dev", "test")}
         assert not by["train"] & by["test"] and not by["dev"] & by["test"] and not by["train"] & by["dev"]
     unseen = [r for r in a if r["split"] == "test_unseen_voice"]
     assert len(unseen) == 8 and all(r["voice"] not in cfg.voices[r["language"]] for r in unseen)
@@ -178,7 +179,8 @@ def test_a_rebuild_with_other_engine_bytes_warns_with_the_difference_and_goes_on
     before = (tmp_path / "data_manifest.csv").read_bytes()
     for p in built.audio_path[:3]:
         os.remove(p)
-    with pytest.warns(UserWarning, match=r"differs from data_manifest.csv in 3 of 24 rows.*0\.250 s at most.*flite 2\.1"):
+    differs = r"differs from data_manifest.csv in 3 of 24 rows.*0\.250 s at most.*flite 2\.1"
+    with pytest.warns(UserWarning, match=differs):
         path = ensure_default_corpus(tmp_path / "data_manifest.csv", progress=False)
     assert path == tmp_path / "data" / "default" / "manifest.csv"
     local = load_manifest(path)

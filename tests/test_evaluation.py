@@ -15,7 +15,8 @@ def test_normalize_text():
     assert normalize_text("Let's go -- now?") == "let's go now"
     assert normalize_text("12 dogs, 25 cats") == normalize_text("twelve dogs, twenty-five cats") == \
         "twelve dogs twenty five cats"  # digits as words, as the references spell them
-    assert normalize_text("Nel 1995 ho visto 21 gatti", "it") == "nel millenovecentonovantacinque ho visto ventuno gatti"
+    assert normalize_text("Nel 1995 ho visto 21 gatti", "it") == \
+        "nel millenovecentonovantacinque ho visto ventuno gatti"
     assert normalize_text("In 1995 we paid 1,000 dollars") == "in nineteen ninety five we paid one thousand dollars"
     assert normalize_text("") == ""
 

@@ -10,7 +10,6 @@ import dataclasses
 
 import pytest
 import torch
-from toy_models import ToyRecipe
 
 from xattn_utils.attribution.saliency import scorer_for
 from xattn_utils.attribution.spes import (
@@ -32,6 +31,8 @@ from xattn_utils.runs.shard import (
     spes_processes,
     spes_sharded,
 )
+
+from toy_models import ToyRecipe
 
 distributed = pytest.importorskip("dask.distributed")
 

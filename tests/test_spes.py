@@ -7,7 +7,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from toy_models import BlockToyScorer
 
 from xattn_utils.attribution.segmentation import (
     n_segments_for,
@@ -40,6 +39,7 @@ from xattn_utils.attribution.spes import (
 from xattn_utils.errors import XattnError
 
 from tolerances import f32, f64
+from toy_models import BlockToyScorer
 
 SMX = SPESConfig(n_masks=512, n_segments=(20, 40), reference_duration=None, batch_size=64)
 
@@ -408,7 +408,8 @@ def test_bf16_map_matches_fp32_per_token_on_a_real_utterance(real_scorer):
     smx = SPESConfig(n_masks=64, batch_size=32, convergence=False)
     smh = SMHConfig(n_masks=128, convergence=False)
     for run, cfg in ((spes_smx, smx), (spes_smh, smh)):
-        maps = {p: run(real_scorer, dataclasses.replace(cfg, precision=p), progress=False).map for p in ("fp32", "bf16")}
+        maps = {p: run(real_scorer, dataclasses.replace(cfg, precision=p), progress=False).map
+                for p in ("fp32", "bf16")}
         r = _token_r(maps["fp32"], maps["bf16"])
         assert len(r) == real_scorer.n_tokens and float(r.min()) >= 0.99, (type(cfg).__name__, r)
     # the precision is a recorded parameter: it is in the dict that keys the store and fills provenance

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from toy_models import PlantedAlignerToy
 
 from xattn_utils.analysis.timestamps import (
     Word,
@@ -22,6 +21,8 @@ from xattn_utils.analysis.timing_eval import (
     passes_errors,
     set_word_times,
 )
+
+from toy_models import PlantedAlignerToy
 
 
 def _toys():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -170,7 +171,7 @@ def test_multitask_model_accepts_both_task_prompts(smoke, corpus):
         fp = forced_pass(loaded, [loaded.features(audio)], prompt, [target])[0]
         assert fp.cross_attention.shape[:3] == (2, 4, len(target) + 1)  # layers, heads, tokens + EOT
         # the audio's 20 ms input frames (a partly filled last one counts), 2x subsampled to 40 ms encoder frames
-        assert fp.cross_attention.shape[-1] == fp.n_encoder_frames == -(-(-(-len(audio) // 320)) // 2)
+        assert fp.cross_attention.shape[-1] == fp.n_encoder_frames == math.ceil(math.ceil(len(audio) / 320) / 2)
         # float32 softmax over the frames the encoder ran on (the audio's, padded up to the input quantum of
         # trim_quantum = 50 frames), summed over the audio's: two sums of at most that many terms
         t_run = fp.n_encoder_frames + loaded.trim_quantum // loaded.frames_per_encoder_frame

@@ -52,8 +52,9 @@ def smx_to_encoder_frames(smx, frames_per_encoder_frame: int, reduce: str = "sum
     """Input-frame map ``(I, T, F)`` -> ``(I, T')`` by **sums** (``reduce="abs"``: sums of magnitudes).
 
     For additive attributions only (gradient amounts). SPES cells are mean KLs, not amounts: pool them with
-    :func:`xattn_utils.attribution.grids.pool_to_encoder_frames` (``pool="mean"``), which :mod:`xattn_utils.analysis.compare` uses. Sums
-    over a ragged last group (odd ``T``) cover one input frame instead of ``k``.
+    :func:`xattn_utils.attribution.grids.pool_to_encoder_frames` (``pool="mean"``), which
+    :mod:`xattn_utils.analysis.compare` uses. Sums over a ragged last group (odd ``T``) cover one input frame instead
+    of ``k``.
     """
     if reduce not in ("sum", "abs"):
         raise XattnError(f"reduce={reduce!r}: use 'sum' (relevance maps) or 'abs' (signed gradient maps)")

@@ -9,7 +9,8 @@ Conventions (all parameters, recorded in ``agreement.json``):
 - attention aggregates: every layer's head mean (``layer{l}``), ``last_layer``, ``all``, Whisper's
   ``alignment_heads`` when the model has them, and optionally every head (``L{l}H{h}``); each also norm-based
   (``norm:`` prefix; Kobayashi et al. 2020: weight x ||W_O^h (W_V^h h_j + b)||); the table's ``aggregate``,
-  ``layer``, ``head``, ``weighting`` and ``mixing`` columns say which (:func:`~xattn_utils.analysis.agreement.attention_columns`);
+  ``layer``, ``head``, ``weighting`` and ``mixing`` columns say which
+  (:func:`~xattn_utils.analysis.agreement.attention_columns`);
 - references: ``smx`` (SPES on X pooled to encoder frames with the model's own downsampling: ``pool="mean"`` over
   the cells present — a SPES cell is a mean KL, not an amount — or ``"max"``, 2-D max pooling), ``smh`` (SPES on
   H), and gradient maps (``saliency_x``, ``ixg_x``, ``ig_x``: |attribution| pooled by ``gradient_pool``, a sum by
@@ -18,9 +19,10 @@ Conventions (all parameters, recorded in ``agreement.json``):
 - resolution: ``resolution_ms`` pools CA and every map to coarser frames before comparing (40 ms: the paper's
   Conformer frame; Whisper's encoder frame is 20 ms), so the frame size behind a number is a recorded parameter;
 - special tokens: the forced prompt is never scored; the end-of-text row is excluded by default;
-- each token's row is z-scored before comparing (``normalize``; see :func:`xattn_utils.attribution.grids.normalize_rows`), so
-  the flattened (utterance) Pearson is the mean per-token Pearson: it compares where relevance lies rather than how
-  fragile each token is, and one outlier column cannot dominate (``minmax`` and ``none`` are options);
+- each token's row is z-scored before comparing (``normalize``; see
+  :func:`xattn_utils.attribution.grids.normalize_rows`), so the flattened (utterance) Pearson is the mean per-token
+  Pearson: it compares where relevance lies rather than how fragile each token is, and one outlier column cannot
+  dominate (``minmax`` and ``none`` are options);
 - SPES maps stored with their two half maps (independent masks) add split-half ``reliability`` and the
   noise-corrected ``pearson_corrected`` (see :func:`xattn_utils.analysis.agreement.dataset_corrected`).
 """
@@ -34,9 +36,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import maps as registry
 from .._io import write_table
 from ..errors import XattnError
-from .. import maps as registry
 from ..maps import by_name
 from ..provenance import provenance, stable_hash
 from ..store import ResultStore, open_store
@@ -170,7 +172,7 @@ def study_headline(table: pd.DataFrame, fixed: tuple[str, ...] = FIXED_AGGREGATE
         everyone = sorted(sub.utterance.unique())
         cal, rep = calibration_split(everyone, calibration, seed)
 
-        def mean_on(att, ids):
+        def mean_on(att, ids, sub=sub, ref=ref):
             return fisher_mean(_values_by_utterance(sub, att, ref, "pearson", ids))
 
         cands = sorted(sub.attention.unique())

@@ -8,9 +8,9 @@ Protocol (SPES's evaluation, applied to every explanation alike):
   model re-decodes (greedy, at most twice the original length plus 8 tokens; Whisper decodes on its padded input,
   as in extraction); insertion: start from an all-occluded input and restore the top p% cells (p = 0, 5, ..., 100);
 - quality at each p: WER and CER of the new hypothesis against the original hypothesis, and the mean log-prob of
-  the original tokens under forced decoding (texts compared lower-cased without punctuation); area under the curve = mean over the p grid (trapezoid on [0, max p]),
-  in WER points (0-100). Deletion: higher = more faithful (quality falls faster). Insertion: lower WER area = more
-  faithful. A seeded random ranking gives the floor.
+  the original tokens under forced decoding (texts compared lower-cased without punctuation); area under the
+  curve = mean over the p grid (trapezoid on [0, max p]), in WER points (0-100). Deletion: higher = more faithful
+  (quality falls faster). Insertion: lower WER area = more faithful. A seeded random ranking gives the floor.
 Paper reference (Papi et al. 2025, appendix): deletion score CA 41.2 vs aggregated SMX 52.9 (their metric: the
 same deletion protocol scored with WER on their models; higher = more faithful).
 """

@@ -3,10 +3,10 @@ discovery, and timestamps from a result store.
 
 Accuracy: every source (one head ``L{l}H{h}``, one layer's heads ``layer{l}``, ``all`` heads, the model's
 ``alignment`` heads, a discovered set, a saliency map) goes through the same recipe
-(:func:`xattn_utils.analysis.timestamps.alignment_matrix` + DTW) on the **reference** transcript forced through the model, so
-every source times the same words; errors are against the espeak-ng word times of the synthetic corpus. Summaries
-(:func:`accuracy_summary`): mean absolute start / end error and the share of boundaries within 20 / 50 / 100 ms
-(Yeh et al. 2025's tolerances), with percentile-bootstrap intervals that resample utterances.
+(:func:`xattn_utils.analysis.timestamps.alignment_matrix` + DTW) on the **reference** transcript forced through the
+model, so every source times the same words; errors are against the espeak-ng word times of the synthetic corpus.
+Summaries (:func:`accuracy_summary`): mean absolute start / end error and the share of boundaries within 20 / 50 /
+100 ms (Yeh et al. 2025's tolerances), with percentile-bootstrap intervals that resample utterances.
 
 Head discovery (:func:`discover_heads`): rank every head by its accuracy on a calibration set, choose k (the number of
 top heads averaged) on the same calibration set, report on another set.
@@ -72,8 +72,8 @@ def set_word_times(attention, rows: slice, pieces: Sequence[str], sets: Mapping[
     Returns: name -> list of :class:`~xattn_utils.analysis.timestamps.Word`.
 
     Standardization and the median filter run once for every head (batched); a set's matrix is the mean of its heads'
-    filtered matrices (exactly :func:`~xattn_utils.analysis.timestamps.alignment_matrix` of that set); DTW runs batched over
-    the sets.
+    filtered matrices (exactly :func:`~xattn_utils.analysis.timestamps.alignment_matrix` of that set); DTW runs
+    batched over the sets.
     """
     w = torch.as_tensor(attention).float()
     n_l, n_h, _, n_t = w.shape

@@ -6,8 +6,8 @@ from the model. ``I`` counts the scored positions (the hypothesis tokens and the
 prompt tokens such as start-of-transcript are inputs, not scored). ``T`` input frames, ``F`` input features,
 ``T'`` encoder frames, ``D`` encoder width, ``V`` vocabulary.
 
-Implementations: :class:`xattn_utils.extraction.forced.Seq2SeqScorer` for `transformers` encoder-decoders; the hand-built
-known-answer model in ``tests/toy_models.py``.
+Implementations: :class:`xattn_utils.extraction.forced.Seq2SeqScorer` for `transformers` encoder-decoders; the
+hand-built known-answer model in ``tests/toy_models.py``.
 """
 from __future__ import annotations
 

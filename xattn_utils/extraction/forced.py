@@ -91,7 +91,8 @@ def _cast_model(loaded: LoadedModel, dtype: torch.dtype) -> LoadedModel:
 
 
 class Seq2SeqScorer:
-    """:class:`xattn_utils.attribution.scorer.ForcedScorer` for a `transformers` encoder-decoder and one forced hypothesis.
+    """:class:`xattn_utils.attribution.scorer.ForcedScorer` for a `transformers` encoder-decoder and one forced
+    hypothesis.
 
     Scored positions are the N hypothesis tokens and end-of-text (I = N + 1).
 

@@ -183,7 +183,8 @@ def source_hashes(src_dir: Path) -> dict[str, str]:
 def _n_layers(ct2: CT2Model, side: str) -> int:
     ids = {int(m.group(2)) for n in ct2.variables if (m := _LAYER.match(n)) and m.group(1) == side}
     if not ids or ids != set(range(len(ids))):
-        raise ModelError(f"CTranslate2 model has no contiguous {side} layers (found {sorted(ids)}); not a Whisper model?")
+        raise ModelError(f"CTranslate2 model has no contiguous {side} layers (found {sorted(ids)}); "
+                         "not a Whisper model?")
     return len(ids)
 
 

@@ -8,8 +8,8 @@ The grid is 3 kinds x 3 scales (registry names ``xattn-<kind>-<scale>`` in ``mod
 - scales ``s`` / ``m`` / ``l`` (about 1M, 3M and 8M parameters; see :data:`SCALES`).
 
 Models are ``transformers`` ``WhisperForConditionalGeneration`` with a small config, a 4 s window (100 encoder
-positions, :mod:`xattn_utils.models.vocab`) and a byte vocabulary, saved as normal ``save_pretrained`` folders with their
-processor and a model card, so every downstream tool runs on them unchanged. Training from scratch on our own
+positions, :mod:`xattn_utils.models.vocab`) and a byte vocabulary, saved as normal ``save_pretrained`` folders with
+their processor and a model card, so every downstream tool runs on them unchanged. Training from scratch on our own
 corpus also rules out data contamination.
 
 Determinism: the model's initialisation, the order of examples (a seeded permutation per epoch) and SpecAugment's
@@ -24,7 +24,6 @@ audio, then falls to ~0.05; do not judge a run on that plateau.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import time
 import warnings
