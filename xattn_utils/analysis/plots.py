@@ -212,8 +212,9 @@ def plot_scale_scores(ax, table, metric: str = "wer", targets: dict | None = Non
 
 
 def plot_headline(ax, headline: pd.DataFrame) -> None:
-    """Raw and noise-corrected Pearson per reference and aggregate (:func:`xattn_utils.analysis.compare.study_headline`), with
-    95% intervals; the corrected bar is the correlation with the SPES map at infinite masks."""
+    """Raw and noise-corrected Pearson per reference and aggregate
+    (:func:`xattn_utils.analysis.compare.study_headline`), with 95% intervals; the corrected bar is the correlation
+    with the SPES map at infinite masks."""
     h = headline.reset_index(drop=True)
     short = {"fixed": "fixed", "in-sample best (biased up)": "in-sample best"}
     labels = [f"{r.reference.upper()}\n{r.aggregate}\n({short.get(r.selection, 'calibrated best')})"
