@@ -758,6 +758,22 @@ def test_notebook_parameters_are_type_checked_against_the_parameters_cell(sweep_
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [Path(status[0]).name]
 
 
+def test_a_notebook_run_directly_checks_its_own_parameter_types(tmp_path):
+    """``papermill 03.ipynb -p n_boot "1; import os"`` (no sweep in between): the notebook's first cell after its
+    parameters stops with the one-line message naming the parameter, before any work."""
+    import papermill
+
+    from xattn_utils.paths import resource
+
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(resource("notebooks/03_alignment_analysis.ipynb")), str(tmp_path / "out.ipynb"),
+                                   parameters={"n_boot": "1; import os", "run_dir": str(tmp_path)},
+                                   cwd=str(tmp_path), progress_bar=False, kernel_name="python3")
+    assert err.value.evalue == ("03_alignment_analysis.ipynb: parameter n_boot = '1; import os' is a string, but "
+                                "its parameters cell has n_boot = 1000 (a whole number); give a whole number")
+    assert not (tmp_path / "tables").exists()  # stopped before the notebook did anything
+
+
 def _read_only_copy(src: Path, dest: Path):
     """``src`` copied onto a read-only filesystem (a tmpfs remounted ro: root ignores permission bits); None where
     mounting is not allowed and permission bits cannot stop this user either."""
