@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -183,7 +184,7 @@ def test_bad_sweep_files_say_what_to_fix(probe_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_runs_resumes_and_collects(probe_dir, client, tmp_path):
+def test_sweep_runs_resumes_and_collects(probe_dir, client, tmp_path, caplog):
     spec_file = tmp_path / "probe.yaml"
     spec_file.write_text(yaml.safe_dump({**probe_spec(probe_dir, {"a": [1, 2], "b": ["x", "yy"]}), "out": "out"}))
     # first invocation through the command line (its own LocalCluster of 2 worker processes)
@@ -191,6 +192,9 @@ def test_sweep_runs_resumes_and_collects(probe_dir, client, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "runs: 4 done, 0 skipped, 0 failed"
+    # before any work, one line with the estimated time (no finished run here yet: the default study's mean run)
+    assert "estimated time for the 4 run(s) to do: 33 min with 2 worker(s) (16 min per run: the default study's " \
+        "mean run on 2 CPU cores)" in proc.stderr
     root = tmp_path / "out"
     runs = expand(load_sweep(spec_file), out=root)
     assert sorted(executions(root)) == sorted(r.name for r in runs)
@@ -208,8 +212,10 @@ def test_sweep_runs_resumes_and_collects(probe_dir, client, tmp_path):
     # a killed sweep: one run left 'running', one without a status -> exactly those two run again
     (Path(runs[0].run_dir) / "status").write_text("running\n")
     (Path(runs[3].run_dir) / "status").unlink()
-    res = run_sweep(spec_file, out=root, client=client, verbose=False)
+    with caplog.at_level(logging.DEBUG, logger="xattn_utils.runs.sweep"):
+        res = run_sweep(spec_file, out=root, client=client, verbose=False)
     assert res.summary() == "runs: 2 done, 2 skipped, 0 failed"
+    assert "per run: the mean of 2 finished run(s) here)" in caplog.text  # the estimate learns from the runs it has seen
     assert sorted(executions(root)[4:]) == sorted([runs[0].name, runs[3].name])
 
     table = pd.read_parquet(root / "collected.parquet")

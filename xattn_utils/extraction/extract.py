@@ -167,6 +167,9 @@ class RunReport:
         redone = f"; {len(self.redone)} redone: {', '.join(self.redone.values())}" if self.redone else ""
         return f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed{flagged}{redone}"
 
+    def __str__(self) -> str:
+        return self.summary()
+
 
 def encoder_frame_seconds(frames_per_encoder_frame: int, hop_length: int = 160, sample_rate: int = 16000) -> float:
     """Duration of one encoder frame in seconds (Whisper: 2 x 10 ms = 20 ms)."""

@@ -189,6 +189,10 @@ def run_sweep(spec_or_path: SweepSpec | str | Path | dict, out: str | Path | Non
             todo.append(run)
     say("sweep %s: %d runs, %d already done -> %s", spec.name, len(runs), len(result.skipped), root)
     if todo:
+        seconds, how = estimated_seconds(root, len(todo), workers)
+        say("estimated time for the %d run(s) to do: %s with %d worker(s) (%s)", len(todo), _duration(seconds),
+            max(1, int(workers)), how)
+    if todo:
         for res in _execute(todo, client, scheduler, workers):
             (result.done if res.state == "done" else result.failed).append(res)
             n = len(result.done) + len(result.failed)
