@@ -215,7 +215,7 @@ def test_sweep_runs_resumes_and_collects(probe_dir, client, tmp_path, caplog):
     with caplog.at_level(logging.DEBUG, logger="xattn_utils.runs.sweep"):
         res = run_sweep(spec_file, out=root, client=client, verbose=False)
     assert res.summary() == "runs: 2 done, 2 skipped, 0 failed"
-    assert "per run: the mean of 2 finished run(s) here)" in caplog.text  # the estimate learns from the runs it has seen
+    assert "per run: the mean of 2 finished run(s) here)" in caplog.text  # learned from the runs it has seen
     assert sorted(executions(root)[4:]) == sorted([runs[0].name, runs[3].name])
 
     table = pd.read_parquet(root / "collected.parquet")
