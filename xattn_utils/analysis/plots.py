@@ -272,10 +272,10 @@ def plot_mixing_depth(ax, answer, aggregate: str = "all", reference: str = "SMX"
 def plot_axis(ax, table: pd.DataFrame, axis: str) -> None:
     """One axis of :func:`~xattn_utils.analysis.axes.axis_table`: per level, Pearson(CA, map) with its interval
     (filled) and the noise-corrected value with its interval (hollow), one colour per reference map."""
-    part = table[(table["axis"] == axis) & ~table["level"].astype(str).str.contains("−")]
-    levels = list(dict.fromkeys(part["level"]))
     import matplotlib.pyplot as plt
 
+    part = table[(table["axis"] == axis) & ~table["level"].astype(str).str.contains("−")]
+    levels = list(dict.fromkeys(part["level"]))
     refs = list(dict.fromkeys(part["reference"]))
     colours = plt.get_cmap("tab10")
     for j, ref in enumerate(refs):
