@@ -235,8 +235,9 @@ def _is_parameter_name(key) -> bool:
     return isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key)
 
 
-def notebook_parameters(path: str | Path) -> set[str]:
-    """Names assigned in a notebook's cell tagged ``parameters`` (empty when it has none)."""
+def _parameter_assignments(path: str | Path) -> list[tuple[str, ast.expr | None]]:
+    """``(name, value expression)`` of each assignment in a notebook's cell tagged ``parameters`` (none without
+    one; an annotated name without a value has ``None``)."""
     nb = json.loads(Path(path).read_text(encoding="utf-8"))
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
@@ -246,39 +247,30 @@ def notebook_parameters(path: str | Path) -> set[str]:
                 tree = ast.parse(src)
             except SyntaxError as err:
                 raise SweepError(f"notebook {path}: its parameters cell is not valid Python ({err})") from None
-            names = set()
+            out = []
             for node in tree.body:
                 targets = node.targets if isinstance(node, ast.Assign) else \
                     [node.target] if isinstance(node, ast.AnnAssign) else []
-                names |= {t.id for t in targets if isinstance(t, ast.Name)}
-            return names
-    return set()
+                out += [(t.id, node.value) for t in targets if isinstance(t, ast.Name)]
+            return out
+    return []
+
+
+def notebook_parameters(path: str | Path) -> set[str]:
+    """Names assigned in a notebook's cell tagged ``parameters`` (empty when it has none)."""
+    return {name for name, _ in _parameter_assignments(path)}
 
 
 def notebook_defaults(path: str | Path) -> dict[str, object]:
     """The literal default of each variable assigned in a notebook's ``parameters`` cell (a variable whose value is
     not a literal, e.g. ``x = os.getcwd()``, is absent)."""
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            src = cell.get("source", "")
-            src = "".join(src) if isinstance(src, list) else src
-            try:
-                tree = ast.parse(src)
-            except SyntaxError as err:
-                raise SweepError(f"notebook {path}: its parameters cell is not valid Python ({err})") from None
-            out = {}
-            for node in tree.body:
-                targets = node.targets if isinstance(node, ast.Assign) else \
-                    [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else []
-                for t in targets:
-                    if isinstance(t, ast.Name):
-                        try:
-                            out[t.id] = ast.literal_eval(node.value)
-                        except (ValueError, TypeError, SyntaxError):
-                            out.pop(t.id, None)
-            return out
-    return {}
+    out = {}
+    for name, value in _parameter_assignments(path):
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError):
+            out.pop(name, None)
+    return out
 
 
 def _type_name(value) -> str:
