@@ -264,7 +264,7 @@ def test_06_context_mixing(run_dir):
     from xattn_utils.analysis.compare import CompareConfig, utterance_maps
     from xattn_utils.store import open_store
 
-    nb = _run("06_context_mixing.ipynb", run_dir, n_utterances=1, input_mode="trimmed", n_masks=32, n_masks_h=32,
+    nb = _run("06_context_mixing.ipynb", run_dir, n_utterances=1, n_masks=32, n_masks_h=32,
               n_boot=50)
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
                    if o.get("output_type") == "stream")
