@@ -369,3 +369,15 @@ def test_a_mistake_answers_without_importing_torch(argv):
     proc, new = _imported_after(code)
     assert proc.returncode == 0 and proc.stderr.startswith("error: "), proc.stderr
     assert "torch" not in new and "transformers" not in new, new
+
+
+def test_main_in_process_leaves_the_environment_as_it_was(monkeypatch, capsys):
+    """The CLI quiets third parties through environment variables (for the notebook kernels it starts); called
+    in-process it must not leave them behind, or a later command at DEBUG would show no progress bar."""
+    from xattn_utils.cli import QUIET_ENV, main
+
+    for key in (*QUIET_ENV, "TQDM_DISABLE"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(["--log-level", "WARNING", "transcribe", "--model", "tiny.en", "a.wav"]) == 2  # fails fast, named
+    assert "did you mean bundled:whisper-tiny.en?" in capsys.readouterr().err
+    assert not any(key in os.environ for key in (*QUIET_ENV, "TQDM_DISABLE"))

@@ -307,7 +307,7 @@ def test_cli_transcribe_translate_gives_english(base, speech, ct2_greedy, capsys
     assert "cat" in translated.lower() and "the" in translated.lower().split()
     assert "cane" in transcribed.lower()
     assert main(["transcribe", "--model", "bundled:whisper-tiny.en", "--task", "translate", path]) == 2
-    assert "English-only" in capsys.readouterr().err
+    assert "--task translate: model bundled:whisper-tiny.en only does transcribe" in capsys.readouterr().err
 
 
 def test_extract_records_language_and_task(base, speech, tmp_path):

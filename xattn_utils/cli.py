@@ -593,6 +593,7 @@ class _Subcommands:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    before = {key: os.environ.get(key) for key in (*QUIET_ENV, "TQDM_DISABLE")}
     quiet_third_parties(args.log_level, args.command)
     try:
         if hasattr(args, "model") and not (args.command == "timestamps" and args.store):
@@ -604,6 +605,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished items are kept, re-run to resume", file=sys.stderr)
         return 130
+    finally:  # called in-process (tests, a notebook): leave the environment as it was for what runs next
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 if __name__ == "__main__":  # pragma: no cover
