@@ -50,6 +50,11 @@ def fisher(r) -> float:
     return float(np.tanh(np.mean(np.arctanh(np.asarray(r)))))
 
 
+def zscore_map(m):
+    """One mean and std over the whole map (the paper's mean-variance normalization; token offsets stay)."""
+    return (m - m.mean()) / m.std()
+
+
 def coarser(m, k=2):
     """(I, T') -> (I, ceil(T'/k)): mean over each group of k frames (the last group over the frames it has)."""
     t = m.shape[1]
@@ -83,6 +88,7 @@ def per_utterance(run_dir) -> pd.DataFrame:
                "mean+zscore": pearson(zscore(ca), zscore(smx)), "sum+minmax": pearson(mm(ca), mm(summed)),
                "max+zscore": pearson(zscore(ca), zscore(pooled_max(x, t_enc))),
                "smx_half": pearson(zscore(ha), zscore(hb)),
+               "mean+zscore_map": pearson(zscore_map(ca), zscore_map(smx)),
                "mean+zscore 40ms": pearson(zscore(coarser(ca)), zscore(coarser(smx))),
                "smx_half 40ms": pearson(zscore(coarser(ha)), zscore(coarser(hb)))}
         if (utt / "spes_h.zarr").exists():
@@ -105,6 +111,8 @@ def main(run_dir: str) -> None:
         rel = 2 * half / (1 + half)
         print(f"  Pearson(CA[all], {ref.upper()}) = {obs:.4f}; split-half {half:.4f}; reliability {rel:.4f}; "
               f"corrected {obs / np.sqrt(rel):.4f}")
+    print(f"  per-map z-score (zscore_map), Pearson(CA[all], SMX) = {fisher(df['mean+zscore_map']):.4f}; "
+          f"2-D max pooling {fisher(df['max+zscore']):.4f}")
     if not (Path(run_dir) / "tables" / "03_headline.csv").exists():
         return
     h = pd.read_csv(Path(run_dir) / "tables" / "03_headline.csv")
