@@ -324,12 +324,15 @@ def test_transformers_loading_bar_only_at_debug(speech_dir, tmp_path):
 
 
 def test_long_saliency_runs_announce_their_estimated_time(tmp_path, capsys, restore_logging):
-    from xattn_utils.cli import SPES_MASKS_PER_SECOND, saliency_estimate
+    from xattn_utils.attribution.cost import SPES_MASKS_PER_SECOND as rate
+    from xattn_utils.attribution.cost import spes_seconds
 
-    assert saliency_estimate(10, 256, 256, ["spes-x", "spes-h"], "trimmed") == pytest.approx(
-        10 * 512 / SPES_MASKS_PER_SECOND["trimmed"])
-    assert saliency_estimate(10, 256, 256, ["spes-x", "ixg"], "padded") == pytest.approx(
-        10 * 256 / SPES_MASKS_PER_SECOND["padded"])
+    assert spes_seconds(10, 256, 256, ["spes-x", "spes-h"], "trimmed") == pytest.approx(
+        10 * 256 / rate["trimmed", "x"] + 10 * 256 / rate["trimmed", "h"])
+    assert spes_seconds(10, 256, 256, ["spes-x", "ixg"], "padded") == pytest.approx(10 * 256 / rate["padded", "x"])
+    base = spes_seconds(10, 256, 0, ["spes-x"], model="bundled:whisper-base")
+    assert base == pytest.approx(2.5 * spes_seconds(10, 256, 0, ["spes-x"])) and base > 60
+    assert spes_seconds(10, 256, 256, processes=2) == pytest.approx(spes_seconds(10, 256, 256) / 2)
     folder = tmp_path / "model"  # a config and no weights: the estimate comes before the model loads, then it fails
     folder.mkdir()
     (folder / "config.json").write_text('{"decoder_layers": 4, "decoder_attention_heads": 6}')

@@ -10,10 +10,10 @@ from xattn_utils.errors import XattnError
 from xattn_utils.store import ResultStore
 
 
-def _store(path, n_segments, n_masks, smx_from_ca, seed):
+def _store(path, n_segments, n_masks, smx_from_ca, seed, n=6):
     st = ResultStore(path)
     rng = np.random.default_rng(seed)
-    for i in range(6):
+    for i in range(n):
         uid = f"default-en-test-{i:05d}"
         _utterance(st, uid, rng, smx_from_ca=smx_from_ca, halves_noise=2.0)
         ds = st.load(uid, "spes_x").load()
@@ -44,3 +44,18 @@ def test_no_change_from_the_default_is_refused(tmp_path):
     only = _store(tmp_path / "pub", (2000, 2500, 3000), 256, smx_from_ca=True, seed=1)
     with pytest.raises(XattnError, match="no change from the default"):
         gap_table(gap_rows([only], n_boot=50), n_boot=50)
+
+
+def test_spes_budget_steps_pair_the_utterances_both_levels_hold(tmp_path):
+    """The paper point (published segments, 20 000 masks) is two factors at once: the table compares it with the
+    default and with published segments at 256 masks, on the utterances each pair shares (here 4 of 6)."""
+    default = _store(tmp_path / "cpu", (250, 500, 1000), 256, smx_from_ca=False, seed=2)
+    coarse_pub = _store(tmp_path / "pub", (2000, 2500, 3000), 256, smx_from_ca=False, seed=3)
+    paper = _store(tmp_path / "paper", (2000, 2500, 3000), 20000, smx_from_ca=True, seed=4, n=4)  # stopped early
+    table = gap_table(gap_rows([default, coarse_pub, paper], n_boot=200), n_boot=200)
+    steps = table[table["factor"] == "spes"].set_index("changed")
+    assert list(steps["default"]) == ["published/256", "cpu/256"]
+    assert list(steps["n_utterances"]) == [4, 4]
+    row = steps.iloc[1]
+    assert row["paired"] and row["difference_low"] > 0  # the planted CA signal at the paper point is recovered
+    assert abs(row["default_pearson"]) < 0.25 and row["changed_pearson"] > 0.5

@@ -247,3 +247,24 @@ def xr_stand_in():
     import xarray as xr
 
     return xr.Dataset({"saliency": (("token", "frame", "mel"), np.ones((1, 2, 3)))})
+
+
+def test_auto_precision_is_stored_as_what_was_computed(bundled_trimmed, one_item, filled_store, tmp_path):
+    """The default precision ``auto`` never reaches a store: provenance names fp32 or bf16 (bf16 only where this CPU
+    has bf16 matrix hardware), and the same config with that precision written out is the same cache key."""
+    from xattn_utils.attribution.spes import native_bf16
+
+    assert SPESConfig().precision == SMHConfig().precision == "auto"
+    st = open_store(filled_store)
+    want = "bf16" if native_bf16("cpu") else "fp32"
+    for kind in ("spes_x", "spes_h"):
+        assert st.load("utt1", kind).attrs["provenance"]["params"]["precision"] == want
+    cfg = _cfg(("spes-x", "spes-h"))
+    explicit = dataclasses.replace(cfg, spes=dataclasses.replace(cfg.spes, precision=want),
+                                   smh=dataclasses.replace(cfg.smh, precision=want))
+    again = compute_saliency(bundled_trimmed, one_item, filled_store, explicit, progress=False)
+    assert again.skipped == ["utt1"] and again.done == []
+    other = "fp32" if want == "bf16" else "bf16"
+    changed = dataclasses.replace(cfg, methods=("spes-h",), smh=dataclasses.replace(cfg.smh, precision=other))
+    assert compute_saliency(bundled_trimmed, one_item, tmp_path, changed, progress=False).done == ["utt1"]
+    assert open_store(tmp_path).load("utt1", "spes_h").attrs["provenance"]["params"]["precision"] == other

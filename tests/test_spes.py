@@ -418,6 +418,11 @@ def test_bf16_map_matches_fp32_per_token_on_a_real_utterance(real_scorer):
     assert real_scorer.at_precision("bf16") is real_scorer.at_precision("bf16")  # one cast copy per scorer
     with pytest.raises(XattnError, match="precision"):
         spes_smh(real_scorer, dataclasses.replace(smh, precision="fp16"), progress=False)
+    # auto: bf16 only on bf16 matrix hardware (this CPU's own answer), fp32 on a device without it
+    from xattn_utils.attribution.spes import native_bf16, resolve_precision, resolved
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
+    assert resolve_precision("auto", "meta") == "fp32" and resolve_precision("bf16", "meta") == "bf16"
+    assert resolved(smx, "meta").precision == "fp32" and resolved(smx, "meta").n_masks == smx.n_masks
 
 
 def test_kv_once_smh_equals_plain_smh(real_scorer):

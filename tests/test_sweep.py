@@ -363,3 +363,28 @@ def test_runs_start_in_the_sweeps_order(probe_dir, client, tmp_path):
     # two slots: the first two start together, each later run when one ends (kernels start with some jitter, so
     # neighbours submitted on the heels of each other may log in either order; the last one is never early)
     assert set(started[:2]) == set(names[:2]) and set(started[2:4]) == set(names[2:4]) and started[4] == names[4]
+
+
+def test_the_estimate_counts_the_masks_a_run_asks_for(tmp_path):
+    """The paper-settings sweep: 20 000-mask points cost hours, and its estimate says so before any work (the
+    default study's mean run alone would call every point 16 min)."""
+    from xattn_utils.attribution.cost import spes_seconds
+    from xattn_utils.paths import resource
+    from xattn_utils.runs.sweep import DEFAULT_RUN_SECONDS, estimated_seconds, expand, extra_spes_seconds, load_sweep
+
+    runs = {r.name: r for r in expand(load_sweep(resource("sweeps/paper_settings.yaml")), tmp_path)}
+    by_masks = {}
+    for run in runs.values():
+        nb2 = next(nb for nb in run.notebooks if nb.name.startswith("02_"))
+        p = run.params_for(nb2)
+        by_masks.setdefault((p["model"], p["n_masks"], tuple(p.get("segments") or ())), run)
+    default = by_masks["bundled:whisper-tiny.en", 256, ()]
+    paper = by_masks["bundled:whisper-tiny.en", 20000, (2000, 2500, 3000)]
+    assert extra_spes_seconds(default) == 0
+    assert extra_spes_seconds(paper) == pytest.approx(
+        spes_seconds(12, 20000, 20000) - spes_seconds(12, 256, 256))
+    assert extra_spes_seconds(paper) > 3 * 3600  # hours on one core, not the 16 min of a default run
+    seconds, how = estimated_seconds(tmp_path, list(runs.values()), workers=2)
+    assert seconds == pytest.approx((len(runs) * DEFAULT_RUN_SECONDS
+                                     + sum(extra_spes_seconds(r) for r in runs.values())) / 2)
+    assert "of SPES masks beyond the default's 256" in how

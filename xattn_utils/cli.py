@@ -311,17 +311,6 @@ def _decoding(args):
     return DecodeConfig(language=args.language, task=args.task) if args.language or args.task else None
 
 
-# Measured SPES rates (masks per second, Whisper tiny.en, the 2-core CPU of benchmarks/RESULTS.md: trimmed 25.6,
-# padded 1.3); the time estimate before a long `xattn saliency` uses them, and says so.
-SPES_MASKS_PER_SECOND = {"trimmed": 25.6, "padded": 1.3}
-
-
-def saliency_estimate(n_utterances: int, n_masks: int, n_masks_h: int, methods, input_mode: str) -> float:
-    """Seconds the SPES maps of ``n_utterances`` should take at the measured rates (``SPES_MASKS_PER_SECOND``)."""
-    masks = n_masks * ("spes-x" in methods) + n_masks_h * ("spes-h" in methods)
-    return n_utterances * masks / SPES_MASKS_PER_SECOND[input_mode]
-
-
 def cmd_saliency(args) -> int:
     for name, value in (("--n-masks", args.n_masks), ("--n-masks-h", args.n_masks_h), ("--ig-steps", args.ig_steps),
                         ("--batch-size", args.batch_size)):
@@ -337,12 +326,13 @@ def cmd_saliency(args) -> int:
     from .models.loader import load_model
 
     items = _items(args)
-    seconds = saliency_estimate(len(items), args.n_masks, args.n_masks_h, args.method, args.input_mode)
+    from .attribution.cost import spes_seconds
+
+    seconds = spes_seconds(len(items), args.n_masks, args.n_masks_h, args.method, args.input_mode, args.model)
     if seconds > 60:
-        logger.info("estimated time: about %.0f min for %d utterance(s) x %d + %d masks (%s input at the measured "
-                    "%.1f masks/s of tiny.en on 2 CPU cores, benchmarks/RESULTS.md; larger models are slower)",
-                    seconds / 60, len(items), args.n_masks, args.n_masks_h, args.input_mode,
-                    SPES_MASKS_PER_SECOND[args.input_mode])
+        logger.info("estimated time: about %.0f min for %d utterance(s) x %d + %d masks (%s input, %s, at the "
+                    "measured one-core rates of xattn_utils.attribution.cost; a loaded machine is slower)",
+                    seconds / 60, len(items), args.n_masks, args.n_masks_h, args.input_mode, args.model)
     loaded = load_model(args.model, args.input_mode, args.device)
     seed = {} if args.seed is None else {"seed": args.seed}
     seed.update({} if args.batch_size is None else {"batch_size": args.batch_size})  # masks per pass: same maps
@@ -504,9 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int,
                    help="SPES masks per forward pass (memory; the maps do not change; default 32 on X, 64 on H)")
     p.add_argument("--max-masks", type=int, default=100_000, help="refuse --n-masks above this (a typo guard)")
-    p.add_argument("--precision", choices=("fp32", "bf16"),
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="SPES forward passes: bf16 weights and activations (vocabulary projection, log-softmax and "
-                        "KL in fp32; per-token map r >= 0.99 vs fp32) or fp32 (default: the configs' own, bf16)")
+                        "KL in fp32; per-token map r >= 0.99 vs fp32), fp32, or auto: bf16 where the device has "
+                        "bf16 matrix hardware (AVX512-BF16 / AMX CPUs, recent GPUs), else fp32; the store records "
+                        "the resolved one (default: the configs' own, auto)")
     p.set_defaults(func=cmd_saliency)
 
     p = sub.add_parser("compare", help="agreement of cross-attention with every saliency map in a store")

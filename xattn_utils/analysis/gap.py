@@ -33,6 +33,9 @@ DEFAULT = {"segments": "cpu", "masks": "256", "pool": "mean", "normalize": "zsco
 CHANGES = (("segments", "published"), ("masks", "1024"), ("masks", "20000"), ("pool", "max"),
            ("normalize", "zscore_map"), ("resolution_ms", "40"), ("model", "bundled:whisper-base"),
            ("speech", "hard"))
+# Steps of the SPES budget (segments and masks together, the ``spes`` column "segments/masks"): the masks factor at
+# the paper's segments, and the paper's SPES settings against the default
+SPES_STEPS = (("published/256", "published/20000"), ("cpu/256", "published/20000"))
 COMPARE_FACTORS = ("pool", "normalize", "resolution_ms")
 MAP_FACTORS = ("segments", "masks", "model", "speech")
 CPU_SEGMENTS, PUBLISHED_SEGMENTS = (250, 500, 1000), (2000, 2500, 3000)
@@ -85,6 +88,7 @@ def gap_rows(stores, reference: str = "smx", n_boot: int = 1000, seed: int = 0) 
             t = t[t["reference"] == reference].copy()
             for k, v in {**DEFAULT, **levels, **over}.items():
                 t[k] = str(v)
+            t["spes"] = f"{t['segments'].iloc[0]}/{t['masks'].iloc[0]}" if len(t) else ""
             t["store"] = str(store.path)
             frames.append(t)
     if not frames:
@@ -94,8 +98,16 @@ def gap_rows(stores, reference: str = "smx", n_boot: int = 1000, seed: int = 0) 
 
 def gap_table(rows: pd.DataFrame, reference: str = "smx", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per change that ``rows`` holds both levels of: factor, default and changed level, n utterances, the
-    Pearson at each level with its interval, the difference (changed − default) with its interval, paired or not."""
+    Pearson at each level with its interval, the difference (changed − default) with its interval, paired or not.
+
+    After the single-factor changes (:data:`CHANGES`), the SPES budget steps (:data:`SPES_STEPS`, factor ``spes``,
+    levels "segments/masks"): 256 -> 20 000 masks at the published segments, and the paper's SPES settings
+    (published segments, 20 000 masks) against the default; each on the utterances both levels hold.
+    """
     axes = tuple(Axis(f"{k}={v}", k, (DEFAULT[k], v), {c: DEFAULT[c] for c in DEFAULT if c != k}) for k, v in CHANGES)
+    if "spes" in rows.columns:
+        others = {c: DEFAULT[c] for c in DEFAULT if c not in ("segments", "masks")}
+        axes += tuple(Axis(f"spes={a}->{b}", "spes", (a, b), others) for a, b in SPES_STEPS)
     present = tuple(a for a in axes if set(a.levels) <= set(rows[a.vary].astype(str)))
     if not present:
         raise XattnError("the stores hold no change from the default point (see xattn_utils.analysis.gap.CHANGES)")

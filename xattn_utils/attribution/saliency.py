@@ -42,7 +42,7 @@ from ..provenance import stable_hash
 from ..store import ResultStore
 from .methods import compute_function
 from .per_utterance import Planned, explain_store
-from .spes import SMHConfig, SPESConfig
+from .spes import SMHConfig, SPESConfig, resolved
 
 
 @dataclass
@@ -115,6 +115,8 @@ def compute_saliency(loaded: LoadedModel, data, out: str | Path | ResultStore, c
     :func:`~xattn_utils.extraction.extract.ensure_attention`).
     """
     cfg = cfg or SaliencyConfig()
+    # "auto" precision resolved on the model's device: provenance and cache keys name what was computed
+    cfg = dataclasses.replace(cfg, spes=resolved(cfg.spes, loaded.device), smh=resolved(cfg.smh, loaded.device))
 
     def plan(uid: str, audio: np.ndarray, digest: str, attention: xr.Dataset):
         scorer = []  # made once, by the first group not stored

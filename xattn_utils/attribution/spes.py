@@ -28,6 +28,7 @@ frames to 0 (no information), frames past the audio are never occluded.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +44,10 @@ from .segmentation import slic_segments, time_segments
 
 CHUNK = 256  # masks per generator seed; fixed so the bits of mask m never depend on how masks are batched
 PRECISIONS = ("fp32", "bf16")
-DEFAULT_PRECISION = "bf16"  # per-token map r >= 0.997 vs fp32 on default-corpus utterances (tiny.en, base)
+# "auto": bf16 where the device multiplies bf16 matrices in hardware (per-token map r >= 0.997 vs fp32 on
+# default-corpus utterances of tiny.en and base), fp32 elsewhere (emulated bf16 GEMMs run 4.5x slower than fp32 on an
+# AVX512 CPU without BF16: benchmarks/RESULTS.md)
+DEFAULT_PRECISION = "auto"
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,10 @@ class SPESConfig:
         convergence: keep the convergence trace (split-half agreement at each checkpoint).
         precision: ``fp32``, or ``bf16``: weights and activations of the encoder and decoder body in bfloat16,
             vocabulary projection, log-softmax and KL in float32 (a scorer with ``at_precision``, as
-            :class:`~xattn_utils.extraction.forced.Seq2SeqScorer`; others run as they are). Default bf16: per-token
-            map r >= 0.997 against fp32 at equal masks on default-corpus utterances of tiny.en and base.
+            :class:`~xattn_utils.extraction.forced.Seq2SeqScorer`; others run as they are); or ``auto`` (default):
+            bf16 where the device has bf16 matrix hardware (:func:`native_bf16`), else fp32. bf16 keeps per-token
+            map r >= 0.997 against fp32 at equal masks on default-corpus utterances of tiny.en and base. Stores
+            record and are keyed by the resolved value (:func:`resolved`).
     """
 
     n_masks: int = 20000
@@ -349,11 +355,36 @@ def _autocast(enabled: bool, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
-def at_precision(scorer: ForcedScorer, precision: str) -> ForcedScorer:
-    """``scorer`` in ``precision`` through its ``at_precision``; a scorer without one (the toy models of the tests)
-    runs in its own precision."""
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a CUDA GPU with bf16 support, or a CPU with
+    AVX512-BF16 or AMX (PyTorch's own CPU checks). Elsewhere bf16 GEMMs are emulated and slower than fp32."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev.type == "cpu":
+        checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return any(bool(check()) for check in checks if check is not None)
+    return False
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``fp32`` or ``bf16``: ``precision`` itself, or for ``auto`` bf16 where :func:`native_bf16` holds."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
     if precision not in PRECISIONS:
-        raise XattnError(f"precision {precision!r} is not one of {PRECISIONS}")
+        raise XattnError(f"precision {precision!r} is not one of {('auto', *PRECISIONS)}")
+    return precision
+
+
+def resolved(cfg: SPESConfig | SMHConfig, device: str | torch.device) -> SPESConfig | SMHConfig:
+    """``cfg`` with its precision resolved on ``device`` (what a store records and is keyed by)."""
+    return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+
+
+def at_precision(scorer: ForcedScorer, precision: str) -> ForcedScorer:
+    """``scorer`` in ``precision`` (``auto`` resolved on the scorer's device) through its ``at_precision``; a scorer
+    without one (the toy models of the tests) runs in its own precision."""
+    precision = resolve_precision(precision, getattr(scorer, "device", "cpu"))
     cast = getattr(scorer, "at_precision", None)
     return scorer if cast is None else cast(precision)
 
@@ -540,6 +571,9 @@ __all__ = [
     "PRECISIONS",
     "accumulate",
     "at_precision",
+    "native_bf16",
+    "resolve_precision",
+    "resolved",
     "build_occlusion",
     "checkpoints",
     "kl_scores",

@@ -70,6 +70,7 @@ import yaml
 
 from .._entry import module_main
 from .._io import atomic_write_text
+from ..attribution.cost import spes_seconds
 from ..errors import SweepError
 from ..provenance import to_jsonable
 from .report import (
@@ -89,6 +90,7 @@ from .spec import (
     check_parameters,
     expand,
     load_sweep,
+    notebook_defaults,
     notebook_parameters,
     parse_sweep,
     planned_runs,
@@ -126,9 +128,36 @@ MAX_RUNS_UNASKED = 64
 DEFAULT_RUN_SECONDS = 982.0
 
 
-def estimated_seconds(root: Path, n_runs: int, workers: int = 1) -> tuple[float, str]:
-    """(seconds, how it was estimated) for ``n_runs`` runs: the mean of the finished runs under ``root`` when
-    there are any, else :data:`DEFAULT_RUN_SECONDS`; divided among ``workers``."""
+DEFAULT_MASKS = 256  # SMX and SMH masks per utterance of the default study's runs
+
+
+def extra_spes_seconds(run: RunSpec) -> float:
+    """SPES seconds ``run`` asks for beyond the default study's 256 + 256 masks per utterance: from the parameters
+    of each of its notebooks that declares ``n_masks`` (``n_utterances``, ``n_masks``, ``n_masks_h``, ``methods``,
+    the model), at the measured rates of :mod:`xattn_utils.attribution.cost`; 0 for a cheaper run."""
+    extra = 0.0
+    for nb in run.notebooks:
+        defaults = notebook_defaults(nb.path)
+        if "n_masks" not in defaults:
+            continue
+        p = {**defaults, **run.params_for(nb)}
+        try:
+            args = (int(p.get("n_utterances") or 1), p.get("methods") or (), p.get("input_mode") or "trimmed",
+                    str(p.get("model")))
+            asked = spes_seconds(args[0], int(p["n_masks"]), int(p.get("n_masks_h") or 0), *args[1:])
+            usual = spes_seconds(args[0], DEFAULT_MASKS, DEFAULT_MASKS, *args[1:])
+        except (KeyError, TypeError, ValueError):
+            continue  # a parameter the notebook's own check will name
+        extra += max(0.0, asked - usual)
+    return extra
+
+
+def estimated_seconds(root: Path, runs: int | list[RunSpec], workers: int = 1) -> tuple[float, str]:
+    """(seconds, how it was estimated) for ``runs`` (the runs, or their number): per run the mean of the finished
+    runs under ``root`` when there are any, else :data:`DEFAULT_RUN_SECONDS`, plus the SPES work a run asks for
+    beyond the default study's masks (:func:`extra_spes_seconds`); divided among ``workers``."""
+    n_runs = runs if isinstance(runs, int) else len(runs)
+    extra = 0.0 if isinstance(runs, int) else sum(extra_spes_seconds(r) for r in runs)
     seen = []
     if root.is_dir():
         for status in root.glob("*/status"):
@@ -140,7 +169,10 @@ def estimated_seconds(root: Path, n_runs: int, workers: int = 1) -> tuple[float,
                 continue
     per_run, how = ((sum(seen) / len(seen), f"the mean of {len(seen)} finished run(s) here") if seen
                     else (DEFAULT_RUN_SECONDS, "the default study's mean run on 2 CPU cores"))
-    return n_runs * per_run / max(1, int(workers)), f"{per_run / 60:.0f} min per run: {how}"
+    how = f"{per_run / 60:.0f} min per run: {how}"
+    if extra:
+        how += f"; plus {_duration(extra)} of SPES masks beyond the default's {DEFAULT_MASKS} per map and utterance"
+    return (n_runs * per_run + extra) / max(1, int(workers)), how
 
 
 def _duration(seconds: float) -> str:
@@ -189,7 +221,7 @@ def run_sweep(spec_or_path: SweepSpec | str | Path | dict, out: str | Path | Non
             todo.append(run)
     say("sweep %s: %d runs, %d already done -> %s", spec.name, len(runs), len(result.skipped), root)
     if todo:
-        seconds, how = estimated_seconds(root, len(todo), workers)
+        seconds, how = estimated_seconds(root, todo, workers)
         say("estimated time for the %d run(s) to do: %s with %d worker(s) (%s)", len(todo), _duration(seconds),
             max(1, int(workers)), how)
     if todo:
