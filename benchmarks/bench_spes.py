@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import sys
 import threading
 import time
@@ -48,6 +49,7 @@ from xattn_utils.attribution.spes import (  # noqa: E402  (after the sys.path li
     kl_scores,
     plan_smx,
     relevance,
+    resolve_precision,
     spes_smx,
 )
 
@@ -307,9 +309,11 @@ def throughput(rounds: int, out: Path | None, n_smx: int, n_smh: int) -> None:
         for prec in ("fp32", "bf16"):
             variants.append((m, "smh", "-", prec, 64, True, 1))
         variants.append((m, "smh", "-", "fp32", 64, False, 1))
-    variants += [("tiny.en", "smx", "published", "bf16", b, True, 1) for b in (32, 64)]
-    variants += [("tiny.en", "smh", "-", "bf16", b, True, 1) for b in (32, 128)]
-    variants += [("tiny.en", "smx", "published", "bf16", 16, True, 2), ("tiny.en", "smh", "-", "bf16", 64, True, 2)]
+    # batch and parallelism in the precision SPES takes here by default ("auto": bf16 only on bf16 hardware)
+    auto = resolve_precision("auto", "cpu")
+    variants += [("tiny.en", "smx", "published", auto, b, True, 1) for b in (32, 64)]
+    variants += [("tiny.en", "smh", "-", auto, b, True, 1) for b in (32, 128)]
+    variants += [("tiny.en", "smx", "published", auto, 16, True, 2), ("tiny.en", "smh", "-", auto, 64, True, 2)]
     plans, flops = {}, {}
     for v in variants:
         m, space, seg, prec, batch, kv, _ = v
@@ -318,6 +322,7 @@ def throughput(rounds: int, out: Path | None, n_smx: int, n_smh: int) -> None:
             plans[key] = tp_plan(scorers[m][0], space, tp_config(space, seg, prec, batch, kv))
             flops[key] = gflop_per_mask(plans[key], 8)
     times: dict[tuple, list[float]] = {v: [] for v in variants}
+    kernel: dict[tuple, list[float]] = {v: [] for v in variants}  # share of the process's CPU time in the kernel
     for r in range(rounds):
         for v in variants:
             m, space, seg, prec, batch, kv, threads = v
@@ -325,7 +330,11 @@ def throughput(rounds: int, out: Path | None, n_smx: int, n_smh: int) -> None:
             n = max(batch, n // (2 if m == "base" else 1) // batch * batch)
             torch.set_num_threads(threads)
             time_masks(plans[(m, space, seg, prec, kv)], 4, 4, 10_000)  # warm-up
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
             times[v].append(time_masks(plans[(m, space, seg, prec, kv)], n, batch, 1000 * r) / n)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            kernel[v].append((r1.ru_stime - r0.ru_stime) / cpu if cpu > 0 else 0.0)
             print(f"round {r} {v}: {1 / times[v][-1]:.1f} masks/s", flush=True)
         torch.set_num_threads(1)
     # processes: 2 one-thread processes, each half the masks, wall = first start to last end
@@ -336,7 +345,7 @@ def throughput(rounds: int, out: Path | None, n_smx: int, n_smh: int) -> None:
         for _round in range(1):  # one round: each costs two model loads and plans
             with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
                 batch = 16 if space == "smx" else 64
-                futs = [pool.submit(_proc_worker, "tiny.en", space, seg, "bf16", batch, i * n, n) for i in range(2)]
+                futs = [pool.submit(_proc_worker, "tiny.en", space, seg, auto, batch, i * n, n) for i in range(2)]
                 spans = [f.result() for f in futs]
             rates.append(2 * n / (max(e for _, e in spans) - min(s for s, _ in spans)))
         proc[space] = statistics.median(rates)
@@ -350,13 +359,13 @@ def throughput(rounds: int, out: Path | None, n_smx: int, n_smh: int) -> None:
         frac = gf * rate / gemm[(prec, threads)]
         label = f"{space.upper()} {seg}" if space == "smx" else f"SMH {'K/V once' if kv else 'plain'}"
         rows.append((m, label, prec, batch, f"1 process x {threads} thread{'s' if threads > 1 else ''}", rate, gf, frac,
-                     20000 / rate / 60))
+                     20000 / rate / 60, f"{statistics.median(kernel[v]):.0%}"))
     for space, rate in proc.items():
-        key = ("tiny.en", space, "published" if space == "smx" else "-", "bf16", True)
+        key = ("tiny.en", space, "published" if space == "smx" else "-", auto, True)
         gf = flops[key]
         label = "SMX published" if space == "smx" else "SMH K/V once"
-        rows.append(("tiny.en", label, "bf16", 16 if space == "smx" else 64, "2 processes x 1 thread", rate, gf,
-                     gf * rate / gemm[("bf16", 2)], 20000 / rate / 60))
+        rows.append(("tiny.en", label, auto, 16 if space == "smx" else 64, "2 processes x 1 thread", rate, gf,
+                     gf * rate / gemm[(auto, 2)], 20000 / rate / 60, "-"))
     when = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
     lines = [f"Throughput of SPES (benchmarks/bench_spes.py --throughput), {when}, "
              f"commit {commit}, torch {torch.__version__}, {os.cpu_count()} CPUs; load average (1/5/15 min) "
@@ -369,10 +378,10 @@ def throughput(rounds: int, out: Path | None, n_smx: int, n_smh: int) -> None:
                  f"{dt} {th} thread{'s' if th > 1 else ''} {g:.0f} GFLOP/s" for (dt, th), g in gemm.items()),
              "",
              "| model | map | precision | batch | parallelism | masks/s | GFLOP/mask | fraction of GEMM rate "
-             "| 20 000 masks (min) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {m} | {lab} | {p} | {b} | {par} | {r:.1f} | {g:.2f} | {f:.2f} | {mins:.1f} |"
-              for m, lab, p, b, par, r, g, f, mins in rows]
+             "| 20 000 masks (min) | CPU time in the kernel |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {lab} | {p} | {b} | {par} | {r:.1f} | {g:.2f} | {f:.2f} | {mins:.1f} | {k} |"
+              for m, lab, p, b, par, r, g, f, mins, k in rows]
     text = "\n".join(lines)
     print(text)
     if out is not None:

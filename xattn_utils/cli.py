@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="mask seed (default: the configs' own, 0)")
     p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps (method ig)")
     p.add_argument("--batch-size", type=int,
-                   help="SPES masks per forward pass (memory; the maps do not change; default 32 on X, 64 on H)")
+                   help="SPES masks per forward pass (memory; the maps do not change; default 16 on X, 64 on H)")
     p.add_argument("--max-masks", type=int, default=100_000, help="refuse --n-masks above this (a typo guard)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="SPES forward passes: bf16 weights and activations (vocabulary projection, log-softmax and "

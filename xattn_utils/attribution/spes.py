@@ -61,7 +61,9 @@ class SPESConfig:
         reference_duration: frames at which ``n_segments`` apply (None: fixed counts).
         threshold_duration: frames above which the count stops growing (None: no cap, as the reference code).
         compactness, sigma: SLIC parameters.
-        batch_size: masks per forward pass (does not change the result).
+        batch_size: masks per forward pass (changes the map only at float rounding). 16 by measurement: on a
+            CPU, glibc maps every allocation over 32 MB afresh and the kernel faults its pages in on each pass;
+            at 64 masks tiny.en's SMX spends a quarter of its time in the kernel (benchmarks/RESULTS.md).
         seed: seeds the masks; same seed, same map.
         tolerance: stop early at a checkpoint when the map's split-half reliability (Spearman–Brown of the mean
             per-token Pearson between the two half maps on the comparison grid) reaches ``1 - tolerance``.
@@ -82,7 +84,7 @@ class SPESConfig:
     threshold_duration: int | None = 750
     compactness: float = 0.1
     sigma: float = 1.0
-    batch_size: int = 64
+    batch_size: int = 16
     seed: int = 0
     tolerance: float | None = None
     autocast: bool = False
@@ -97,7 +99,7 @@ class SPESConfig:
     @classmethod
     def cpu(cls) -> SPESConfig:
         """Study defaults sized for a CPU: 512 masks over coarser segments (maps converge in fewer masks)."""
-        return cls(n_masks=512, n_segments=(250, 500, 1000), batch_size=32)
+        return cls(n_masks=512, n_segments=(250, 500, 1000))
 
 
 @dataclass(frozen=True)
