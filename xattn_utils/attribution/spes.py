@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..errors import XattnError
 from .grids import pool_to_encoder_frames
+from .heap import reuse_freed_memory
 from .scorer import ForcedScorer
 from .segmentation import slic_segments, time_segments
 
@@ -61,9 +62,8 @@ class SPESConfig:
         reference_duration: frames at which ``n_segments`` apply (None: fixed counts).
         threshold_duration: frames above which the count stops growing (None: no cap, as the reference code).
         compactness, sigma: SLIC parameters.
-        batch_size: masks per forward pass (changes the map only at float rounding). 16 by measurement: on a
-            CPU, glibc maps every allocation over 32 MB afresh and the kernel faults its pages in on each pass;
-            at 64 masks tiny.en's SMX spends a quarter of its time in the kernel (benchmarks/RESULTS.md).
+        batch_size: masks per forward pass (changes the map only at float rounding; 16 by measurement,
+            benchmarks/RESULTS.md).
         seed: seeds the masks; same seed, same map.
         tolerance: stop early at a checkpoint when the map's split-half reliability (Spearman–Brown of the mean
             per-token Pearson between the two half maps on the comparison grid) reaches ``1 - tolerance``.
@@ -458,18 +458,22 @@ def plan_smh(scorer: ForcedScorer, cfg: SMHConfig) -> OcclusionPlan:
 @torch.inference_mode()
 def partial_sums(plan: OcclusionPlan, start: int, stop: int, batch_size: int = 64,
                  bar: tqdm | None = None, bits: MaskBits | None = None) -> PartialSums:
-    """Sums over masks ``start .. stop - 1``: the shardable unit (merge shards with :func:`merge_partials`)."""
+    """Sums over masks ``start .. stop - 1``: the shardable unit (merge shards with :func:`merge_partials`).
+
+    The batches reuse freed memory (:func:`~xattn_utils.attribution.heap.reuse_freed_memory`) instead of mapping
+    their large tensors afresh each pass."""
     if batch_size < 1:
         raise XattnError(f"batch_size must be >= 1, got {batch_size}")
     bits = bits or MaskBits(plan.seed, max(plan.n_labels), plan.p)
     sums = PartialSums.zeros(plan.base.shape[0], plan.n_cells, plan.base.device)
     n_gran = plan.labels.shape[0]
-    for a in range(start, stop, batch_size):
-        b = min(stop, a + batch_size)
-        occ = build_occlusion(plan.labels, bits.rows(a, b), a)
-        accumulate(sums, kl_scores(plan.base, plan.perturb(occ)), occ, mask_halves(a, b, n_gran, occ.device))
-        if bar is not None:
-            bar.update(b - a)
+    with reuse_freed_memory(plan.base.device):
+        for a in range(start, stop, batch_size):
+            b = min(stop, a + batch_size)
+            occ = build_occlusion(plan.labels, bits.rows(a, b), a)
+            accumulate(sums, kl_scores(plan.base, plan.perturb(occ)), occ, mask_halves(a, b, n_gran, occ.device))
+            if bar is not None:
+                bar.update(b - a)
     return sums
 
 
