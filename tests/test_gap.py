@@ -59,3 +59,16 @@ def test_spes_budget_steps_pair_the_utterances_both_levels_hold(tmp_path):
     row = steps.iloc[1]
     assert row["paired"] and row["difference_low"] > 0  # the planted CA signal at the paper point is recovered
     assert abs(row["default_pearson"]) < 0.25 and row["changed_pearson"] > 0.5
+
+
+def test_a_store_without_maps_yet_is_skipped_with_one_line(tmp_path, capsys):
+    from xattn_utils.analysis.gap import main
+
+    default = _store(tmp_path / "cpu", (250, 500, 1000), 256, smx_from_ca=True, seed=0)
+    changed = _store(tmp_path / "pub", (2000, 2500, 3000), 256, smx_from_ca=False, seed=0)
+    empty = ResultStore(tmp_path / "running")  # a run still computing its first map
+    rows = gap_rows([default, empty, changed], n_boot=50)
+    assert set(rows["store"]) == {str(default.path), str(changed.path)}
+    assert main([str(empty.path), "--n-boot", "50"]) == 2  # nothing else: one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +41,7 @@ SPES_STEPS = (("published/256", "published/20000"), ("cpu/256", "published/20000
 COMPARE_FACTORS = ("pool", "normalize", "resolution_ms")
 MAP_FACTORS = ("segments", "masks", "model", "speech")
 CPU_SEGMENTS, PUBLISHED_SEGMENTS = (250, 500, 1000), (2000, 2500, 3000)
+logger = logging.getLogger(__name__)
 
 
 def store_levels(store: ResultStore, kind: str = "spes_x") -> dict:
@@ -75,7 +78,11 @@ def gap_rows(stores, reference: str = "smx", n_boot: int = 1000, seed: int = 0) 
     frames = []
     for path in stores:
         store = path if isinstance(path, ResultStore) else open_store(path)
-        levels = store_levels(store)
+        try:
+            levels = store_levels(store)
+        except XattnError as err:  # a run still computing its first map: the table goes on with the rest
+            logger.warning("skipped: %s", err)
+            continue
         variants = [{}]
         if all(levels[k] == DEFAULT[k] for k in MAP_FACTORS):
             variants += [{k: v} for k, v in CHANGES if k in COMPARE_FACTORS]
@@ -92,7 +99,8 @@ def gap_rows(stores, reference: str = "smx", n_boot: int = 1000, seed: int = 0) 
             t["store"] = str(store.path)
             frames.append(t)
     if not frames:
-        raise XattnError("no store given: pass the result stores of the sweeps/paper_settings.yaml runs")
+        raise XattnError(f"none of the {len(stores)} store(s) given holds an SMX map yet: pass the result stores of "
+                         "sweeps/paper_settings.yaml's runs once they have computed one")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -134,7 +142,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="folder for gap.csv/.parquet/.json (default: print only)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
     args = parser.parse_args(argv)
-    table = gap_table(gap_rows([Path(s) for s in args.stores], n_boot=args.n_boot), n_boot=args.n_boot)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        table = gap_table(gap_rows([Path(s) for s in args.stores], n_boot=args.n_boot), n_boot=args.n_boot)
+    except XattnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(table.round(3).to_string(index=False))
     if args.out:
         write_table(table, Path(args.out), "gap", provenance(data={"stores": args.stores}))
