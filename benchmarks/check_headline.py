@@ -8,6 +8,9 @@ per utterance, Fisher-z mean over utterances; reliability = Spearman-Brown of th
 
     python benchmarks/check_headline.py runs/study/<run>
     python benchmarks/check_headline.py STORE_PARENT   # any folder holding store/ (no tables: numpy values only)
+    python benchmarks/check_headline.py RUN RUN ... [--same-utterances-as RUN ...]
+        # the utterances of several runs pooled (e.g. a paper point computed from both ends of the test set);
+        # restricted to the utterances with an SMX map in the other runs (a paired comparison's subset)
 
 It also prints the Pearson on 40 ms frames (CA and SMX each averaged over pairs of encoder frames, a ragged last
 frame alone), the comparison resolution of the paper's Conformers.
@@ -100,8 +103,23 @@ def per_utterance(run_dir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main(run_dir: str) -> None:
-    df = per_utterance(run_dir)
+def with_smx(run_dir) -> set[str]:
+    """Utterances of a run whose SMX map is stored."""
+    store = Path(run_dir) / "store"
+    return {p.name for p in store.iterdir() if (p / "spes_x.zarr").exists()} if store.is_dir() else set()
+
+
+def main(*argv: str) -> None:
+    runs = list(argv)
+    same = []
+    if "--same-utterances-as" in runs:
+        at = runs.index("--same-utterances-as")
+        runs, same = runs[:at], runs[at + 1:]
+    df = pd.concat([per_utterance(r) for r in runs], ignore_index=True)
+    if same:
+        keep = set.union(*(with_smx(r) for r in same))
+        df = df[df["utterance"].isin(keep)]
+    run_dir = runs[0]
     print(f"{len(df)} utterances, numpy on the stored maps:")
     for ref, obs_col, half_col in (("smx", "mean+zscore", "smx_half"), ("smh", "smh", "smh_half"),
                                    ("smx at 40 ms", "mean+zscore 40ms", "smx_half 40ms")):
@@ -113,7 +131,7 @@ def main(run_dir: str) -> None:
               f"corrected {obs / np.sqrt(rel):.4f}")
     print(f"  per-map z-score (zscore_map), Pearson(CA[all], SMX) = {fisher(df['mean+zscore_map']):.4f}; "
           f"2-D max pooling {fisher(df['max+zscore']):.4f}")
-    if not (Path(run_dir) / "tables" / "03_headline.csv").exists():
+    if len(runs) > 1 or same or not (Path(run_dir) / "tables" / "03_headline.csv").exists():
         return
     h = pd.read_csv(Path(run_dir) / "tables" / "03_headline.csv")
     for ref in ("smx", "smh"):
