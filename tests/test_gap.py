@@ -72,3 +72,11 @@ def test_a_store_without_maps_yet_is_skipped_with_one_line(tmp_path, capsys):
     assert main([str(empty.path), "--n-boot", "50"]) == 2  # nothing else: one line, no traceback
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_one_shared_utterance_has_no_interval(tmp_path):
+    default = _store(tmp_path / "cpu", (250, 500, 1000), 256, smx_from_ca=True, seed=0)
+    paper = _store(tmp_path / "paper", (2000, 2500, 3000), 20000, smx_from_ca=True, seed=5, n=1)
+    row = gap_table(gap_rows([default, paper], n_boot=50), n_boot=50).iloc[-1]
+    assert row["n_utterances"] == 1 and np.isfinite(row["changed_pearson"])
+    assert np.isnan(row["changed_low"]) and np.isnan(row["difference_high"])
