@@ -1,55 +1,53 @@
 """Freed memory reused across SPES passes (glibc, Linux): the real tiny.en's SMX batches stop faulting their pages in,
-and the map is the same bit for bit."""
+and the map is the same bit for bit. Page faults are counted in fresh processes: glibc's state outlives a test."""
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import resource
 
 import pytest
 import torch
 
 from xattn_utils.attribution import heap
-from xattn_utils.attribution.spes import MaskBits, SPESConfig, build_occlusion, kl_scores, partial_sums, plan_smx
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(heap._mallopt() is None, reason="glibc's mallopt only")]
 
 
-@pytest.fixture(scope="module")
-def plan(bundled_trimmed, speech_dir):
+def _in_fresh_process(wav: str, keep_heap: bool):
+    """(bytes of one batch's log-probabilities, page faults of 4 SMX batches after a warm-up one, their sums)."""
+    from xattn_utils.attribution.spes import SPESConfig, partial_sums, plan_smx
+    from xattn_utils.extraction.forced import Seq2SeqScorer, decode
+    from xattn_utils.models.loader import load_model
+
+    torch.set_num_threads(1)
+    if not keep_heap:
+        heap._mallopt = lambda: None
     import soundfile as sf
 
-    from xattn_utils.extraction.forced import Seq2SeqScorer, decode
-
-    audio, _ = sf.read(speech_dir / "utt0.wav", dtype="float32")
-    prompt = bundled_trimmed.prompt_ids()
-    hyp = decode(bundled_trimmed, bundled_trimmed.features(audio, "padded").values[None], prompt)[0]
-    scorer = Seq2SeqScorer(bundled_trimmed, bundled_trimmed.features(audio), prompt, hyp)
-    return plan_smx(scorer, SPESConfig(n_masks=64, batch_size=64, precision="fp32", convergence=False))
-
-
-def _faults(fn) -> int:
+    loaded = load_model("bundled:whisper-tiny.en", "trimmed")
+    audio, _ = sf.read(wav, dtype="float32")
+    prompt = loaded.prompt_ids()
+    hyp = decode(loaded, loaded.features(audio, "padded").values[None], prompt)[0]
+    plan = plan_smx(Seq2SeqScorer(loaded, loaded.features(audio), prompt, hyp),
+                    SPESConfig(n_masks=64, batch_size=64, precision="fp32", convergence=False))
+    partial_sums(plan, 0, 64, 64)  # warm-up batch
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    fn()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    sums = partial_sums(plan, 64, 320, 64)  # 4 batches
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return plan.base.numel() * 64 * 4, faults, sums.numerator, sums.count
 
 
-@torch.inference_mode()
-def _plain_passes(plan, start: int, stop: int, batch: int) -> None:
-    """The passes of :func:`partial_sums` with glibc's defaults (its log-probabilities alone are over 32 MB)."""
-    bits = MaskBits(plan.seed, max(plan.n_labels), plan.p)
-    for a in range(start, stop, batch):
-        kl_scores(plan.base, plan.perturb(build_occlusion(plan.labels, bits.rows(a, a + batch), a)))
-
-
-def test_smx_batches_reuse_freed_memory_and_keep_the_map(plan, monkeypatch):
-    big = plan.base.numel() * 64 * 4  # bytes of one batch's log-probabilities
+def test_smx_batches_reuse_freed_memory_and_keep_the_map(bundled_trimmed, speech_dir):
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    for keep in (False, True):
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            out[keep] = pool.submit(_in_fresh_process, str(speech_dir / "utt0.wav"), keep).result()
+    big, plain, num_plain, count_plain = out[False]
+    _, reused, num_kept, count_kept = out[True]
     assert big > 32 << 20, big  # over glibc's ceiling for keeping freed memory by default
-    partial_sums(plan, 0, 64, 64)  # warm: the heap has grown to a batch's size
-    reused = _faults(lambda: partial_sums(plan, 64, 320, 64))  # 4 batches
-    plain = _faults(lambda: _plain_passes(plan, 64, 320, 64))
     assert plain > 4 * (big // 4096) // 2, plain  # every batch faults its log-probabilities' pages in again
     assert reused < plain / 4, (reused, plain)
-    # only where the memory comes from changes: the same sums bit for bit without the context
-    with_heap = partial_sums(plan, 0, 128, 64)
-    monkeypatch.setattr(heap, "_mallopt", lambda: None)
-    without = partial_sums(plan, 0, 128, 64)
-    assert torch.equal(with_heap.numerator, without.numerator) and torch.equal(with_heap.count, without.count)
+    # only where the memory comes from changes: the same sums bit for bit
+    assert torch.equal(num_plain, num_kept) and torch.equal(count_plain, count_kept)
