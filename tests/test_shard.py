@@ -42,10 +42,11 @@ WHISPER_X = SPESConfig(n_masks=16, n_segments=(60, 120), batch_size=4)
 WHISPER_H = SMHConfig(n_masks=16, widths=(1, 4), batch_size=4)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Every GEMM of the test on one thread, as in each worker: this CPU's float32 BLAS rounds differently with two
-    threads than with one (about 6e-6 on a SMH map), so bit-equality holds for equal thread counts."""
+    """Every GEMM of this module on one thread, as in each worker (cached plans included): this CPU's float32 BLAS
+    rounds differently with two threads than with one (about 6e-6 on a SMH map), so bit-equality holds for equal
+    thread counts."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -157,7 +158,7 @@ def test_recipe_rebuilds_the_stored_hypothesis_scorer(stored, whisper_recipe, bu
 
 
 @pytest.mark.parametrize("space,cfg", [("x", WHISPER_X), ("h", WHISPER_H)])
-def test_whisper_sharded_equals_single_run(whisper_recipe, one_worker, two_workers, space, cfg, one_thread):
+def test_whisper_sharded_equals_single_run(whisper_recipe, one_worker, two_workers, space, cfg):
     single = _single(whisper_recipe, cfg, space)
     one = spes_sharded(whisper_recipe, cfg, one_worker, space=space)
     two = spes_sharded(whisper_recipe, cfg, two_workers, space=space)
@@ -207,7 +208,7 @@ def test_toy_processes_equal_one_process_bit_for_bit(space, cfg):
     assert procs.n_masks_done == cfg.n_masks and procs.n_labels == single.n_labels
 
 
-def test_whisper_processes_equal_one_process_bit_for_bit(whisper_recipe, one_thread):
+def test_whisper_processes_equal_one_process_bit_for_bit(whisper_recipe):
     # SM^H with the defaults' fast paths (K/V once, the default precision) and SM^X, two one-thread processes
     for space, cfg in (("h", WHISPER_H), ("x", WHISPER_X)):
         single = _single(whisper_recipe, cfg, space)
