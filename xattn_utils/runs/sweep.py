@@ -142,10 +142,11 @@ def extra_spes_seconds(run: RunSpec) -> float:
             continue
         p = {**defaults, **run.params_for(nb)}
         try:
-            args = (int(p.get("n_utterances") or 1), p.get("methods") or (), p.get("input_mode") or "trimmed",
-                    str(p.get("model")))
-            asked = spes_seconds(args[0], int(p["n_masks"]), int(p.get("n_masks_h") or 0), *args[1:])
-            usual = spes_seconds(args[0], DEFAULT_MASKS, DEFAULT_MASKS, *args[1:])
+            n_utt = int(p.get("n_utterances") or 1)
+            how = {"methods": p.get("methods") or (), "input_mode": p.get("input_mode") or "trimmed",
+                   "model": str(p.get("model"))}
+            asked = spes_seconds(n_utt, int(p["n_masks"]), int(p.get("n_masks_h") or 0), **how)
+            usual = spes_seconds(n_utt, DEFAULT_MASKS, DEFAULT_MASKS, **how)
         except (KeyError, TypeError, ValueError):
             continue  # a parameter the notebook's own check will name
         extra += max(0.0, asked - usual)
