@@ -348,3 +348,24 @@ def test_layer_head_grid_reads_the_columns_and_skips_composed_and_norm_rows():
     assert list(norm.get_ydata()) == pytest.approx([0.3, 0.3])
     plt.close(fig)
     plt.close(fig2)
+
+
+def test_interval_needs_two_utterances_and_a_defined_point():
+    """One utterance has no interval over utterances (every resample repeats it), and an undefined corrected value
+    has no interval either; the points themselves are kept."""
+    one = dataset_aggregate([np.array([0.2, 0.6, 0.4])], "pearson", n_boot=200, seed=0)
+    assert np.isfinite(one["value"]) and one["n_utterances"] == 1
+    assert np.isnan(one["ci_low"]) and np.isnan(one["ci_high"])
+    two = dataset_aggregate([np.array([0.2, 0.6]), np.array([0.5])], "pearson", n_boot=200, seed=0)
+    assert two["ci_low"] < two["value"] < two["ci_high"]
+    # reliability of halves correlating at 0.05 is 0.095 < the floor: the corrected value is undefined, its
+    # interval too, while the reliability keeps its own interval
+    obs = [np.array([0.3]), np.array([0.4]), np.array([0.35])]
+    halves = [np.array([0.04]), np.array([0.06]), np.array([0.05])]
+    cor = dataset_corrected(obs, halves, n_boot=200, seed=0)
+    c = cor["pearson_corrected"]
+    assert np.isnan(c["value"]) and np.isnan(c["ci_low"]) and np.isnan(c["ci_high"])
+    r = cor["reliability"]
+    assert r["ci_low"] < r["value"] < r["ci_high"]
+    single = dataset_corrected(obs[:1], [np.array([0.8])], n_boot=200, seed=0)["pearson_corrected"]
+    assert np.isfinite(single["value"]) and np.isnan(single["ci_low"])

@@ -272,11 +272,24 @@ def dataset_aggregate(groups: Sequence, measure: str, n_boot: int = 1000, seed: 
     if not keep.any():
         return res
     [(value, boot)] = _bootstrap_means([(sums[keep], counts[keep])], n_boot, seed, fisher)
-    alpha = (1 - ci) / 2
     res["value"] = float(value)
-    res["ci_low"], res["ci_high"] = (float(q) for q in np.percentile(boot, [100 * alpha, 100 * (1 - alpha)]))
+    res["ci_low"], res["ci_high"] = bootstrap_interval(boot, ci, res["n_utterances"])
     res["boot"] = boot
     return res
+
+
+def bootstrap_interval(boot, ci: float, n_utterances: int) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates over utterances (NaN replicates ignored).
+
+    NaN, NaN for fewer than two utterances (every resample repeats the one utterance: a zero-width interval would
+    claim a certainty the data cannot give) and where no replicate is finite.
+    """
+    boot = np.asarray(boot, dtype=np.float64)
+    if n_utterances < 2 or not np.isfinite(boot).any():
+        return float("nan"), float("nan")
+    alpha = 100 * (1 - ci) / 2
+    lo, hi = np.nanpercentile(boot, [alpha, 100 - alpha])
+    return float(lo), float(hi)
 
 
 def _square_summary(d: dict, ci: float) -> dict:
@@ -284,9 +297,7 @@ def _square_summary(d: dict, ci: float) -> dict:
     out = dict(d)
     out["value"] = d["value"] ** 2
     if "boot" in d:
-        alpha = (1 - ci) / 2
-        qs = np.percentile(d["boot"] ** 2, [100 * alpha, 100 * (1 - alpha)])
-        out["ci_low"], out["ci_high"] = float(qs[0]), float(qs[1])
+        out["ci_low"], out["ci_high"] = bootstrap_interval(d["boot"] ** 2, ci, d["n_utterances"])
     return out
 
 
@@ -351,6 +362,8 @@ def dataset_corrected(obs_groups: Sequence, half_groups: Sequence, n_boot: int =
     Returns: ``{"split_half": summary, "reliability": summary, "pearson_corrected": summary or None}``, each summary
         ``{value, ci_low, ci_high, n, n_nan, n_utterances}``. Both parts are Fisher means over the utterances kept
         (those with a finite value in both), and every bootstrap replicate recomputes both from the same resample.
+        An interval is NaN where its point is (an undefined corrected value has no interval either) and for fewer
+        than two utterances (:func:`bootstrap_interval`).
     """
     hs, hc = _value_sums(half_groups, fisher=True)
     keep = hc > 0
@@ -365,11 +378,9 @@ def dataset_corrected(obs_groups: Sequence, half_groups: Sequence, n_boot: int =
                            "pearson_corrected": None if obs_groups is None else dict(empty)}
     if n_utt == 0:
         return out
-    alpha = (1 - ci) / 2
 
     def summary(values: np.ndarray, point: float, n: int) -> dict:
-        lo, hi = np.nanpercentile(values, [100 * alpha, 100 * (1 - alpha)]) if np.isfinite(values).any() else (
-            np.nan, np.nan)
+        lo, hi = bootstrap_interval(values, ci, n_utt) if np.isfinite(point) else (np.nan, np.nan)
         return {"value": float(point), "ci_low": float(lo), "ci_high": float(hi), "n": int(n), "n_nan": n_nan,
                 "n_utterances": n_utt}
 

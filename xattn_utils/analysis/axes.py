@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import XattnError
-from .agreement import dataset_aggregate, dataset_corrected
+from .agreement import bootstrap_interval, dataset_aggregate, dataset_corrected
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,6 @@ def axis_table(collected: pd.DataFrame, axes: tuple[Axis, ...] = PAPER_AXES, ref
 
     Axes whose parameters the table lacks, or with a level without runs, are left out.
     """
-    alpha = 100 * (1 - ci) / 2
     rows = []
     for axis in axes:
         if any(k not in collected.columns for k in (axis.vary, *axis.fixed)):
@@ -92,19 +91,15 @@ def axis_table(collected: pd.DataFrame, axes: tuple[Axis, ...] = PAPER_AXES, ref
                                             [half[halves].to_numpy()[i:i + 1] for i in range(len(halves))],
                                             n_boot=n_boot, seed=seed, ci=ci)
                     c = cor["pearson_corrected"]
-                    defined = np.isfinite(c["value"])  # undefined below the reliability floor: no interval either
                     row.update(reliability=cor["reliability"]["value"], corrected=c["value"],
-                               corrected_low=c["ci_low"] if defined else np.nan,
-                               corrected_high=c["ci_high"] if defined else np.nan)
+                               corrected_low=c["ci_low"], corrected_high=c["ci_high"])
                 rows.append(row)
             if all(b is not None for b in boots):
-                diff = boots[1] - boots[0]
+                n = min(len(o) for o, _ in per_level)
+                lo, hi = bootstrap_interval(boots[1] - boots[0], ci, n)
                 rows.append({"axis": axis.name, "reference": ref, "level": f"{axis.levels[1]} − {axis.levels[0]}",
-                             "n_utterances": min(len(o) for o, _ in per_level),
-                             "pearson": rows[-1]["pearson"] - rows[-2]["pearson"],
-                             "ci_low": float(np.percentile(diff, alpha)),
-                             "ci_high": float(np.percentile(diff, 100 - alpha)), "paired": paired,
-                             "note": axis.note})
+                             "n_utterances": n, "pearson": rows[-1]["pearson"] - rows[-2]["pearson"],
+                             "ci_low": lo, "ci_high": hi, "paired": paired, "note": axis.note})
     if not rows:
         raise XattnError("no axis could be formed from this table: it needs runs that differ in one of "
                          + ", ".join(a.vary for a in axes) + " with the others fixed (e.g. sweeps/real_models.yaml)")

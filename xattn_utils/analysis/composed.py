@@ -188,8 +188,8 @@ def mixing_gain(table, reference: str = "smx", measure: str = "pearson", n_boot:
         a, b = fwd(wide[agg].values), fwd(wide[name].values)
         a, b = np.where(keep, a, np.nan), np.where(keep, b, np.nan)
         boot = inv(np.nanmean(b[idx], 1)) - inv(np.nanmean(a[idx], 1))
-        alpha = (1 - ci) / 2
-        lo, hi = np.nanpercentile(boot, [100 * alpha, 100 * (1 - alpha)])
+        alpha = 100 * (1 - ci) / 2  # no interval from one utterance (as agreement.bootstrap_interval)
+        lo, hi = np.nanpercentile(boot, [alpha, 100 - alpha]) if keep.sum() >= 2 else (np.nan, np.nan)
         ca_v, comp_v = inv(np.nanmean(a)), inv(np.nanmean(b))
         rows.append({"attention": agg, "method": method, "ca": float(ca_v), "composed": float(comp_v),
                      "gain": float(comp_v - ca_v), "ci_low": float(lo), "ci_high": float(hi),

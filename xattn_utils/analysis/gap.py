@@ -132,11 +132,7 @@ def gap_table(rows: pd.DataFrame, reference: str = "smx", n_boot: int = 1000, se
                     "changed_low": c["ci_low"], "changed_high": c["ci_high"], "difference": d["pearson"],
                     "difference_low": d["ci_low"], "difference_high": d["ci_high"], "paired": bool(d["paired"]),
                     "changed_reliability": c["reliability"], "changed_corrected": c["corrected"]})
-    table = pd.DataFrame(out)
-    if len(table):  # one utterance has no interval over utterances (a bootstrap would repeat the point)
-        one = table["n_utterances"] < 2
-        table.loc[one, [c for c in table.columns if c.endswith(("_low", "_high"))]] = float("nan")
-    return table
+    return pd.DataFrame(out)
 
 
 def main(argv=None) -> int:

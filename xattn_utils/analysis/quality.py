@@ -22,7 +22,7 @@ from .._io import write_table
 from ..errors import XattnError
 from ..extraction.extract import KIND as ATTENTION
 from ..provenance import provenance
-from .agreement import _bootstrap_means, _value_sums
+from .agreement import _bootstrap_means, _value_sums, bootstrap_interval
 from .evaluation import normalize_text, score_texts
 
 # The gate's targets on the default test split (greedy decoding, as the study decodes).
@@ -184,7 +184,6 @@ def agreement_by_correctness(table: pd.DataFrame, correctness: pd.DataFrame, att
                          "including 'token'")
     merged = tok.merge(correctness[["utterance", "token", "correct"]], on=["utterance", "token"], how="inner")
     fisher = measure == "pearson"
-    alpha = (1 - ci) / 2
     out = []
     for a in attention:
         for ref in references:
@@ -204,9 +203,7 @@ def agreement_by_correctness(table: pd.DataFrame, correctness: pd.DataFrame, att
                                                ("wrong − right", v_w - v_r, b_w - b_r, counts_r + counts_w)):
                 # an interval over utterances needs two of them in each group it uses
                 used = (counts_r, counts_w) if group == "wrong − right" else (counts,)
-                resolvable = all((c > 0).sum() >= 2 for c in used)
-                lo, hi = (np.nanpercentile(boot, [100 * alpha, 100 * (1 - alpha)])
-                          if resolvable and np.isfinite(boot).any() else (np.nan, np.nan))
+                lo, hi = bootstrap_interval(boot, ci, min(int((c > 0).sum()) for c in used))
                 out.append({"attention": a, "reference": ref, "measure": measure, "group": group,
                             "value": float(value), "ci_low": float(lo), "ci_high": float(hi),
                             "n_tokens": int(counts.sum()), "n_utterances": int((counts > 0).sum())})

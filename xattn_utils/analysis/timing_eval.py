@@ -153,6 +153,8 @@ def accuracy_summary(errors: pd.DataFrame, by: str | Sequence[str] = "source", n
             value = sums.sum(0) / counts.sum(0)
             boot = sums[idx].sum(1) / counts[idx].sum(1)  # (B, M)
         lo, hi = np.nanpercentile(boot, [alpha, 100 - alpha], axis=0)
+        if n_u < 2:  # one utterance: every resample repeats it (as agreement.bootstrap_interval)
+            lo, hi = np.full_like(lo, np.nan), np.full_like(hi, np.nan)
         row = dict(zip(by, key))
         row.update(n_words=len(g), n_utterances=n_u)
         for k, name in enumerate(metrics):
