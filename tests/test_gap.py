@@ -5,19 +5,19 @@ import numpy as np
 import pytest
 from test_compare import _utterance
 
-from xattn_utils.analysis.gap import gap_rows, gap_table, store_levels
+from xattn_utils.analysis.gap import MODEL_AT_PAPER_POINT, gap_rows, gap_table, store_levels
 from xattn_utils.errors import XattnError
 from xattn_utils.store import ResultStore
 
 
-def _store(path, n_segments, n_masks, smx_from_ca, seed, n=6):
+def _store(path, n_segments, n_masks, smx_from_ca, seed, n=6, model="bundled:whisper-tiny.en"):
     st = ResultStore(path)
     rng = np.random.default_rng(seed)
     for i in range(n):
         uid = f"default-en-test-{i:05d}"
         _utterance(st, uid, rng, smx_from_ca=smx_from_ca, halves_noise=2.0)
         ds = st.load(uid, "spes_x").load()
-        ds.attrs["provenance"] = {"model": {"model_id": "bundled:whisper-tiny.en"},
+        ds.attrs["provenance"] = {"model": {"model_id": model},
                                   "params": {"n_segments": list(n_segments), "n_masks": n_masks}}
         st.write(uid, "spes_x", ds, key="x2")
     return st
@@ -80,3 +80,18 @@ def test_one_shared_utterance_has_no_interval(tmp_path):
     row = gap_table(gap_rows([default, paper], n_boot=50), n_boot=50).iloc[-1]
     assert row["n_utterances"] == 1 and np.isfinite(row["changed_pearson"])
     assert np.isnan(row["changed_low"]) and np.isnan(row["difference_high"])
+
+
+def test_model_factor_at_the_paper_point_pairs_the_converged_maps(tmp_path):
+    """Base at the paper's SPES settings is compared with tiny.en at the same settings (not with the default point):
+    a planted agreement of base's maps is recovered there, on the utterances both models hold."""
+    default = _store(tmp_path / "cpu", (250, 500, 1000), 256, smx_from_ca=True, seed=0)
+    tiny = _store(tmp_path / "tiny", (2000, 2500, 3000), 20000, smx_from_ca=False, seed=6)
+    base = _store(tmp_path / "base", (2000, 2500, 3000), 20000, smx_from_ca=True, seed=7, n=3,
+                  model="bundled:whisper-base")
+    table = gap_table(gap_rows([default, tiny, base], n_boot=200), n_boot=200).set_index("factor")
+    row = table.loc[MODEL_AT_PAPER_POINT]
+    assert row["default"] == "bundled:whisper-tiny.en" and row["changed"] == "bundled:whisper-base"
+    assert row["paired"] and row["n_utterances"] == 3
+    assert abs(row["default_pearson"]) < 0.25 and row["changed_pearson"] > 0.5 and row["difference_low"] > 0
+    assert "model" not in table.index  # base at the default SPES settings is not among these stores
