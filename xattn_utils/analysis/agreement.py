@@ -29,7 +29,6 @@ from scipy import stats
 from ..attribution.grids import normalize_rows, pool_to_encoder_frames  # noqa: F401  (re-exported: the grid lives in grids.py)
 from ..errors import XattnError
 from ..maps import names as map_names
-from .composed import parse_composed
 
 MEASURES = ("pearson", "pearson_r2", "spearman", "kendall", "topk_overlap")
 LEVELS = ("token", "utterance", "dataset", "dataset_token")
@@ -403,13 +402,30 @@ _HEAD_NAME = re.compile(r"L(\d+)H(\d+)")
 _LAYER_NAME = re.compile(r"layer(\d+)")
 
 
+def composed_name(method: str, aggregate: str, depth: int | None = None) -> str:
+    """``rollout∘all`` (every encoder layer undone) or ``rollout[2]∘all`` (the top 2 layers undone)."""
+    return f"{method}∘{aggregate}" if depth is None else f"{method}[{depth}]∘{aggregate}"
+
+
+def parse_composed(name: str) -> tuple[str, str | None, int | None]:
+    """``alti[2]∘norm:all`` -> ("norm:all", "alti", 2); ``rollout∘all`` -> ("all", "rollout", None) (every layer);
+    a plain aggregate -> (name, None, 0)."""
+    if "∘" not in name:
+        return name, None, 0
+    head, agg = name.split("∘", 1)
+    if head.endswith("]") and "[" in head:
+        method, k = head[:-1].split("[", 1)
+        return agg, method, int(k)
+    return agg, head, None
+
+
 def attention_columns(name: str, references: Iterable[str] = ()) -> dict[str, Any]:
     """What an attention entry's name says, as the agreement table's columns :data:`ATTENTION_COLUMNS`.
 
     ``L3H2`` -> aggregate ``head``, layer 3, head 2, weighting ``attention``; ``norm:layer1`` -> ``layer``, 1, None,
     ``norm``; ``all``, ``last_layer``, ``alignment_heads`` and user-named sets -> themselves (layer and head None);
     ``rollout[2]∘norm:all`` (CA carried back through encoder mixing, see
-    :func:`xattn_utils.analysis.composed.composed_name`) -> the aggregate's columns and mixing ``rollout[2]``.
+    :func:`composed_name`) -> the aggregate's columns and mixing ``rollout[2]``.
     Reliability rows (``""``) and a saliency map compared as attention (``smh`` vs ``smx``: a name of
     :mod:`xattn_utils.maps` or of ``references``) -> None but for mixing.
     """

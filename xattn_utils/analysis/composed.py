@@ -7,7 +7,8 @@ what the analysis does with them:
   extra attention entries ``method∘aggregate`` (every encoder layer undone), ``method[k]∘aggregate`` (the top k) and
   ``method-blur∘aggregate`` (the smoothing control, :func:`diagonal_average`), which
   :class:`~xattn_utils.analysis.utterance_maps.UtteranceMaps` adds when ``MapsConfig.mixing`` is set;
-  :func:`composed_name` and :func:`parse_composed` are the naming and its inverse;
+  :func:`xattn_utils.analysis.agreement.composed_name` and
+  :func:`~xattn_utils.analysis.agreement.parse_composed` are the naming and its inverse;
 * the answer: :func:`mixing_answer` reads an agreement table compared with the composed entries
   (:func:`xattn_utils.analysis.compare.compare_store` with ``CompareConfig.mixing``) as one row per (aggregate,
   method, depth) (:func:`mixing_layers`: the depth of the full composition), :func:`mixing_headline`,
@@ -30,6 +31,7 @@ from ..attribution.saliency import scorer_for
 from ..attribution.spes import spes_smx
 from ..errors import XattnError
 from ..extraction.forced import forced_pass
+from .agreement import bootstrap_interval, composed_name, parse_composed
 
 # ------------------------------------------------------------------------------------------------ composing
 
@@ -47,11 +49,6 @@ def diagonal_average(m: np.ndarray) -> np.ndarray:
     t = profile[off]
     tot = t.sum(-1, keepdims=True)
     return np.divide(t, tot, out=np.eye(n), where=tot > 0)
-
-
-def composed_name(method: str, aggregate: str, depth: int | None = None) -> str:
-    """``rollout∘all`` (every encoder layer undone) or ``rollout[2]∘all`` (the top 2 layers undone)."""
-    return f"{method}∘{aggregate}" if depth is None else f"{method}[{depth}]∘{aggregate}"
 
 
 def composed_maps(maps: dict, mixing: xr.Dataset, methods=None, aggregates=("all",), depths: bool = False,
@@ -106,18 +103,6 @@ def store_composed(store, uid: str, maps: dict, methods=None, aggregates=("all",
 
 
 # ------------------------------------------------------------------------------------------------ the answer
-
-
-def parse_composed(name: str) -> tuple[str, str | None, int | None]:
-    """``alti[2]∘norm:all`` -> ("norm:all", "alti", 2); ``rollout∘all`` -> ("all", "rollout", None) (every layer);
-    a plain aggregate -> (name, None, 0)."""
-    if "∘" not in name:
-        return name, None, 0
-    head, agg = name.split("∘", 1)
-    if head.endswith("]") and "[" in head:
-        method, k = head[:-1].split("[", 1)
-        return agg, method, int(k)
-    return agg, head, None
 
 
 def mixing_answer(table, n_layers: int, reference: str = "smx", measure: str = "pearson"):
@@ -188,8 +173,7 @@ def mixing_gain(table, reference: str = "smx", measure: str = "pearson", n_boot:
         a, b = fwd(wide[agg].values), fwd(wide[name].values)
         a, b = np.where(keep, a, np.nan), np.where(keep, b, np.nan)
         boot = inv(np.nanmean(b[idx], 1)) - inv(np.nanmean(a[idx], 1))
-        alpha = 100 * (1 - ci) / 2  # no interval from one utterance (as agreement.bootstrap_interval)
-        lo, hi = np.nanpercentile(boot, [alpha, 100 - alpha]) if keep.sum() >= 2 else (np.nan, np.nan)
+        lo, hi = bootstrap_interval(boot, ci, int(keep.sum()))
         ca_v, comp_v = inv(np.nanmean(a)), inv(np.nanmean(b))
         rows.append({"attention": agg, "method": method, "ca": float(ca_v), "composed": float(comp_v),
                      "gain": float(comp_v - ca_v), "ci_low": float(lo), "ci_high": float(hi),
