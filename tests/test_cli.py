@@ -195,7 +195,8 @@ def test_import_xattn_utils_loads_only_itself():
     assert new == {"xattn_utils"}, new  # no torch, captum, matplotlib, jiwer, sacrebleu, transformers, pandas
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["--help"]])
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["sweep", "--help"], ["study", "--help"],
+                                  ["corpus", "--help"], ["evaluate", "--help"]])
 def test_version_and_help_load_no_torch(argv):
     code = ("from xattn_utils.cli import main\ntry:\n    main(%r)\nexcept SystemExit as done:\n"
             "    assert done.code == 0, done.code" % (argv,))
@@ -203,6 +204,8 @@ def test_version_and_help_load_no_torch(argv):
     assert proc.returncode == 0, proc.stderr
     assert not new & set(HEAVY), new & set(HEAVY)
     assert proc.stdout.startswith("xattn " if argv == ["--version"] else "usage: xattn")
+    if argv[0] in ("sweep", "study"):  # a heavy subcommand's own options, from xattn_utils._entry
+        assert "--workers" in proc.stdout, proc.stdout
 
 
 def test_top_level_api_exports_configs_and_one_call_functions():

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__, maps
+from ._entry import SUBCOMMANDS, Subcommand
 from .errors import XattnError
 
 # Every step is imported inside the command that runs it: `xattn --help` and `xattn --version` load no torch
@@ -124,20 +125,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """A parser whose options may come from another module (``module``: ``evaluate``, ``sweep``, ``study``,
-    ``corpus``), imported only when that subcommand runs or shows its help."""
+    """A parser whose options may be those of a heavy subcommand (``heavy``: :data:`xattn_utils._entry.SUBCOMMANDS`:
+    ``evaluate``, ``sweep``, ``study``, ``corpus``), added when that subcommand is parsed or shows its help; the module
+    that runs it is imported only when it runs."""
 
-    def __init__(self, *args, module: str | None = None, **kw) -> None:
+    def __init__(self, *args, heavy: Subcommand | None = None, **kw) -> None:
         kw.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kw)
-        self._module = module
+        self._heavy = heavy
 
     def load(self) -> argparse.ArgumentParser:
-        if self._module:
-            module, self._module = importlib.import_module(self._module, __package__), None
-            self.description = module.DESCRIPTION
-            module.add_arguments(self)
-            self.set_defaults(func=module.command)
+        if self._heavy:
+            heavy, self._heavy = self._heavy, None
+            self.description = heavy.description
+            heavy.add_arguments(self)
+            self.set_defaults(func=lambda args: importlib.import_module(heavy.module, __package__).command(args))
         return self
 
     def parse_known_args(self, args=None, namespace=None):
@@ -561,14 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-max", type=int, default=12, help="largest number of discovered heads to try")
     p.set_defaults(func=cmd_timestamps)
 
-    for name, module, help_ in (  # their options are added by their modules when used (_Parser.load)
-            ("evaluate", ".analysis.evaluation", "WER / BLEU / chrF of a model on a manifest per language and task"),
-            ("sweep", ".runs.sweep", "run a sweep file: notebooks x parameters, resumable, through Dask (see "
-                                     "sweeps/*.yaml)"),
-            ("study", ".runs.study", "the default study: the default sweep over the bundled model and every trained "
-                                     "one; writes report.md and report.html"),
-            ("corpus", ".data.corpus", "build the default synthetic corpus (--default) or another one (--config)")):
-        sub.add_parser(name, help=help_, module=module)
+    for name, heavy in SUBCOMMANDS.items():  # their modules are imported only when the command runs (_Parser.load)
+        sub.add_parser(name, help=heavy.help, heavy=heavy)
     return parser
 
 

@@ -111,18 +111,6 @@ def score_model(loaded, manifest: pd.DataFrame, settings: list[tuple[str, str]],
     return pd.DataFrame(rows), pd.DataFrame(hyp_rows)
 
 
-DESCRIPTION = "WER / BLEU / chrF of a model on a manifest per language and task."
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``xattn evaluate``."""
-    parser.add_argument("--model", default="bundled:whisper-tiny.en", help="a registry name, a folder or a hub id")
-    parser.add_argument("--manifest", required=True, help="data manifest CSV (data_manifest.csv schema)")
-    parser.add_argument("--setting", nargs="+", default=["en:transcribe"], help="LANGUAGE:TASK, e.g. it:translate")
-    parser.add_argument("--split", default="test", help="only the manifest rows of this split")
-    parser.add_argument("--limit", type=int, help="only the first N rows (after --split)")
-    parser.add_argument("--out", help="write scores and hypotheses as <out>.scores.csv / <out>.hypotheses.csv")
-
 
 def command(args: argparse.Namespace) -> int:
     """``xattn evaluate``: print the scores per setting (and write them with ``--out``); 2 on bad input."""
@@ -144,7 +132,7 @@ def command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m xattn_utils.analysis.evaluation``: the same as ``xattn evaluate`` (kept for old scripts)."""
-    return module_main("python -m xattn_utils.analysis.evaluation", DESCRIPTION, add_arguments, command, argv)
+    return module_main("evaluate", command, argv)
 
 
 if __name__ == "__main__":

@@ -382,16 +382,6 @@ def load_corpus_config(path: str | Path) -> CorpusConfig:
         raise InputError(f"corpus config {path}: {err}") from None
 
 
-DESCRIPTION = "Build synthetic speech corpora (flite, festival, espeak-ng) with word times."
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``xattn corpus``."""
-    parser.add_argument("--default", action="store_true", help="build (and verify) the default corpus of the study")
-    parser.add_argument("--write-manifest", action="store_true",
-                        help="with --default: (re)write data_manifest.csv from a fresh build (maintainers)")
-    parser.add_argument("--config", help="JSON file with CorpusConfig fields, for other corpora")
-
 
 def command(args: argparse.Namespace) -> int:
     """``xattn corpus``: build the default corpus (printing its manifest's path) or one from ``--config``."""
@@ -422,7 +412,7 @@ def command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m xattn_utils.data.corpus``: the same options and output as ``xattn corpus`` (kept for old scripts)."""
-    return module_main("python -m xattn_utils.data.corpus", DESCRIPTION, add_arguments, command, argv)
+    return module_main("corpus", command, argv)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,6 @@ DEFAULT_SWEEP = resource("sweeps/default.yaml")
 STUDY_CORPORA = (resource("sweeps/corpus_enit.json"),
                  resource("sweeps/corpus_hard.json"))  # built relative to the working directory (data/<name>)
 TRAIN_NOTEBOOK = resource("notebooks/00_train_models.ipynb")
-DESCRIPTION = ("Run the default xattn study: the default sweep over the bundled model and every trained grid model "
-               "present.")
-
 logger = logging.getLogger(__name__)
 
 
@@ -73,16 +70,6 @@ def study_sweep(models: list[str], sweep: Path = DEFAULT_SWEEP) -> dict:
         grid["model"] = list(dict.fromkeys([*grid.get("model", []), *models]))
     spec["name"] = spec.get("name", sweep.stem)
     return spec
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``xattn study``."""
-    parser.add_argument("--out", default="runs/study", help="output root of the sweep (runs are resumed there)")
-    parser.add_argument("--train", action="store_true", help="train the grid first when no trained model exists")
-    parser.add_argument("--no-train", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
-    parser.add_argument("--workers", type=int, default=2,
-                        help="Dask worker processes (one run at a time each, one thread each: Dask sets "
-                             "OMP_NUM_THREADS=1)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -158,7 +145,7 @@ def write_report_html(report_md: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m xattn_utils.runs.study``: the same options and output as ``xattn study`` (kept for old scripts)."""
-    return module_main("python -m xattn_utils.runs.study", DESCRIPTION, add_arguments, command, argv)
+    return module_main("study", command, argv)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ from pathlib import Path
 
 import yaml
 
-from .._entry import module_main
+from .._entry import MAX_RUNS_UNASKED, module_main
 from .._io import atomic_write_text
 from ..attribution.cost import spes_seconds
 from ..errors import SweepError
@@ -112,7 +112,7 @@ from .worker import (
 
 __all__ = [  # the driver, and the names of the parts that users and tests reach through it
     "NotebookEntry", "RunNotebook", "RunResult", "RunSpec", "SweepError", "SweepResult", "SweepSpec",
-    "add_arguments", "check_parameters", "collect", "command", "error_line", "expand", "export_html", "is_done",
+    "MAX_RUNS_UNASKED", "check_parameters", "collect", "command", "error_line", "expand", "export_html", "is_done",
     "key_figures", "load_sweep", "main", "notebook_parameters", "parse_sweep", "read_status", "resolve_notebooks",
     "run_headline", "run_key", "run_one", "run_sweep", "slugify", "sweep_root", "write_collected", "write_report",
     "write_status",
@@ -121,8 +121,6 @@ __all__ = [  # the driver, and the names of the parts that users and tests reach
 logger = logging.getLogger(__name__)
 
 
-# A sweep of more runs than this asks for confirmation (``--yes``, ``run_sweep(..., yes=True)``) before any work.
-MAX_RUNS_UNASKED = 64
 # Seconds per run when the output root holds no finished run to measure: the mean of the default study's 7 runs
 # (6873 s in all, from their status files, on 2 CPU cores).
 DEFAULT_RUN_SECONDS = 982.0
@@ -294,20 +292,6 @@ def _sweep_yaml(spec: SweepSpec, runs: list[RunSpec]) -> str:
 # command line: `xattn sweep` (xattn_utils.cli) and the old `python -m xattn_utils.runs.sweep` share these
 
 
-DESCRIPTION = "Run a parameter sweep of the study notebooks (see sweeps/*.yaml)."
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``xattn sweep``."""
-    parser.add_argument("file", help="sweep file (YAML)")
-    parser.add_argument("--out", default=None, help="output root (default: the file's 'out')")
-    parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, e.g. tcp://host:8786")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes of the local Dask cluster (default 1)")
-    parser.add_argument("--yes", action="store_true",
-                        help=f"run a sweep of more than {MAX_RUNS_UNASKED} runs (else refused with its count and "
-                             "estimated time)")
-
 
 def command(args: argparse.Namespace) -> int:
     """``xattn sweep``: run the sweep; print the ``runs: ...`` line; 2 for a bad sweep file, 1 when a run failed."""
@@ -323,7 +307,7 @@ def command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m xattn_utils.runs.sweep``: the same options and output as ``xattn sweep`` (kept for old scripts)."""
-    return module_main("python -m xattn_utils.runs.sweep", DESCRIPTION, add_arguments, command, argv)
+    return module_main("sweep", command, argv)
 
 
 if __name__ == "__main__":
