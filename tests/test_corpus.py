@@ -19,6 +19,7 @@ from xattn_utils.data.corpus import (
     default_config,
     ensure_default_corpus,
     plan_corpus,
+    study_data,
 )
 from xattn_utils.data.espeak import Synthesizer
 from xattn_utils.data.grammar import sentence, vocabulary
@@ -196,6 +197,20 @@ def test_committed_manifest_reproduces():
     assert all(sha256_file(p) == s for p, s in zip(df.audio_path, df.sha256))
     assert df.duration_s.between(1.0, 8.0).all()
     assert df.source.str.startswith("flite").all() and set(df.voice) <= set(VOICES["en"])
+
+
+def test_utterances_by_id_keep_their_order_and_a_missing_id_is_named():
+    """A notebook's ``utterances``: the rows of those ids in the order given (a repeat once), then ``limit``."""
+    ids = ["default-en-test-00020", "default-en-test-00003", "default-en-test-00020", "default-en-test-00007"]
+    got = study_data(REPO_MANIFEST, split="test", ids=ids)
+    assert list(got.id) == ids[:2] + ids[3:] and list(got.index) == [0, 1, 2]
+    full = load_manifest(REPO_MANIFEST).set_index("id")
+    assert list(got.transcript) == [full.transcript[i] for i in got.id]  # whole rows, not ids relabelled
+    assert list(study_data(REPO_MANIFEST, ids=ids, limit=1).id) == ids[:1]
+    with pytest.raises(InputError, match=r"split 'test'.*no utterance 'default-en-test-00099'; give ids"):
+        study_data(REPO_MANIFEST, split="test", ids=["default-en-test-00003", "default-en-test-00099"])
+    with pytest.raises(InputError, match="must be a list of id strings"):
+        study_data(REPO_MANIFEST, ids="default-en-test-00003")
 
 
 def test_manifest_validation_names_every_bad_row(tmp_path):

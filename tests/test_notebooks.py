@@ -41,13 +41,15 @@ def run_dir(tmp_path_factory):
 
 
 def test_01_extract(run_dir):
-    nb = _run("01_extract_cross_attention.ipynb", run_dir, n_utterances=2, input_mode="trimmed")
+    # the utterances by id, in their order: the one shown (show = 0) is the first given, not the manifest's first
+    nb = _run("01_extract_cross_attention.ipynb", run_dir, n_utterances=2, input_mode="trimmed",
+              utterances=["default-en-test-00001", "default-en-test-00000"])
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "2 done, 0 skipped, 0 failed" in text
     figs = {p.stem for p in (run_dir / "figures").glob("01_*.png")}
-    assert {"01_spectrogram_default-en-test-00000", "01_attention_grid_default-en-test-00000",
-            "01_attention_mean_default-en-test-00000"} <= figs
-    assert (run_dir / "figures" / "01_attention_grid_default-en-test-00000.svg").exists()
+    assert {"01_spectrogram_default-en-test-00001", "01_attention_grid_default-en-test-00001",
+            "01_attention_mean_default-en-test-00001"} <= figs and not any(f.endswith("00000") for f in figs)
+    assert (run_dir / "figures" / "01_attention_grid_default-en-test-00001.svg").exists()
 
 
 def test_02_saliency(run_dir):

@@ -12,6 +12,7 @@ error); files at rates other than 16 kHz are fine and are resampled on load.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -24,8 +25,10 @@ COLUMNS = ("id", "audio_path", "sample_rate", "duration_s", "language", "tasks",
 
 
 def load_manifest(path: str | Path, root: str | Path | None = None, split: str | None = None,
-                  language: str | None = None, limit: int | None = None) -> pd.DataFrame:
-    """Read a manifest, resolve its paths, and filter it (split, language, first ``limit`` rows)."""
+                  language: str | None = None, limit: int | None = None,
+                  ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a manifest, resolve its paths, and filter it (split, language, the rows of ``ids`` in their order, first
+    ``limit`` rows)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"manifest {path} does not exist")
@@ -43,9 +46,24 @@ def load_manifest(path: str | Path, root: str | Path | None = None, split: str |
         df = df[df["split"] == split]
     if language is not None and "language" in df.columns:
         df = df[df["language"] == language]
+    if ids is not None:
+        df = _rows_of(df, ids, f"manifest {path}" + (f" (split {split!r})" if split is not None else "")
+                      + (f" (language {language!r})" if language is not None else ""))
     if limit is not None:
         df = df.head(int(limit))
     return df.reset_index(drop=True)
+
+
+def _rows_of(df: pd.DataFrame, ids: Sequence[str], where: str) -> pd.DataFrame:
+    """The rows of ``df`` whose id is in ``ids``, in the order of ``ids`` (a repeated id once)."""
+    if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
+        raise InputError(f"{where}: utterance ids must be a list of id strings (its id column), not {ids!r}")
+    wanted = list(dict.fromkeys(ids))
+    missing = [i for i in wanted if i not in set(df["id"])]
+    if missing:
+        raise InputError(f"{where}: no utterance {', '.join(map(repr, missing))}; give ids of its id column "
+                         f"(e.g. {', '.join(map(repr, df['id'].head(2)))})")
+    return df.set_index("id", drop=False).loc[wanted]
 
 
 def _check_utf8(path: Path) -> None:
