@@ -384,6 +384,12 @@ def test_the_estimate_counts_the_masks_a_run_asks_for(tmp_path):
     assert extra_spes_seconds(paper) == pytest.approx(
         spes_seconds(12, 20000, 20000) - spes_seconds(12, 256, 256))
     assert extra_spes_seconds(paper) > 3 * 3600  # hours on one core, not the 16 min of a default run
+    base = by_masks["bundled:whisper-base", 20000, (2000, 2500, 3000)]  # six utterances named by id
+    how = {"model": "bundled:whisper-base"}
+    assert extra_spes_seconds(base) == pytest.approx(spes_seconds(6, 20000, 20000, **how)
+                                                     - spes_seconds(6, 256, 256, **how))
+    fewer = dataclasses.replace(base, grid={**base.grid, "utterances": base.grid["utterances"][:2]})
+    assert extra_spes_seconds(fewer) == pytest.approx(extra_spes_seconds(base) / 3)  # 2 ids, n_utterances 6
     seconds, how = estimated_seconds(tmp_path, list(runs.values()), workers=2)
     assert seconds == pytest.approx((len(runs) * DEFAULT_RUN_SECONDS
                                      + sum(extra_spes_seconds(r) for r in runs.values())) / 2)
