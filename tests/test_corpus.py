@@ -200,13 +200,15 @@ def test_committed_manifest_reproduces():
 
 
 def test_utterances_by_id_keep_their_order_and_a_missing_id_is_named():
-    """A notebook's ``utterances``: the rows of those ids in the order given (a repeat once), then ``limit``."""
+    """A notebook's ``utterances``: the rows of those ids in the order given (a repeat once), however many
+    ``n_utterances`` (``limit``) says."""
     ids = ["default-en-test-00020", "default-en-test-00003", "default-en-test-00020", "default-en-test-00007"]
     got = study_data(REPO_MANIFEST, split="test", ids=ids)
     assert list(got.id) == ids[:2] + ids[3:] and list(got.index) == [0, 1, 2]
     full = load_manifest(REPO_MANIFEST).set_index("id")
     assert list(got.transcript) == [full.transcript[i] for i in got.id]  # whole rows, not ids relabelled
-    assert list(study_data(REPO_MANIFEST, ids=ids, limit=1).id) == ids[:1]
+    assert list(study_data(REPO_MANIFEST, ids=ids, limit=1).id) == ids[:2] + ids[3:]
+    assert list(load_manifest(REPO_MANIFEST, ids=ids, limit=1).id) == ids[:1]  # the manifest reader: both filters
     with pytest.raises(InputError, match=r"split 'test'.*no utterance 'default-en-test-00099'; give ids"):
         study_data(REPO_MANIFEST, split="test", ids=["default-en-test-00003", "default-en-test-00099"])
     with pytest.raises(InputError, match="must be a list of id strings"):

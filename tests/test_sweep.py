@@ -389,7 +389,7 @@ def test_the_estimate_counts_the_masks_a_run_asks_for(tmp_path):
     assert extra_spes_seconds(base) == pytest.approx(spes_seconds(6, 20000, 20000, **how)
                                                      - spes_seconds(6, 256, 256, **how))
     fewer = dataclasses.replace(base, grid={**base.grid, "utterances": base.grid["utterances"][:2]})
-    assert extra_spes_seconds(fewer) == pytest.approx(extra_spes_seconds(base) / 3)  # 2 ids, n_utterances 6
+    assert extra_spes_seconds(fewer) == pytest.approx(extra_spes_seconds(base) / 3)  # 2 ids (n_utterances 6)
     seconds, how = estimated_seconds(tmp_path, list(runs.values()), workers=2)
     assert seconds == pytest.approx((len(runs) * DEFAULT_RUN_SECONDS
                                      + sum(extra_spes_seconds(r) for r in runs.values())) / 2)

@@ -343,10 +343,11 @@ def rebuild_difference(committed: pd.DataFrame, built: pd.DataFrame) -> str:
 
 def study_data(manifest: str | Path | None = None, split: str | None = "test", limit: int | None = None,
                language: str | None = None, ids: Sequence[str] | None = None) -> pd.DataFrame:
-    """The items a study notebook runs on: a given manifest, or the default corpus (built on first use); the rows
-    of ``ids`` only, in their order, when given (a notebook's ``utterances``), at most ``limit``."""
+    """The items a study notebook runs on: a given manifest, or the default corpus (built on first use); its first
+    ``limit`` rows, or, when ``ids`` are given (a notebook's ``utterances``), the rows of those ids in their order
+    (``limit`` then unused)."""
     path = Path(manifest) if manifest else ensure_default_corpus()
-    return load_manifest(path, split=split, language=language, limit=limit, ids=ids)
+    return load_manifest(path, split=split, language=language, limit=None if ids else limit, ids=ids)
 
 
 def ensure_corpus(config: str | Path, progress: bool = True) -> Path:

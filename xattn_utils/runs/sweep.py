@@ -131,9 +131,9 @@ DEFAULT_MASKS = 256  # SMX and SMH masks per utterance of the default study's ru
 
 def extra_spes_seconds(run: RunSpec) -> float:
     """SPES seconds ``run`` asks for beyond the default study's 256 + 256 masks per utterance: from the parameters
-    of each of its notebooks that declares ``n_masks`` (``n_utterances`` or as many ``utterances``, ``n_masks``,
-    ``n_masks_h``, ``methods``, the model), at the measured rates of :mod:`xattn_utils.attribution.cost`; 0 for a
-    cheaper run."""
+    of each of its notebooks that declares ``n_masks`` (``n_utterances``, or as many as ``utterances`` names,
+    ``n_masks``, ``n_masks_h``, ``methods``, the model), at the measured rates of :mod:`xattn_utils.attribution.cost`;
+    0 for a cheaper run."""
     extra = 0.0
     for nb in run.notebooks:
         defaults = notebook_defaults(nb.path)
@@ -141,8 +141,8 @@ def extra_spes_seconds(run: RunSpec) -> float:
             continue
         p = {**defaults, **run.params_for(nb)}
         try:
-            ids = p.get("utterances") or ()  # the utterances by id, at most n_utterances of them
-            n_utt = min(int(p.get("n_utterances") or len(ids) or 1), len(ids) or float("inf"))
+            ids = p.get("utterances")  # the utterances by id: n_utterances is then unused
+            n_utt = len(ids) if ids else int(p.get("n_utterances") or 1)
             how = {"methods": p.get("methods") or (), "input_mode": p.get("input_mode") or "trimmed",
                    "model": str(p.get("model"))}
             asked = spes_seconds(n_utt, int(p["n_masks"]), int(p.get("n_masks_h") or 0), **how)
