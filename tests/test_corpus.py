@@ -211,8 +211,10 @@ def test_utterances_by_id_keep_their_order_and_a_missing_id_is_named():
     assert list(load_manifest(REPO_MANIFEST, ids=ids, limit=1).id) == ids[:1]  # the manifest reader: both filters
     with pytest.raises(InputError, match=r"split 'test'.*no utterance 'default-en-test-00099'; give ids"):
         study_data(REPO_MANIFEST, split="test", ids=["default-en-test-00003", "default-en-test-00099"])
-    with pytest.raises(InputError, match="must be a list of id strings"):
+    with pytest.raises(InputError, match="must be a non-empty list of id strings"):
         study_data(REPO_MANIFEST, ids="default-en-test-00003")
+    with pytest.raises(InputError, match="must be a non-empty list of id strings"):
+        study_data(REPO_MANIFEST, ids=[])  # not silently no utterance at all
 
 
 def test_manifest_validation_names_every_bad_row(tmp_path):

@@ -111,7 +111,6 @@ def score_model(loaded, manifest: pd.DataFrame, settings: list[tuple[str, str]],
     return pd.DataFrame(rows), pd.DataFrame(hyp_rows)
 
 
-
 def command(args: argparse.Namespace) -> int:
     """``xattn evaluate``: print the scores per setting (and write them with ``--out``); 2 on bad input."""
     try:

@@ -385,7 +385,6 @@ def load_corpus_config(path: str | Path) -> CorpusConfig:
         raise InputError(f"corpus config {path}: {err}") from None
 
 
-
 def command(args: argparse.Namespace) -> int:
     """``xattn corpus``: build the default corpus (printing its manifest's path) or one from ``--config``."""
     if args.default and args.write_manifest:

@@ -56,10 +56,12 @@ def load_manifest(path: str | Path, root: str | Path | None = None, split: str |
 
 def _rows_of(df: pd.DataFrame, ids: Sequence[str], where: str) -> pd.DataFrame:
     """The rows of ``df`` whose id is in ``ids``, in the order of ``ids`` (a repeated id once)."""
-    if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
-        raise InputError(f"{where}: utterance ids must be a list of id strings (its id column), not {ids!r}")
+    if isinstance(ids, str) or not ids or not all(isinstance(i, str) for i in ids):
+        raise InputError(f"{where}: utterance ids must be a non-empty list of id strings (its id column), not "
+                         f"{ids!r}")
     wanted = list(dict.fromkeys(ids))
-    missing = [i for i in wanted if i not in set(df["id"])]
+    present = set(df["id"])
+    missing = [i for i in wanted if i not in present]
     if missing:
         raise InputError(f"{where}: no utterance {', '.join(map(repr, missing))}; give ids of its id column "
                          f"(e.g. {', '.join(map(repr, df['id'].head(2)))})")

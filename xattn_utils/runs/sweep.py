@@ -294,7 +294,6 @@ def _sweep_yaml(spec: SweepSpec, runs: list[RunSpec]) -> str:
 # command line: `xattn sweep` (xattn_utils.cli) and the old `python -m xattn_utils.runs.sweep` share these
 
 
-
 def command(args: argparse.Namespace) -> int:
     """``xattn sweep``: run the sweep; print the ``runs: ...`` line; 2 for a bad sweep file, 1 when a run failed."""
     try:
